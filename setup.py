@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vqdiff",
+    version="0.1.0",
+    description="VQ-Diffusion: discrete diffusion text-to-image synthesis in PyTorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vqdiff", "vqdiff.*"]),
+    py_modules=["inference_VQ_Diffusion", "train"],
+    include_package_data=True,
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "numpy",
+        "pyyaml",
+        "pillow",
+        "ftfy",
+        "regex",
+        "tqdm",
+        "tensorboard",
+        "safetensors",
+    ],
+    extras_require={
+        "dev": [
+            "pytest",
+            "diffusers",
+            "torchmetrics",
+            "scipy",
+            "openai-clip==1.0.1",
+        ],
+    },
+)

@@ -1,0 +1,109 @@
+"""Write synthetic shapes into the on-disk layouts of the real data sets (see the README's Data section).
+
+So the COCO, CUB-200, ImageNet and FFHQ readers are tested on real files in the real folder trees:
+
+- COCO: ``annotations/captions_{train,val}2014.json`` and ``{phase}2014/{phase}2014/COCO_{phase}2014_{id:012d}.jpg``.
+- CUB-200: ``images/<class>/<name>.jpg``, ``text/text/<class>/<name>.txt`` (one caption a line),
+  ``{train,test}/filenames.pickle`` (a pickled list of ``'<class>/<name>'``).
+- ImageNet: ``{train,val}/<wnid>/<file>.JPEG`` and ``ILSVRC2012_name_{train,val}.txt`` listing ``<wnid>/<file>``.
+- FFHQ: an image folder ``<root>/<bucket>/<id:05d>.png`` (torchvision ``ImageFolder`` layout).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .synthetic import COLORS, SHAPES, ShapesDataset
+
+__all__ = ["write_layout", "write_coco", "write_cub200", "write_imagenet", "write_ffhq", "LAYOUTS"]
+
+
+def _to_pil(item: dict) -> Image.Image:
+    arr = item["image"].permute(1, 2, 0).numpy().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def write_coco(root: str | Path, num_images: int = 8, resolution: int = 64, seed: int = 0, captions_per_image: int = 2) -> Path:
+    root = Path(root)
+    for phase, offset in (("train", 0), ("val", 100000)):
+        ds = ShapesDataset(num_images, resolution, split="all", seed=seed + (phase == "val"))
+        img_dir = root / f"{phase}2014" / f"{phase}2014"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(num_images):
+            item = ds[i]
+            image_id = offset + i * 7 + 9  # sparse ids, as in COCO
+            name = f"COCO_{phase}2014_{image_id:012d}.jpg"
+            _to_pil(item).save(img_dir / name, quality=95)
+            images.append({"id": image_id, "file_name": name, "height": resolution, "width": resolution})
+            for j in range(captions_per_image):
+                caption = item["text"] if j == 0 else item["text"].replace("a ", "A ", 1) + "."
+                annotations.append({"image_id": image_id, "id": len(annotations) + 1, "caption": caption})
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        with open(root / "annotations" / f"captions_{phase}2014.json", "w", encoding="utf-8") as f:
+            json.dump({"images": images, "annotations": annotations}, f)
+    return root
+
+
+def write_cub200(root: str | Path, num_images: int = 8, resolution: int = 64, seed: int = 0, captions_per_image: int = 3) -> Path:
+    root = Path(root)
+    ds = ShapesDataset(num_images, resolution, split="all", seed=seed)
+    names = []
+    for i in range(num_images):
+        item = ds[i]
+        cls = f"{item['label'] + 1:03d}.{list(COLORS)[item['color']].title()}_{SHAPES[item['shape']].title()}"
+        name = f"{cls}/{cls.split('.', 1)[1]}_{i:04d}"
+        (root / "images" / cls).mkdir(parents=True, exist_ok=True)
+        (root / "text" / "text" / cls).mkdir(parents=True, exist_ok=True)
+        _to_pil(item).save(root / "images" / f"{name}.jpg", quality=95)
+        lines = [item["text"]] + [f"this picture shows {item['text']}"] * (captions_per_image - 1)
+        (root / "text" / "text" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        names.append(name)
+    split = max(1, int(round(num_images * 0.75)))
+    for phase, subset in (("train", names[:split]), ("test", names[split:] or names[:1])):
+        (root / phase).mkdir(parents=True, exist_ok=True)
+        with open(root / phase / "filenames.pickle", "wb") as f:
+            pickle.dump(subset, f)
+    return root
+
+
+def write_imagenet(root: str | Path, num_images: int = 8, resolution: int = 64, seed: int = 0) -> Path:
+    """Class folders named like WordNet ids (``n0000000<label>``), one per synthetic class."""
+    root = Path(root)
+    for phase in ("train", "val"):
+        ds = ShapesDataset(num_images, resolution, split="all", seed=seed + (phase == "val"))
+        lines = []
+        for i in range(num_images):
+            item = ds[i]
+            wnid = f"n{item['label']:08d}"
+            fname = f"{wnid}_{i}.JPEG" if phase == "train" else f"ILSVRC2012_val_{i:08d}.JPEG"
+            (root / phase / wnid).mkdir(parents=True, exist_ok=True)
+            _to_pil(item).save(root / phase / wnid / fname, format="JPEG", quality=95)
+            lines.append(f"{wnid}/{fname}")
+        (root / f"ILSVRC2012_name_{phase}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def write_ffhq(root: str | Path, num_images: int = 8, resolution: int = 64, seed: int = 0) -> Path:
+    root = Path(root)
+    ds = ShapesDataset(num_images, resolution, split="all", seed=seed)
+    for i in range(num_images):
+        bucket = root / f"{(i // 1000) * 1000:05d}"
+        bucket.mkdir(parents=True, exist_ok=True)
+        _to_pil(ds[i]).save(bucket / f"{i:05d}.png")
+    return root
+
+
+LAYOUTS = {"coco": write_coco, "cub200": write_cub200, "imagenet": write_imagenet, "ffhq": write_ffhq}
+
+
+def write_layout(kind: str, root: str | Path, num_images: int = 8, resolution: int = 64, seed: int = 0) -> Path:
+    """Write ``num_images`` synthetic samples into ``root`` in the layout of data set ``kind``."""
+    if kind not in LAYOUTS:
+        raise ValueError(f"unknown layout {kind!r}; choose one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[kind](root, num_images=num_images, resolution=resolution, seed=seed)
