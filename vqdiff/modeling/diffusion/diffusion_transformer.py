@@ -1,0 +1,592 @@
+"""``DiffusionTransformer``: VQ-Diffusion's discrete diffusion over image tokens (arXiv 2111.14822).
+
+Equation numbers refer to arXiv 2111.14822 (VQ-Diffusion) unless marked "Improved" (arXiv 2205.16007);
+see ``docs/diffusion.md`` for the derivations. Conventions (the official code's, kept for checkpoints and
+users' notebooks): K codebook entries, ``num_classes = K + 1`` with [MASK] = K last; log-probabilities
+are (B, K+1, N); step index ``t = 0 .. T-1`` (paper ``t + 1``); ``t = -1`` means "x_0 itself".
+
+The network (``self.transformer``) maps ``(x_t (B, N) long, cond, t (B,)) -> logits (B, K, N)``; this
+module turns it into ``p(x_0 | x_t)``, the posterior, the training loss and the samplers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import nullcontext
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqdiff.utils.config import instantiate_from_config
+
+from . import samplers as S
+from .log_ops import (
+    CLAMP_MIN,
+    LOG_ZERO,
+    extract,
+    index_to_log_onehot,
+    log_add_exp,
+    log_categorical,
+    log_onehot_to_index,
+    log_sample_categorical,
+    multinomial_kl,
+)
+from .schedule import log_schedule
+
+__all__ = ["DiffusionTransformer"]
+
+
+def _params(cfg: Any) -> dict:
+    if isinstance(cfg, Mapping):
+        return dict(cfg.get("params") or {})
+    return {}
+
+
+class DiffusionTransformer(nn.Module):
+    """Mask-and-replace discrete diffusion with an x_0-parameterised network (Sec. 3.2-3.3).
+
+    Args (the official names):
+        content_emb_config: config of the token embedding (``num_embed`` = K); injected into the network.
+        condition_emb_config: config of the condition embedding (CLIP text / class), or None.
+        transformer_config: config of the network (or an ``nn.Module``); ``diffusion_step`` and
+            ``content_emb_config`` are injected into its params, as the official code does.
+        diffusion_step: T.
+        alpha_init_type: only ``'alpha1'`` (the released linear schedule).
+        auxiliary_loss_weight: lambda of the auxiliary x_0 loss (Eq. 12).
+        adaptive_auxiliary_loss: weight the auxiliary loss by ``2 - t/T``.
+        mask_weight: [weight of masked positions, weight of unmasked positions] in the KL.
+        learnable_cf: learn the null-text embedding ``empty_text_embed`` (Improved, Sec. 3.2).
+    """
+
+    def __init__(
+        self,
+        *,
+        content_emb_config: Optional[Mapping] = None,
+        condition_emb_config: Optional[Mapping] = None,
+        transformer_config: Any = None,
+        diffusion_step: int = 100,
+        alpha_init_type: str = "alpha1",
+        auxiliary_loss_weight: float = 0.0,
+        adaptive_auxiliary_loss: bool = False,
+        mask_weight: Sequence[float] = (1.0, 1.0),
+        learnable_cf: bool = False,
+    ):
+        super().__init__()
+        if transformer_config is None:
+            raise ValueError("DiffusionTransformer needs 'transformer_config' (the network's target + params)")
+        # -- condition embedding (frozen CLIP text / class labels) ----------------------------------
+        if condition_emb_config is None:
+            self.condition_emb = None
+        elif isinstance(condition_emb_config, nn.Module):
+            self.condition_emb = condition_emb_config
+        else:
+            self.condition_emb = instantiate_from_config(condition_emb_config)
+        # -- network, with the official injected params ----------------------------------------------
+        net_params = _params(transformer_config)
+        if isinstance(transformer_config, nn.Module):
+            self.transformer = transformer_config
+        else:
+            cfg = dict(transformer_config)
+            cfg["params"] = {**net_params, "diffusion_step": diffusion_step, "content_emb_config": content_emb_config}
+            if hasattr(transformer_config, "key_path"):
+                from vqdiff.utils.config import ConfigNode
+
+                cfg = ConfigNode(cfg, transformer_config.key_path)
+            self.transformer = instantiate_from_config(cfg)
+        K = _params(content_emb_config).get("num_embed")
+        if K is None:
+            K = getattr(self.transformer, "num_embed", None) or getattr(
+                getattr(self.transformer, "content_emb", None), "num_embed", None
+            )
+        if K is None:
+            raise ValueError("cannot tell the codebook size K: give content_emb_config.params.num_embed")
+        seq_len = net_params.get("content_seq_len", getattr(self.transformer, "content_seq_len", None))
+        if seq_len is None:
+            raise ValueError("cannot tell the token sequence length: give transformer_config.params.content_seq_len")
+        self.num_classes = int(K) + 1  # K tokens + [MASK]
+        self.content_seq_len = int(seq_len)
+        self.shape = self.content_seq_len
+        self.num_timesteps = int(diffusion_step)
+        self.loss_type = "vb_stochastic"
+        self.parametrization = "x0"
+        self.auxiliary_loss_weight = float(auxiliary_loss_weight)
+        self.adaptive_auxiliary_loss = bool(adaptive_auxiliary_loss)
+        if len(mask_weight) != 2:
+            raise ValueError(f"mask_weight must be [masked, unmasked], got {mask_weight!r}")
+        self.mask_weight = [float(w) for w in mask_weight]
+        self.amp = False
+
+        # -- schedule buffers: built in float64, stored fp32 (official names) ---------------------
+        for name, value in log_schedule(self.num_timesteps, self.num_classes - 1, alpha_init_type).items():
+            self.register_buffer(name, value.float())
+        self.register_buffer("Lt_history", torch.zeros(self.num_timesteps))
+        self.register_buffer("Lt_count", torch.zeros(self.num_timesteps))
+
+        # -- learnable classifier-free guidance (Improved VQ-Diffusion, Sec. 3.2) ---------------------
+        self.condition_seq_len = int(net_params.get("condition_seq_len", 77))
+        self.condition_dim = int(
+            net_params.get("condition_dim", getattr(self.condition_emb, "embed_dim", 512) or 512)
+        )
+        self.learnable_cf = bool(learnable_cf)
+        if self.learnable_cf:
+            self.empty_text_embed = nn.Parameter(
+                torch.randn(self.condition_seq_len, self.condition_dim, dtype=torch.float64)
+            )
+
+        # Improved VQ-Diffusion inference defaults (official attributes; per-call arguments win)
+        self.prior_rule = 0  # 0: VQ-Diffusion v1, 1: high-quality inference, 2: purity prior
+        self.prior_ps = self.content_seq_len  # most tokens revealed per network call
+        self.prior_weight = 0.0  # 'r' in Improved Eq. 11
+        self.update_n_sample()
+
+    # ----------------------------------------------------------------------------------------------
+    # bookkeeping
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.log_at.device
+
+    def update_n_sample(self) -> None:
+        """Refresh ``self.n_sample`` (tokens to reveal per step) from ``prior_ps``."""
+        self.n_sample = S.n_sample_table(self.num_timesteps, self.content_seq_len, self.prior_ps)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "empty_text_embed"
+        if key in state_dict and not self.learnable_cf:
+            warnings.warn(
+                f"checkpoint has '{key}' (a learnable classifier-free model) but this DiffusionTransformer was "
+                "built with learnable_cf=False; set 'learnable_cf: True' in diffusion_config.params (and "
+                "model.params) to use it",
+                stacklevel=3,
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    # ----------------------------------------------------------------------------------------------
+    # forward process q (Eq. 4-5)
+    # ----------------------------------------------------------------------------------------------
+    def q_pred_one_timestep(self, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``log q(x_t | x_{t-1} = j)`` for every j (Eq. 4, ``Q_t^T x_t``): (B, K+1, N) in, (B, K+1, N) out.
+
+        Rows j < K: ``log(a_t x_t[j] + b_t)``; row [MASK]: ``log((1 - c_t) x_t[K] + c_t)``.
+        """
+        log_at = extract(self.log_at, t, log_x_t.shape)
+        log_bt = extract(self.log_bt, t, log_x_t.shape)
+        log_ct = extract(self.log_ct, t, log_x_t.shape)
+        log_1_min_ct = extract(self.log_1_min_ct, t, log_x_t.shape)
+        return torch.cat(
+            [
+                log_add_exp(log_x_t[:, :-1, :] + log_at, log_bt),
+                log_add_exp(log_x_t[:, -1:, :] + log_1_min_ct, log_ct),
+            ],
+            dim=1,
+        )
+
+    def q_pred(self, log_x_start: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``log q(x_t | x_0)`` (Eq. 5, ``Qbar_t x_0``) for a (soft) x_0: (B, K+1, N) -> (B, K+1, N).
+
+        Rows k < K: ``log(abar_t x_0[k] + bbar_t)``; row [MASK]: ``log((1 - cbar_t) x_0[K] + cbar_t)``.
+        ``t = -1`` (taken modulo T + 1) is the identity.
+        """
+        t = (t + (self.num_timesteps + 1)) % (self.num_timesteps + 1)
+        log_cumprod_at = extract(self.log_cumprod_at, t, log_x_start.shape)
+        log_cumprod_bt = extract(self.log_cumprod_bt, t, log_x_start.shape)
+        log_cumprod_ct = extract(self.log_cumprod_ct, t, log_x_start.shape)
+        log_1_min_cumprod_ct = extract(self.log_1_min_cumprod_ct, t, log_x_start.shape)
+        return torch.cat(
+            [
+                log_add_exp(log_x_start[:, :-1, :] + log_cumprod_at, log_cumprod_bt),
+                log_add_exp(log_x_start[:, -1:, :] + log_1_min_cumprod_ct, log_cumprod_ct),
+            ],
+            dim=1,
+        )
+
+    def q_sample(self, log_x_start: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draw ``x_t ~ q(x_t | x_0)`` (Gumbel-max), returned as a log one-hot (B, K+1, N)."""
+        return log_sample_categorical(self.q_pred(log_x_start, t), self.num_classes, generator)
+
+    def q_posterior(self, log_x_start: torch.Tensor, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``log sum_k q(x_{t-1} | x_t, x_0 = k) p(x_0 = k)`` (Eq. 11 with the Bayes form of Eq. 7).
+
+        log_x_start: (B, K+1, N) log p(x_0) (one-hot for the true posterior); log_x_t: (B, K+1, N) log
+        one-hot; t: (B,) in [0, T). With ``Qt(k) = q(x_t | x_0 = k)`` and ``Q1(j) = q(x_t | x_{t-1} = j)``::
+
+            out(j) = log sum_k q(x_{t-1} = j | x_0 = k) Q1(j) p(x_0 = k) / Qt(k)
+
+        computed as ``q_pred(r / Z, t - 1) + log Q1 + log Z`` with ``r = p / Qt`` (the official form);
+        clamped to [-70, 0]. At t = 0, ``q_pred(., -1)`` is the identity.
+        """
+        K = self.num_classes - 1
+        B, N = log_x_start.shape[0], log_x_start.shape[-1]
+        x_t = log_onehot_to_index(log_x_t)
+        mask = (x_t == K).unsqueeze(1)  # (B, 1, N)
+        log_zero = torch.full((B, 1, N), LOG_ZERO, dtype=log_x_t.dtype, device=log_x_t.device)
+
+        # Qt(k) = q(x_t | x_0 = k), k < K: abar_t [x_t = k] + bbar_t, or cbar_t where x_t is [MASK]
+        log_qt = self.q_pred(log_x_t, t)[:, :-1, :]
+        log_cumprod_ct = extract(self.log_cumprod_ct, t, log_x_start.shape).expand(-1, K, -1)
+        log_qt = torch.where(mask, log_cumprod_ct, log_qt)
+
+        # Q1(j) = q(x_t | x_{t-1} = j): a_t [x_t = j] + b_t (0 for j = [MASK]), or c_t / 1 where x_t is [MASK]
+        log_q1 = torch.cat([self.q_pred_one_timestep(log_x_t, t)[:, :-1, :], log_zero], dim=1)
+        log_ct = extract(self.log_ct, t, log_x_start.shape)
+        ct_vector = torch.cat([log_ct.expand(-1, K, -1), torch.zeros_like(log_ct)], dim=1)
+        log_q1 = torch.where(mask, ct_vector, log_q1)
+
+        q = torch.cat([log_x_start[:, :-1, :] - log_qt, log_zero], dim=1)
+        q_log_sum_exp = torch.logsumexp(q, dim=1, keepdim=True)
+        q = q - q_log_sum_exp
+        out = self.q_pred(q, t - 1) + log_q1 + q_log_sum_exp
+        return torch.clamp(out, CLAMP_MIN, 0)
+
+    # ----------------------------------------------------------------------------------------------
+    # the network and p_theta (Eq. 11)
+    # ----------------------------------------------------------------------------------------------
+    def precompute_condition(self, cond_emb: Any) -> Any:
+        """The network's per-request condition cache (cross-attention keys/values), or None."""
+        fn = getattr(self.transformer, "precompute_condition", None)
+        if fn is None or cond_emb is None:
+            return None
+        return fn(cond_emb)
+
+    def _net_log_probs(self, x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor, cond_cache: Any = None) -> torch.Tensor:
+        """``log p(x_0 | x_t)`` over the K tokens, clamped: (B, K, N) float32."""
+        ctx = torch.autocast(x_t.device.type) if self.amp else nullcontext()
+        with ctx:
+            if cond_cache is not None:
+                out = self.transformer(x_t, cond_emb, t, cond_cache=cond_cache)
+            else:
+                out = self.transformer(x_t, cond_emb, t)
+        K = self.num_classes - 1
+        if out.dim() != 3 or out.shape[0] != x_t.shape[0] or out.shape[1] != K or out.shape[2] != x_t.shape[1]:
+            raise ValueError(
+                f"the network returned logits of shape {tuple(out.shape)}; expected (B, K, N) = "
+                f"({x_t.shape[0]}, {K}, {x_t.shape[1]})"
+            )
+        return F.log_softmax(out.float(), dim=1).clamp(CLAMP_MIN, 0)
+
+    def _append_mask_row(self, log_p: torch.Tensor) -> torch.Tensor:
+        B, _, N = log_p.shape
+        return torch.cat([log_p, torch.full((B, 1, N), CLAMP_MIN, dtype=log_p.dtype, device=log_p.device)], dim=1)
+
+    def predict_start_index(self, x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor, cond_cache: Any = None) -> torch.Tensor:
+        """``log p_theta(x_0 | x_t)`` from tokens x_t (B, N): (B, K+1, N), the [MASK] row at -70."""
+        return self._append_mask_row(self._net_log_probs(x_t, cond_emb, t, cond_cache))
+
+    def predict_start(self, log_x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor) -> torch.Tensor:
+        """``log p_theta(x_0 | x_t)`` (the x_0-parameterisation, Sec. 3.3): (B, K+1, N) -> (B, K+1, N)."""
+        return self.predict_start_index(log_onehot_to_index(log_x_t), cond_emb, t)
+
+    def cf_predict_start(self, log_x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor) -> torch.Tensor:
+        """The official hook name; here the same as :meth:`predict_start` (guidance is per request)."""
+        return self.predict_start(log_x_t, cond_emb, t)
+
+    def p_pred(self, log_x: torch.Tensor, cond_emb: Any, t: torch.Tensor):
+        """``(log p_theta(x_{t-1} | x_t), log p_theta(x_0 | x_t))`` (Eq. 11)."""
+        log_x_recon = self.predict_start(log_x, cond_emb, t)
+        return self.q_posterior(log_x_recon, log_x, t), log_x_recon
+
+    @torch.no_grad()
+    def p_sample(self, log_x, cond_emb, t, sampled=None, to_sample=None, generator=None):
+        """One ancestral step ``x_{t-1} ~ p_theta(x_{t-1} | x_t)`` (official signature, ``prior_rule`` 0).
+
+        Returns ``(log one-hot x_{t-1}, sampled)`` when ``sampled`` is given (the official return),
+        else the log one-hot alone. The Improved rules live in :func:`samplers.sample_improved`.
+        """
+        model_log_prob, _ = self.p_pred(log_x, cond_emb, t)
+        out = log_sample_categorical(model_log_prob, self.num_classes, generator)
+        if sampled is None:
+            return out
+        return out, [self.content_seq_len] * log_x.shape[0]
+
+    # ----------------------------------------------------------------------------------------------
+    # training (Sec. 3.3, Eq. 8-12)
+    # ----------------------------------------------------------------------------------------------
+    def multinomial_kl(self, log_prob1: torch.Tensor, log_prob2: torch.Tensor) -> torch.Tensor:
+        return multinomial_kl(log_prob1, log_prob2)
+
+    def sample_time(self, b: int, device: torch.device, method: str = "uniform", generator=None):
+        """Draw t (B,) and its probability p_t: uniform, or 'importance' ~ sqrt(E[L_t^2]) once every step
+        has been seen more than 10 times (Nichol & Dhariwal importance sampling). No host sync."""
+        uniform_t = torch.randint(0, self.num_timesteps, (b,), device=device, generator=generator)
+        uniform_pt = torch.full((b,), 1.0 / self.num_timesteps, device=device)
+        if method == "uniform":
+            return uniform_t, uniform_pt
+        if method != "importance":
+            raise ValueError(f"unknown time sampling method {method!r} (expected 'uniform' or 'importance')")
+        Lt_sqrt = torch.sqrt(self.Lt_history + 1e-10) + 0.0001
+        Lt_sqrt = torch.cat([Lt_sqrt[1:2], Lt_sqrt[1:]])  # the decoder term takes L_1's weight
+        pt_all = Lt_sqrt / Lt_sqrt.sum()
+        imp_t = torch.multinomial(pt_all, num_samples=b, replacement=True, generator=generator)
+        ready = (self.Lt_count > 10).all()
+        t = torch.where(ready, imp_t, uniform_t)
+        pt = torch.where(ready, pt_all.gather(0, imp_t), uniform_pt)
+        return t, pt
+
+    def _train_loss(self, x: torch.Tensor, cond_emb: Any, is_train: bool = True, generator=None):
+        """Per-sample loss (B,): ``L_t / p_t`` + the auxiliary x_0 loss (Eq. 12); also ``log p_theta``."""
+        b, device = x.shape[0], x.device
+        t, pt = self.sample_time(b, device, "importance", generator)
+        log_x_start = index_to_log_onehot(x, self.num_classes)
+        log_xt = self.q_sample(log_x_start, t, generator)
+        xt = log_onehot_to_index(log_xt)
+
+        log_x0_recon = self.predict_start_index(xt, cond_emb, t)
+        with torch.autocast(device.type, enabled=False):
+            log_x0_recon = log_x0_recon.float()
+            log_model_prob = self.q_posterior(log_x0_recon, log_xt, t)
+            log_true_prob = self.q_posterior(log_x_start, log_xt, t)
+
+            mask_region = (xt == self.num_classes - 1).float()
+            mask_weight = mask_region * self.mask_weight[0] + (1.0 - mask_region) * self.mask_weight[1]
+            kl = (multinomial_kl(log_true_prob, log_model_prob) * mask_weight).sum(1)  # (B,)
+            decoder_nll = -log_categorical(log_x_start, log_model_prob).sum(1)  # (B,)
+            is_t0 = (t == 0).float()
+            kl_loss = is_t0 * decoder_nll + (1.0 - is_t0) * kl
+
+            with torch.no_grad():
+                new_hist = 0.1 * kl_loss.detach().pow(2) + 0.9 * self.Lt_history.gather(0, t)
+                self.Lt_history.scatter_(0, t, new_hist)
+                self.Lt_count.scatter_add_(0, t, torch.ones_like(new_hist))
+
+            loss = kl_loss / pt
+            if self.auxiliary_loss_weight != 0 and is_train:
+                kl_aux = multinomial_kl(log_x_start[:, :-1, :], log_x0_recon[:, :-1, :]) * mask_weight
+                kl_aux_loss = is_t0 * decoder_nll + (1.0 - is_t0) * kl_aux.sum(1)
+                weight = (1.0 - t / self.num_timesteps) + 1.0 if self.adaptive_auxiliary_loss else 1.0
+                loss = loss + weight * self.auxiliary_loss_weight * kl_aux_loss / pt
+        return log_model_prob, loss
+
+    def _condition_embedding(self, input: Mapping) -> Any:
+        """The condition for the network, with the learnable-cf swap of empty captions in training."""
+        if self.condition_emb is None:
+            emb = input.get("condition_embed_token")
+            return emb.float() if torch.is_tensor(emb) and emb.is_floating_point() else emb
+        with torch.autocast(self.device.type, enabled=False), torch.no_grad():
+            cond_emb = self.condition_emb(input["condition_token"])
+        if torch.is_tensor(cond_emb) and cond_emb.is_floating_point():
+            cond_emb = cond_emb.float()
+            if self.learnable_cf and self.training and input.get("condition_mask") is not None:
+                empty = ~input["condition_mask"][:, 2].bool()  # caption = only start + end tokens
+                cond_emb = torch.where(
+                    empty[:, None, None], self.empty_text_embed.to(cond_emb.dtype).unsqueeze(0), cond_emb
+                )
+        return cond_emb
+
+    def forward(
+        self,
+        input: Mapping,
+        return_loss: bool = False,
+        return_logits: bool = True,
+        return_att_weight: bool = False,
+        is_train: bool = True,
+        **kwargs,
+    ) -> dict:
+        """Training forward: ``input`` has ``content_token`` (B, N) and the condition
+        (``condition_token`` [+ ``condition_mask``], or ``condition_embed_token``).
+
+        Returns ``{'logits': p_theta(x_{t-1} | x_t) (B, K+1, N), 'loss': per-token loss}``.
+        """
+        self.amp = bool(kwargs.get("autocast", False))
+        try:
+            x = input["content_token"]
+            cond_emb = self._condition_embedding(input)
+            log_model_prob, loss = self._train_loss(x, cond_emb, is_train=is_train, generator=kwargs.get("generator"))
+            loss = loss.sum() / (x.shape[0] * x.shape[1])
+        finally:
+            self.amp = False
+        out = {}
+        if return_logits:
+            out["logits"] = torch.exp(log_model_prob)
+        if return_loss:
+            out["loss"] = loss
+        return out
+
+    # ----------------------------------------------------------------------------------------------
+    # sampling
+    # ----------------------------------------------------------------------------------------------
+    def make_denoiser(
+        self,
+        cond_emb: Any,
+        *,
+        uncond_emb: Any = None,
+        guidance_scale: float = 1.0,
+        truncation_rate: Optional[float] = None,
+        top_k: Optional[int] = None,
+    ) -> S.Denoiser:
+        """A per-request ``denoise(x_t, t) -> log p(x_0 | x_t)`` (B, K+1, N) with guidance and truncation.
+
+        Classifier-free guidance (Improved, Eq. 9-10): ``l = l_u + s (l_c - l_u)`` in log space, then
+        renormalised and clamped, from ONE batched network call on ``cat([cond, uncond])``; scale 1 makes
+        a single conditional call. The condition cache (cross-attention keys/values) is computed here once.
+        """
+        guided = abs(float(guidance_scale) - 1.0) >= 1e-3
+        if guided:
+            if uncond_emb is None:
+                raise ValueError(
+                    "guidance_scale != 1 needs an unconditional embedding (uncond_emb): the learnable "
+                    "empty_text_embed (learnable_cf: True), the embedding of '' or the null class label"
+                )
+            if torch.is_tensor(uncond_emb) and torch.is_tensor(cond_emb):
+                uncond_emb = uncond_emb.to(device=cond_emb.device, dtype=cond_emb.dtype)
+                if uncond_emb.shape[0] != cond_emb.shape[0]:
+                    uncond_emb = uncond_emb.expand(cond_emb.shape[0], *uncond_emb.shape[1:])
+            net_cond = torch.cat([cond_emb, uncond_emb], dim=0)
+        else:
+            net_cond = cond_emb
+        cache = self.precompute_condition(net_cond)
+        scale = float(guidance_scale)
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if guided:
+                both = self._net_log_probs(torch.cat([x_t, x_t]), net_cond, torch.cat([t, t]), cache)
+                log_c, log_u = both.chunk(2, dim=0)
+                log_p = log_u + scale * (log_c - log_u)
+                log_p = (log_p - torch.logsumexp(log_p, dim=1, keepdim=True)).clamp(CLAMP_MIN, 0)
+            else:
+                log_p = self._net_log_probs(x_t, net_cond, t, cache)
+            log_p = self._append_mask_row(log_p)
+            if truncation_rate is not None:
+                log_p = S.truncate_log_probs(log_p, truncation_rate)
+            if top_k is not None:
+                log_p = S.top_k_log_probs(log_p, top_k)
+            return log_p
+
+        return denoise
+
+    def _sampling_condition(self, condition_token, condition_embed) -> Any:
+        if self.condition_emb is not None and condition_token is not None:
+            with torch.no_grad():
+                cond_emb = self.condition_emb(condition_token)
+            return cond_emb.float() if torch.is_tensor(cond_emb) and cond_emb.is_floating_point() else cond_emb
+        if torch.is_tensor(condition_embed) and condition_embed.is_floating_point():
+            return condition_embed.float()
+        return condition_embed
+
+    def _batch_size(self, condition_token, condition_embed, content_token, batch_size) -> int:
+        for x in (condition_token, condition_embed, content_token):
+            if torch.is_tensor(x):
+                return x.shape[0]
+        if batch_size is None:
+            raise ValueError("unconditional sampling needs batch_size=")
+        return int(batch_size)
+
+    def unconditional_embedding(self, batch_size: int) -> Optional[torch.Tensor]:
+        """The learned null-text embedding repeated (B, 77, D), or None when ``learnable_cf`` is off."""
+        if not self.learnable_cf:
+            return None
+        if not hasattr(self, "empty_text_embed"):
+            raise ValueError(
+                "learnable_cf is True but this model has no 'empty_text_embed': build it with "
+                "'learnable_cf: True' in diffusion_config.params and load a learnable-cf checkpoint"
+            )
+        return self.empty_text_embed.float().unsqueeze(0).expand(batch_size, -1, -1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        condition_token=None,
+        condition_mask=None,
+        condition_embed=None,
+        content_token=None,
+        filter_ratio: float = 0.5,
+        temperature: float = 1.0,
+        return_att_weight: bool = False,
+        return_logits: bool = False,
+        content_logits=None,
+        print_log: bool = True,
+        *,
+        batch_size: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        guidance_scale: float = 1.0,
+        uncond_emb: Any = None,
+        truncation_rate: Optional[float] = None,
+        top_k: Optional[int] = None,
+        prior_rule: Optional[int] = None,
+        prior_weight: Optional[float] = None,
+        prior_ps: Optional[int] = None,
+        skip_step: int = 0,
+        rerun_prob: float = 0.0,
+        fixed: Optional[tuple] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+        **kwargs,
+    ) -> dict:
+        """Generate tokens: ``{'content_token': (B, N)}`` (+ ``'logits'`` when ``return_logits``).
+
+        ``filter_ratio = 0``: from all-[MASK] at t = T-1 down to 0, with the v1 rule (``prior_rule`` 0, one
+        call per step, or skip ``skip_step`` steps) or the Improved rules (``prior_rule`` 1/2, ``prior_ps``
+        tokens per call, ``n_sample`` per step). ``filter_ratio > 0``: noise ``content_token`` to step
+        ``int(T * filter_ratio) - 1`` and denoise from there (partial sampling / editing).
+        Per-request options (``generator``, ``guidance_scale``, ``uncond_emb``, truncation, prior) never
+        persist on the model.
+        """
+        B = self._batch_size(condition_token, condition_embed, content_token, batch_size)
+        device = self.device
+        cond_emb = self._sampling_condition(condition_token, condition_embed)
+        if guidance_scale != 1.0 and uncond_emb is None:
+            uncond_emb = self.unconditional_embedding(B)
+        denoise = self.make_denoiser(
+            cond_emb, uncond_emb=uncond_emb, guidance_scale=guidance_scale, truncation_rate=truncation_rate, top_k=top_k
+        )
+        prior_rule = self.prior_rule if prior_rule is None else int(prior_rule)
+        prior_weight = self.prior_weight if prior_weight is None else float(prior_weight)
+        prior_ps = self.prior_ps if prior_ps is None else int(prior_ps)
+        start_step = int(self.num_timesteps * filter_ratio)
+        K, N = self.num_classes - 1, self.content_seq_len
+
+        if start_step == 0:
+            x = torch.full((B, N), K, dtype=torch.long, device=device)
+            steps = S.timesteps(self.num_timesteps, skip_step)
+            if prior_rule > 0:
+                n_sample = S.n_sample_table(self.num_timesteps, N, prior_ps)
+                x = S.sample_improved(
+                    self, denoise, x, steps, generator=generator, callback=callback, fixed=fixed,
+                    prior_rule=prior_rule, prior_weight=prior_weight, prior_ps=prior_ps, n_sample=n_sample,
+                    rerun_prob=rerun_prob,
+                )
+            else:
+                x = S.sample_ancestral(
+                    self, denoise, x, steps, generator=generator, callback=callback, fixed=fixed, rerun_prob=rerun_prob
+                )
+        else:
+            if content_token is None:
+                raise ValueError(f"filter_ratio={filter_ratio} > 0 needs content_token (the tokens to start from)")
+            start_step = min(start_step, self.num_timesteps)
+            t = torch.full((B,), start_step - 1, device=device, dtype=torch.long)
+            x0 = content_token.to(device)
+            x = log_onehot_to_index(self.q_sample(index_to_log_onehot(x0, self.num_classes), t, generator))
+            steps = S.timesteps(self.num_timesteps, skip_step, start=start_step)
+            x = S.sample_ancestral(
+                self, denoise, x, steps, generator=generator, callback=callback, fixed=fixed, rerun_prob=rerun_prob
+            )
+        out = {"content_token": x}
+        if return_logits:
+            out["logits"] = torch.exp(index_to_log_onehot(x, self.num_classes))
+        return out
+
+    @torch.no_grad()
+    def sample_fast(
+        self,
+        condition_token=None,
+        condition_mask=None,
+        condition_embed=None,
+        content_token=None,
+        filter_ratio: float = 0.5,
+        temperature: float = 1.0,
+        return_att_weight: bool = False,
+        return_logits: bool = False,
+        content_logits=None,
+        print_log: bool = True,
+        skip_step: int = 1,
+        **kwargs,
+    ) -> dict:
+        """Skip-step sampling from all-[MASK]: steps ``T-1, T-2-s, ..., 0`` (one network call each)."""
+        if int(self.num_timesteps * filter_ratio) != 0:
+            raise ValueError(f"sample_fast starts from all-[MASK]: filter_ratio must be 0, got {filter_ratio}")
+        kwargs.pop("prior_rule", None)
+        return self.sample(
+            condition_token, condition_mask, condition_embed, content_token, filter_ratio=0.0,
+            return_logits=return_logits, skip_step=skip_step, prior_rule=0, **kwargs,
+        )
