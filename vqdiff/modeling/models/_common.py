@@ -1,0 +1,98 @@
+"""What DALLE, C_DALLE and UC_DALLE share: building parts, device moves, and turning the official
+``sample_type`` strings into per-request sampler arguments (nothing is patched onto the model)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.utils.config import instantiate_from_config
+
+__all__ = ["build_part", "to_device", "sampling_arguments", "TokenModelMixin"]
+
+
+def build_part(config: Any) -> Optional[nn.Module]:
+    """``instantiate_from_config`` that also accepts an already built module (tests, research forks)."""
+    if config is None or isinstance(config, nn.Module):
+        return config
+    return instantiate_from_config(config)
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    return value.to(device) if torch.is_tensor(value) else value
+
+
+def sampling_arguments(
+    transformer,
+    sample_type: Optional[str],
+    *,
+    guidance_scale: float,
+    prior_rule: Optional[int] = None,
+    prior_weight: Optional[float] = None,
+) -> dict:
+    """Per-request keyword arguments of ``DiffusionTransformer.sample`` from a ``sample_type`` string.
+
+    ``time{s}`` with s < 1 reveals ``int(N // T * s)`` tokens per call with the Improved rules (rule 0
+    becomes 1), the official ``int(1024 // T * s)`` generalised to any sequence length N.
+    """
+    opts = S.parse_sample_type(sample_type)
+    rule = transformer.prior_rule if prior_rule is None else int(prior_rule)
+    kw = dict(
+        truncation_rate=opts["truncation_rate"],
+        top_k=opts["top_k"],
+        skip_step=opts["skip_step"],
+        rerun_prob=opts["rerun_prob"],
+        guidance_scale=float(guidance_scale),
+        prior_rule=rule,
+        prior_weight=transformer.prior_weight if prior_weight is None else float(prior_weight),
+        prior_ps=transformer.prior_ps,
+    )
+    if opts["time_ratio"] is not None:
+        N, T = transformer.content_seq_len, transformer.num_timesteps
+        kw["prior_ps"] = max(1, int(N // T * opts["time_ratio"]))
+        kw["prior_rule"] = rule if rule > 0 else 1
+    return kw
+
+
+class TokenModelMixin:
+    """Content-side helpers shared by the three models (``content_codec``, ``transformer``)."""
+
+    content_info: Mapping
+    content_codec: nn.Module
+    transformer: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    def get_ema_model(self) -> nn.Module:
+        """The module the EMA tracks: the ``DiffusionTransformer`` (official ``ckpt['ema']``)."""
+        return self.transformer
+
+    def parameters_to_optimize(self) -> list:
+        """Every trainable parameter (frozen codecs and CLIP excluded; ``empty_text_embed`` included)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def prepare_content(self, batch: Mapping, with_mask: bool = False) -> dict:
+        """``{'content_token': (B, N)}`` from ``batch['content_token']`` (a token cache) or by encoding
+        ``batch[content_info['key']]`` images (B, 3, H, W) in [0, 255] with the frozen codec."""
+        if batch.get("content_token") is not None:
+            return {"content_token": batch["content_token"].to(self.device).long()}
+        key = self.content_info["key"]
+        if batch.get(key) is None:
+            raise KeyError(f"batch has neither 'content_token' nor '{key}' (images) to take the content from")
+        with torch.autocast(self.device.type, enabled=False):
+            cont = self.content_codec.get_tokens(to_device(batch[key], self.device))
+        return {"content_" + k: to_device(v, self.device) for k, v in cont.items()}
+
+    @torch.no_grad()
+    def reconstruct(self, input: torch.Tensor) -> torch.Tensor:
+        tokens = self.content_codec.get_tokens(to_device(input, self.device))["token"]
+        return self.content_codec.decode(tokens)
+
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.content_codec.decode(tokens)

@@ -1,0 +1,142 @@
+"""``C_DALLE``: class-conditional VQ-Diffusion (ImageNet). ``batch = {'label': list[int] | (B,), 'image'}``.
+
+Classifier-free guidance uses the null label ``num_classes`` (1000 for ImageNet): a learned row when the
+network was built with ``class_number = 1001`` (``imagenet_cf``), else the mean class embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ._common import TokenModelMixin, build_part, sampling_arguments, to_device
+
+__all__ = ["C_DALLE"]
+
+
+class C_DALLE(TokenModelMixin, nn.Module):
+    def __init__(
+        self,
+        *,
+        content_info: Mapping = {"key": "image"},
+        condition_info: Mapping = {"key": "label"},
+        guidance_scale: float = 1.0,
+        learnable_cf: bool = False,
+        content_codec_config: Any,
+        diffusion_config: Any,
+    ):
+        super().__init__()
+        self.content_info = dict(content_info)
+        self.condition_info = dict(condition_info)
+        self.guidance_scale = float(guidance_scale)
+        self.learnable_cf = bool(learnable_cf)
+        self.content_codec = build_part(content_codec_config)
+        self.transformer = build_part(diffusion_config)
+
+    @property
+    def null_label(self) -> int:
+        """The "no class" label: the number of real classes (``ClassEmbedding.num_embed``, default 1000)."""
+        return int(getattr(self.transformer.condition_emb, "num_embed", 1000) or 1000)
+
+    @torch.no_grad()
+    def prepare_condition(self, batch: Optional[Mapping], condition: Any = None) -> dict:
+        if condition is None and batch is not None and batch.get("condition_token") is not None:
+            labels = batch["condition_token"]
+        else:
+            key = self.condition_info["key"]
+            labels = condition if condition is not None else (batch or {}).get(key)
+            if labels is None:
+                raise KeyError(f"batch has no '{key}' (class labels) and no 'condition_token'")
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        return {"condition_token": labels.to(self.device)}
+
+    def prepare_input(self, batch: Mapping) -> dict:
+        inp = self.prepare_condition(batch)
+        inp.update(self.prepare_content(batch))
+        return inp
+
+    def forward(self, batch: Mapping, return_loss: bool = True, step: int = 0, name: str = "none", **kwargs) -> dict:
+        return self.transformer(self.prepare_input(batch), return_loss=return_loss, **kwargs)
+
+    @torch.no_grad()
+    def generate_content(
+        self,
+        *,
+        batch: Mapping,
+        condition: Any = None,
+        filter_ratio: float = 0.5,
+        temperature: float = 1.0,
+        content_ratio: float = 0.0,
+        replicate: int = 1,
+        return_att_weight: bool = False,
+        sample_type: str = "normal",
+        guidance_scale: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        prior_rule: Optional[int] = None,
+        prior_weight: Optional[float] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+        fixed: Optional[tuple] = None,
+    ) -> dict:
+        """Generate images of ``batch['label']`` (each ``replicate`` times); see ``DALLE.generate_content``."""
+        was_training = self.training
+        self.eval()
+        try:
+            labels = self.prepare_condition(batch, condition)["condition_token"].repeat(replicate)
+            scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=scale,
+                                    prior_rule=prior_rule, prior_weight=prior_weight)
+            if kw["skip_step"] > 0:
+                kw["prior_rule"] = 0
+            uncond = torch.full_like(labels, self.null_label) if abs(scale - 1.0) >= 1e-3 else None
+            content_token = None
+            if filter_ratio > 0:
+                content_token = self.prepare_content(batch)["content_token"].repeat(replicate, 1)
+            trans_out = self.transformer.sample(
+                condition_token=labels, content_token=content_token, filter_ratio=filter_ratio,
+                uncond_emb=uncond, generator=generator, callback=callback, fixed=fixed, **kw,
+            )
+            content = self._decode(trans_out["content_token"])
+        finally:
+            self.train(was_training)
+        return {"content": content, "content_token": trans_out["content_token"]}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch: Mapping,
+        clip: Any = None,
+        temperature: float = 1.0,
+        return_rec: bool = True,
+        filter_ratio: Sequence[float] = (0, 0.5, 1.0),
+        content_ratio: Sequence[float] = (1,),
+        return_att_weight: bool = False,
+        return_logits: bool = False,
+        sample_type: str = "normal",
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> dict:
+        """The trainer's periodic sampler (see ``DALLE.sample``)."""
+        was_training = self.training
+        self.eval()
+        try:
+            labels = self.prepare_condition(batch)["condition_token"]
+            content = self.prepare_content(batch)
+            out = {"condition": batch.get(self.condition_info["key"])}
+            if batch.get(self.content_info["key"]) is not None:
+                out["input_image"] = batch[self.content_info["key"]]
+            if return_rec:
+                out["reconstruction_image"] = self._decode(content["content_token"])
+            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0)
+            kw["skip_step"] = 0
+            for fr in filter_ratio:
+                for cr in content_ratio:
+                    trans_out = self.transformer.sample(
+                        condition_token=labels, content_token=content["content_token"], filter_ratio=fr,
+                        return_logits=return_logits, generator=generator, **kw,
+                    )
+                    out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
+        finally:
+            self.train(was_training)
+        return out

@@ -1,0 +1,186 @@
+"""``DALLE``: text-to-image VQ-Diffusion = frozen image codec + text tokenizer + ``DiffusionTransformer``.
+
+Official names and methods (``content_codec``, ``condition_codec``, ``transformer``; ``forward``,
+``generate_content``, ``sample``, ``get_ema_model``) so released checkpoints and the trainer line up.
+Unlike the official code, every ``generate_content`` call uses its own truncation, guidance scale,
+batch size and generator: nothing is installed on the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ._common import TokenModelMixin, build_part, sampling_arguments, to_device
+
+__all__ = ["DALLE"]
+
+
+class DALLE(TokenModelMixin, nn.Module):
+    """Text-conditional model. ``batch = {'text': list[str], 'image': (B,3,H,W) in [0,255]}`` (or
+    ``'content_token'`` (B, N) instead of images, and ``'condition_token'``/``'condition_mask'`` instead of
+    texts)."""
+
+    def __init__(
+        self,
+        *,
+        content_info: Mapping = {"key": "image"},
+        condition_info: Mapping = {"key": "text"},
+        guidance_scale: float = 1.0,
+        learnable_cf: bool = False,
+        content_codec_config: Any,
+        condition_codec_config: Any,
+        diffusion_config: Any,
+    ):
+        super().__init__()
+        self.content_info = dict(content_info)
+        self.condition_info = dict(condition_info)
+        self.guidance_scale = float(guidance_scale)
+        self.learnable_cf = bool(learnable_cf)
+        self.content_codec = build_part(content_codec_config)
+        self.condition_codec = build_part(condition_codec_config)
+        self.transformer = build_part(diffusion_config)
+
+    # ------------------------------------------------------------------------------ inputs
+    @torch.no_grad()
+    def prepare_condition(self, batch: Optional[Mapping], condition: Any = None) -> dict:
+        """``{'condition_token': (B, 77), 'condition_mask': (B, 77)}`` from texts (or pre-tokenised)."""
+        if condition is None and batch is not None and batch.get("condition_token") is not None:
+            out = {"condition_token": batch["condition_token"]}
+            if batch.get("condition_mask") is not None:
+                out["condition_mask"] = batch["condition_mask"]
+            return {k: to_device(v, self.device) for k, v in out.items()}
+        key = self.condition_info["key"]
+        cond = condition if condition is not None else (batch or {}).get(key)
+        if cond is None:
+            raise KeyError(f"batch has no '{key}' (captions) and no 'condition_token'")
+        if isinstance(cond, str):
+            cond = [cond]
+        cond = self.condition_codec.get_tokens(to_device(cond, self.device))
+        return {"condition_" + k: to_device(v, self.device) for k, v in cond.items()}
+
+    def prepare_input(self, batch: Mapping) -> dict:
+        inp = self.prepare_condition(batch)
+        inp.update(self.prepare_content(batch))
+        return inp
+
+    def forward(self, batch: Mapping, return_loss: bool = True, step: int = 0, name: str = "none", **kwargs) -> dict:
+        """Training step: ``{'loss': per-token loss, 'logits': ...}`` (the trainer's contract)."""
+        return self.transformer(self.prepare_input(batch), return_loss=return_loss, **kwargs)
+
+    # ------------------------------------------------------------------------------ sampling
+    def _uncond_embedding(self, batch_size: int) -> torch.Tensor:
+        if self.learnable_cf:
+            return self.transformer.unconditional_embedding(batch_size)
+        empty = self.prepare_condition(None, condition=[""] * batch_size)
+        emb = self.transformer.condition_emb(empty["condition_token"])
+        return emb.float()
+
+    @torch.no_grad()
+    def generate_content(
+        self,
+        *,
+        batch: Mapping,
+        condition: Any = None,
+        filter_ratio: float = 0.5,
+        temperature: float = 1.0,
+        content_ratio: float = 0.0,
+        replicate: int = 1,
+        return_att_weight: bool = False,
+        sample_type: str = "top0.85r",
+        guidance_scale: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        prior_rule: Optional[int] = None,
+        prior_weight: Optional[float] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+        fixed: Optional[tuple] = None,
+    ) -> dict:
+        """Generate images for ``batch['text']`` (each ``replicate`` times): ``{'content': (B,3,H,W)
+        in [0,255], 'content_token': (B, N)}``.
+
+        ``sample_type``: ``'top{r}r'`` truncation, ``',time{s}'`` fast (s >= 2) or high-quality (s < 1)
+        inference, ``',fast{k}'`` skip k steps, ``'top{k}p'`` top-k, ``',q{p}'`` step re-runs.
+        ``guidance_scale`` None takes ``self.guidance_scale``. ``filter_ratio > 0`` starts from the
+        tokens of ``batch['image']``/``batch['content_token']`` noised to step ``int(T * filter_ratio)``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            cond = self.prepare_condition(batch, condition)
+            if replicate != 1:
+                cond = {k: torch.cat([v] * replicate, 0) if torch.is_tensor(v) else v for k, v in cond.items()}
+            B = cond["condition_token"].shape[0]
+            scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=scale,
+                                    prior_rule=prior_rule, prior_weight=prior_weight)
+            uncond = self._uncond_embedding(B) if abs(scale - 1.0) >= 1e-3 else None
+            content_token = None
+            if filter_ratio > 0:
+                content_token = self.prepare_content(batch)["content_token"]
+                if replicate != 1:
+                    content_token = torch.cat([content_token] * replicate, 0)
+            if kw["skip_step"] > 0:
+                kw["prior_rule"] = 0  # skip-step sampling is the v1 rule (the official sample_fast)
+            trans_out = self.transformer.sample(
+                condition_token=cond["condition_token"],
+                condition_mask=cond.get("condition_mask"),
+                condition_embed=cond.get("condition_embed_token"),
+                content_token=content_token,
+                filter_ratio=filter_ratio,
+                temperature=temperature,
+                uncond_emb=uncond,
+                generator=generator,
+                callback=callback,
+                fixed=fixed,
+                **kw,
+            )
+            content = self._decode(trans_out["content_token"])
+        finally:
+            self.train(was_training)
+        return {"content": content, "content_token": trans_out["content_token"]}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch: Mapping,
+        clip: Any = None,
+        temperature: float = 1.0,
+        return_rec: bool = True,
+        filter_ratio: Sequence[float] = (0, 0.5, 1.0),
+        content_ratio: Sequence[float] = (1,),
+        return_att_weight: bool = False,
+        return_logits: bool = False,
+        sample_type: str = "normal",
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> dict:
+        """The trainer's periodic sampler: input, reconstruction and ``cond1_cont{cr}_fr{fr}_image``
+        samples for each filter ratio (``content_ratio`` only names the keys: the whole image's tokens
+        are used, as in the official code with its default ``[1]``)."""
+        was_training = self.training
+        self.eval()
+        try:
+            cond = self.prepare_condition(batch)
+            content = self.prepare_content(batch)
+            out = {"condition": batch.get(self.condition_info["key"])}
+            if batch.get(self.content_info["key"]) is not None:
+                out["input_image"] = batch[self.content_info["key"]]
+            if return_rec:
+                out["reconstruction_image"] = self._decode(content["content_token"])
+            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0)
+            kw["skip_step"] = 0
+            for fr in filter_ratio:
+                for cr in content_ratio:
+                    trans_out = self.transformer.sample(
+                        condition_token=cond["condition_token"], condition_mask=cond.get("condition_mask"),
+                        condition_embed=None, content_token=content["content_token"], filter_ratio=fr,
+                        return_logits=return_logits, generator=generator, **kw,
+                    )
+                    out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
+                    if return_logits:
+                        out["logits"] = trans_out["logits"]
+        finally:
+            self.train(was_training)
+        return out

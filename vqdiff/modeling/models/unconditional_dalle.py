@@ -1,0 +1,109 @@
+"""``UC_DALLE``: unconditional VQ-Diffusion (FFHQ). ``batch = {'image': (B,3,H,W) in [0,255]}``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ._common import TokenModelMixin, build_part, sampling_arguments
+
+__all__ = ["UC_DALLE"]
+
+
+class UC_DALLE(TokenModelMixin, nn.Module):
+    def __init__(
+        self,
+        *,
+        content_info: Mapping = {"key": "image"},
+        content_codec_config: Any,
+        diffusion_config: Any,
+    ):
+        super().__init__()
+        self.content_info = dict(content_info)
+        self.content_codec = build_part(content_codec_config)
+        self.transformer = build_part(diffusion_config)
+
+    def prepare_input(self, batch: Mapping) -> dict:
+        return self.prepare_content(batch)
+
+    def forward(self, batch: Mapping, return_loss: bool = True, step: int = 0, name: str = "none", **kwargs) -> dict:
+        return self.transformer(self.prepare_input(batch), return_loss=return_loss, **kwargs)
+
+    @torch.no_grad()
+    def generate_content(
+        self,
+        *,
+        batch: Optional[Mapping] = None,
+        condition: Any = None,
+        filter_ratio: float = 0.5,
+        temperature: float = 1.0,
+        content_ratio: float = 0.0,
+        replicate: int = 1,
+        return_att_weight: bool = False,
+        sample_type: str = "top0.85r",
+        generator: Optional[torch.Generator] = None,
+        prior_rule: Optional[int] = None,
+        prior_weight: Optional[float] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+        fixed: Optional[tuple] = None,
+        **kwargs,
+    ) -> dict:
+        """Generate ``replicate`` images (times the batch's images when ``filter_ratio > 0``)."""
+        was_training = self.training
+        self.eval()
+        try:
+            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0,
+                                    prior_rule=prior_rule, prior_weight=prior_weight)
+            if kw["skip_step"] > 0:
+                kw["prior_rule"] = 0
+            content_token = None
+            if filter_ratio > 0:
+                content_token = self.prepare_content(batch or {})["content_token"].repeat(replicate, 1)
+            trans_out = self.transformer.sample(
+                condition_token=None, content_token=content_token, filter_ratio=filter_ratio,
+                batch_size=replicate, generator=generator, callback=callback, fixed=fixed, **kw,
+            )
+            content = self._decode(trans_out["content_token"])
+        finally:
+            self.train(was_training)
+        return {"content": content, "content_token": trans_out["content_token"]}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch: Mapping,
+        clip: Any = None,
+        temperature: float = 1.0,
+        return_rec: bool = True,
+        filter_ratio: Sequence[float] = (0, 0.5, 1.0),
+        content_ratio: Sequence[float] = (1,),
+        return_att_weight: bool = False,
+        return_logits: bool = False,
+        sample_type: str = "normal",
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
+    ) -> dict:
+        """The trainer's periodic sampler (see ``DALLE.sample``)."""
+        was_training = self.training
+        self.eval()
+        try:
+            content = self.prepare_content(batch)
+            out = {}
+            if batch.get(self.content_info["key"]) is not None:
+                out["input_image"] = batch[self.content_info["key"]]
+            if return_rec:
+                out["reconstruction_image"] = self._decode(content["content_token"])
+            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0)
+            kw["skip_step"] = 0
+            for fr in filter_ratio:
+                for cr in content_ratio:
+                    trans_out = self.transformer.sample(
+                        content_token=content["content_token"], filter_ratio=fr,
+                        batch_size=content["content_token"].shape[0], generator=generator, **kw,
+                    )
+                    out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
+        finally:
+            self.train(was_training)
+        return out
