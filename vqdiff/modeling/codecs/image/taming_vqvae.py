@@ -83,7 +83,7 @@ class TamingCodec(BaseCodec):
         config_path: taming YAML describing the model (relative to the working directory).
         ckpt_path: its weights (Lightning ``.ckpt``, ``{'state_dict': …}`` or a plain state dict);
             ``None`` keeps random weights (tests, or weights loaded later from a DALLE checkpoint).
-        num_tokens: codebook size of the model.
+        num_tokens: codebook size of the model (None: read it from the model).
         quantize_number: size of the compact vocabulary, 0 for none.
         mapping_path: LongTensor file ``(num_tokens,)`` mapping codes to compact ids.
         allow_unsafe_pickle: allow reading a checkpoint that needs full unpickling (trusted files only).
@@ -96,7 +96,7 @@ class TamingCodec(BaseCodec):
         token_shape: Sequence[int] = (16, 16),
         config_path: str | None = None,
         ckpt_path: str | None = None,
-        num_tokens: int = 16384,
+        num_tokens: int | None = None,
         quantize_number: int = 0,
         mapping_path: str | None = None,
         allow_unsafe_pickle: bool = False,
@@ -110,8 +110,8 @@ class TamingCodec(BaseCodec):
         if len(token_shape) != 2:
             raise ConfigError(f"{type(self).__name__}: token_shape must be (h, w), got {token_shape!r}")
         self.token_shape = (int(token_shape[0]), int(token_shape[1]))
-        self.num_tokens = int(num_tokens)
-        model_codes = int(getattr(self.enc.quantize, "n_e", self.num_tokens))
+        model_codes = int(self.enc.quantize.n_e)
+        self.num_tokens = model_codes if num_tokens is None else int(num_tokens)
         if model_codes != self.num_tokens:
             raise ConfigError(f"{type(self).__name__}: num_tokens is {self.num_tokens} but the model in "
                               f"'{config_path}' has {model_codes} codes")
