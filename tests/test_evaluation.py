@@ -1,0 +1,283 @@
+"""Evaluation metrics: shapes attribute classifier, FID / IS math and Inception plumbing, CLIP score plumbing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import fixtures_dir
+from vqdiff.data.synthetic import ShapesDataset, all_combinations, heldout_combinations, make_caption
+from vqdiff.evaluation.clip_score import (
+    CLIPModel,
+    CLIPVisionTransformer,
+    clip_score,
+    compute_clip_score,
+    load_clip_state_dict,
+)
+from vqdiff.evaluation.fid import (
+    FeatureStatistics,
+    InceptionFeatureExtractor,
+    compute_fid,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+)
+from vqdiff.evaluation.shapes_classifier import (
+    CHANCE,
+    attribute_accuracy,
+    classify,
+    load_shapes_classifier,
+    parse_caption,
+    save_shapes_classifier,
+    text_following_report,
+    train_shapes_classifier,
+)
+
+
+# ---------------------------------------------------------------- shapes classifier
+
+@pytest.fixture(scope="module")
+def shapes_classifier():
+    # trained WITHOUT the held-out combinations: it must still read them right
+    return train_shapes_classifier(resolution=32, num_samples=1500, steps=250, seed=0, split="train",
+                                   progress=False)
+
+
+def _split_tensors(split: str, n: int, seed: int = 7):
+    ds = ShapesDataset(num_samples=n, resolution=32, split=split, seed=seed)
+    items = [ds[i] for i in range(n)]
+    images = torch.stack([it["image"] for it in items])
+    targets = {k: torch.tensor([it[k] for it in items]) for k in ("color", "shape", "position")}
+    return images, targets, [it["text"] for it in items]
+
+
+def test_classifier_reads_heldout_combinations(shapes_classifier):
+    images, targets, _ = _split_tensors("heldout", 160)
+    acc = attribute_accuracy(shapes_classifier, images, targets)
+    for k in ("color", "shape", "position"):
+        assert acc[k] >= 0.95, acc
+    assert acc["all"] >= 0.9, acc
+
+
+def test_classifier_save_load_and_resize(shapes_classifier, tmp_path):
+    images, _, _ = _split_tensors("all", 24)
+    path = tmp_path / "clf" / "shapes.pth"
+    save_shapes_classifier(shapes_classifier, path)
+    loaded = load_shapes_classifier(path)
+    assert loaded.resolution == 32
+    a, b = classify(shapes_classifier, images), classify(loaded, images)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    # 64x64 images of the same scenes are resized to the classifier's 32x32 and still read right
+    big = ShapesDataset(num_samples=24, resolution=64, split="all", seed=7)
+    big_images = torch.stack([big[i]["image"] for i in range(24)])
+    targets = {k: torch.tensor([big[i][k] for i in range(24)]) for k in ("color", "shape", "position")}
+    assert attribute_accuracy(loaded, big_images, targets)["all"] >= 0.9
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_shapes_classifier(tmp_path / "nope.pth")
+
+
+def test_text_following_report(shapes_classifier):
+    images, _, captions = _split_tensors("heldout", 40)
+    report = text_following_report(shapes_classifier, images, captions, name="real")
+    assert report["accuracy"]["all"] >= 0.9 and report["num_images"] == 40
+    assert report["chance"] == CHANCE and "real" in report["table"] and "chance" in report["table"]
+    # the same images scored against captions naming another colour: accuracy of colour collapses
+    wrong = [c.replace("red", "XX").replace("green", "red").replace("XX", "green")
+             .replace("blue", "YY").replace("yellow", "blue").replace("YY", "yellow") for c in captions]
+    bad = text_following_report(shapes_classifier, images, wrong)
+    assert bad["accuracy"]["color"] <= 0.05 and bad["accuracy"]["shape"] >= 0.9
+    with pytest.raises(ValueError, match="captions"):
+        text_following_report(shapes_classifier, images, captions[:-1])
+
+
+def test_chance_levels():
+    assert CHANCE == pytest.approx({"color": 0.25, "shape": 1 / 3, "position": 0.25, "all": 1 / 48})
+
+
+def test_parse_caption_inverts_make_caption():
+    for spec in all_combinations():
+        assert parse_caption(make_caption(spec)) == spec.indices
+    assert len(heldout_combinations()) == 8
+    assert parse_caption("A Blue triangle at the bottom right") == (2, 2, 3)
+    with pytest.raises(ValueError, match="purple"):
+        parse_caption("a purple circle at the top left on a gray background")
+    with pytest.raises(ValueError, match="two dogs"):
+        parse_caption("two dogs in the snow")
+
+
+# ---------------------------------------------------------------- FID / IS math
+
+def test_frechet_distance_identical_is_zero():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(200, 16))
+    mu, sigma = feature_statistics(feats)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_diagonal_closed_form_and_symmetry():
+    # for diagonal covariances: ||mu1-mu2||^2 + sum (s1 + s2 - 2 sqrt(s1 s2)) = ... + sum (sqrt s1 - sqrt s2)^2
+    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
+    s1, s2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
+    d12 = frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
+    d21 = frechet_distance(mu2, np.diag(s2), mu1, np.diag(s1))
+    assert d12 == pytest.approx(expected, rel=1e-9)
+    assert d21 == pytest.approx(d12, rel=1e-9)
+
+
+def test_frechet_distance_singular_covariance_is_finite():
+    # 5 samples in 10 dims: rank-deficient covariances (the eps*I fallback / real-part rule)
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
+    d = frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    assert math.isfinite(d) and d > 0
+    with pytest.raises(ValueError, match="shape"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_streaming_statistics_match_numpy():
+    rng = np.random.default_rng(2)
+    feats = rng.normal(size=(50, 6)) * 3 + 1
+    stats = FeatureStatistics()
+    for chunk in np.array_split(feats, 4):
+        stats.update(torch.from_numpy(chunk).float())
+    np.testing.assert_allclose(stats.mean, feats.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats.cov, np.cov(feats, rowvar=False), rtol=1e-4, atol=1e-4)
+
+
+def test_inception_score_bounds():
+    uniform = torch.full((40, 10), 0.1)
+    assert inception_score(uniform, splits=4)[0] == pytest.approx(1.0)
+    confident = torch.eye(10).repeat(4, 1)  # each split of 10 rows covers all 10 classes once
+    mean, std = inception_score(confident, splits=4)
+    assert mean == pytest.approx(10.0) and std == pytest.approx(0.0, abs=1e-9)
+    # all confident on one class: no diversity -> 1
+    assert inception_score(torch.eye(10)[[3] * 20], splits=2)[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="softmax"):
+        inception_score(torch.randn(8, 5), splits=2)
+
+
+# ---------------------------------------------------------------- Inception plumbing
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False)  # AuxLogits keys are dropped on load
+    path = tmp_path_factory.mktemp("inception") / "inception_random.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_extractor_features(inception_weights):
+    ext = InceptionFeatureExtractor(inception_weights)
+    images = torch.rand(2, 3, 40, 40) * 255
+    out = ext(images)
+    assert out["pool"].shape == (2, 2048) and out["logits"].shape == (2, 1000)
+    assert torch.isfinite(out["pool"]).all()
+    # the logits are the fc layer applied to the pool features
+    torch.testing.assert_close(out["logits"], ext.net.fc(out["pool"]))
+
+
+def test_compute_fid_streams_batches():
+    # a stand-in extractor whose "pool" features are the mean colour: FID is then the closed form of
+    # the colour statistics, whatever the batch split (the 2048-d sqrtm is too slow for a unit test)
+    def extractor(images):
+        return {"pool": images.mean(dim=(2, 3)), "logits": torch.zeros(len(images), 3)}
+
+    torch.manual_seed(0)
+    real = torch.rand(30, 3, 4, 4) * 255
+    fake = real * 0.5 + 20
+    fid = compute_fid(list(real.split(7)), ({"image": b} for b in fake.split(4)), extractor, progress=False)
+    expected = frechet_distance(*feature_statistics(real.mean(dim=(2, 3))), *feature_statistics(fake.mean(dim=(2, 3))))
+    assert fid == pytest.approx(expected, rel=1e-6)
+    assert compute_fid([real], [real], extractor, progress=False) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_inception_missing_weights_names_path(tmp_path):
+    missing = tmp_path / "no_such_inception.pth"
+    with pytest.raises(FileNotFoundError, match="no_such_inception.pth"):
+        InceptionFeatureExtractor(missing)
+    bad = tmp_path / "bad.pth"
+    torch.save({"foo.weight": torch.zeros(2)}, bad)
+    with pytest.raises(KeyError, match="bad.pth"):
+        InceptionFeatureExtractor(bad)
+
+
+# ---------------------------------------------------------------- CLIP score plumbing
+
+def _tiny_clip(embed_dim: int = 8) -> CLIPModel:
+    torch.manual_seed(1)
+    visual = CLIPVisionTransformer(resolution=16, patch=8, width=64, layers=1, heads=1, embed_dim=embed_dim)
+    model = CLIPModel(visual, vocab=50, context_length=12, width=64, layers=2, heads=1, embed_dim=embed_dim)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 1 and p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+def _tiny_tokenizer(texts):
+    out = torch.zeros(len(texts), 12, dtype=torch.long)
+    for i, t in enumerate(texts):
+        ids = [48] + [1 + ord(ch) % 40 for ch in t][:9] + [49]  # <sot> ... <eot> (largest id)
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+def test_clip_state_dict_round_trip(tmp_path):
+    model = _tiny_clip()
+    path = tmp_path / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    loaded = CLIPModel.from_state_dict(load_clip_state_dict(path))
+    assert loaded.visual.input_resolution == 16 and loaded.context_length == 12
+    assert len(loaded.transformer.resblocks) == 2 and len(loaded.visual.transformer.resblocks) == 1
+    images, tokens = torch.rand(3, 3, 24, 20) * 255, _tiny_tokenizer(["a", "bb", "ccc"])
+    torch.testing.assert_close(clip_score(loaded, images, tokens), clip_score(model, images, tokens))
+    with pytest.raises(FileNotFoundError, match="missing_clip.pt"):
+        load_clip_state_dict(tmp_path / "missing_clip.pt")
+
+
+def test_clip_score_formula(monkeypatch):
+    model = _tiny_clip(embed_dim=2)
+    img = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 3.0]])
+    txt = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, -1.0]])  # cos = 1, 1/sqrt2, -1 (-> 0)
+    monkeypatch.setattr(model, "encode_image", lambda images: img[: len(images)])
+    monkeypatch.setattr(model, "encode_text", lambda tokens: txt[: len(tokens)])
+    scores = clip_score(model, torch.zeros(3, 3, 16, 16), torch.zeros(3, 12, dtype=torch.long))
+    torch.testing.assert_close(scores, torch.tensor([100.0, 100 / math.sqrt(2), 0.0]))
+    batches = [(torch.zeros(2, 3, 16, 16), ["x", "y"]), (torch.zeros(1, 3, 16, 16), ["z"])]
+    # the batches restart the fake embeddings at row 0: scores 100, 70.7 | 100
+    mean = compute_clip_score(model, batches, tokenizer=_tiny_tokenizer, progress=False)
+    assert mean == pytest.approx((200 + 100 / math.sqrt(2)) / 3)
+
+
+def test_clip_score_end_to_end_tiny_random():
+    model = _tiny_clip()
+    images = torch.rand(4, 3, 16, 16) * 255
+    tokens = _tiny_tokenizer(["red", "green", "blue", "yellow"])
+    scores = clip_score(model, images, tokens)
+    img = F.normalize(model.encode_image(images), dim=-1)
+    txt = F.normalize(model.encode_text(tokens), dim=-1)
+    expected = 100 * (img * txt).sum(-1).clamp(min=0)
+    torch.testing.assert_close(scores, expected)
+    assert scores.shape == (4,) and (scores >= 0).all() and (scores <= 100).all()
+
+
+def test_clip_text_tower_matches_official_fixture():
+    # the official tiny CLIP (full state dict, visual tower included) and the official code's cond_emb:
+    # per-token L2-normalised ln_final features, computed by the official code in fp16 -> 2e-3
+    root = fixtures_dir("official_tiny_text")
+    expected = torch.load(root / "expected.pt", map_location="cpu", weights_only=False)
+    model = CLIPModel.from_state_dict(load_clip_state_dict(root / "OUTPUT/pretrained_model/ViT-B-32.pt"))
+    with torch.no_grad():
+        feats = F.normalize(model.text_features(expected["condition_token"]), dim=-1)
+    torch.testing.assert_close(feats, expected["cond_emb"].float(), atol=2e-3, rtol=0)
+    assert model.visual.input_resolution == 32
+    assert model.encode_image(torch.rand(1, 3, 64, 64) * 255).shape == (1, 512)

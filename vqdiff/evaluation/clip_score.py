@@ -1,0 +1,277 @@
+"""CLIP score (Hessel et al., arXiv 2104.08718, Eq. 1 with w = 100, as torchmetrics' CLIPScore):
+``CLIPScore = 100 * mean_i max(cos(E_img(x_i), E_txt(c_i)), 0)``.
+
+The CLIP model (arXiv 2103.00020) is rebuilt here from a full OpenAI-CLIP state dict the user gives (a
+ViT visual tower + the text transformer; nothing is downloaded). Sizes are read from the tensors, as
+the released models are laid out: ``visual.conv1.weight`` (W_v, 3, P, P), ``visual.positional_embedding``
+(G*G + 1, W_v), ``token_embedding.weight`` (V, W_t), ``positional_embedding`` (L, W_t), heads = width // 64.
+The released ``ViT-B-32.pt`` is a TorchScript archive holding fp16 weights; both that and a plain state
+dict load, and everything runs in fp32.
+
+Text is turned into ``(B, L)`` token ids by a tokenizer callable; the default is the project's CLIP BPE
+tokenizer (``vqdiff.modeling.codecs.text``), falling back to the BPE file shipped with the ``openai-clip``
+package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "ResidualAttentionBlock",
+    "CLIPVisionTransformer",
+    "CLIPModel",
+    "load_clip_state_dict",
+    "default_clip_tokenizer",
+    "clip_score",
+    "compute_clip_score",
+]
+
+# the image normalisation CLIP was trained with (RGB in [0, 1])
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+
+
+class _QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)  # the GELU approximation CLIP was trained with
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; keys as in the CLIP release."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
+        self.mlp.add_module("gelu", _QuickGELU())
+        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.ln_1(x)  # (B, L, W)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int):
+        super().__init__()
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, attn_mask)
+        return x
+
+
+class CLIPVisionTransformer(nn.Module):
+    """ViT image tower: ``(B, 3, R, R)`` CLIP-normalised -> ``(B, D)`` embedding (R = grid * patch)."""
+
+    def __init__(self, resolution: int, patch: int, width: int, layers: int, heads: int, embed_dim: int):
+        super().__init__()
+        if resolution % patch:
+            raise ValueError(f"resolution {resolution} is not a multiple of the patch size {patch}")
+        self.input_resolution = resolution
+        grid = resolution // patch
+        self.conv1 = nn.Conv2d(3, width, patch, stride=patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(width))
+        self.positional_embedding = nn.Parameter(torch.zeros(grid * grid + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = _Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(torch.zeros(width, embed_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x).flatten(2).transpose(1, 2)  # (B, G*G, W)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding  # (B, G*G+1, W)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj  # (B, D)
+
+
+def _count_layers(sd: dict, prefix: str) -> int:
+    pat = re.compile(rf"^{re.escape(prefix)}resblocks\.(\d+)\.")
+    ids = {int(m.group(1)) for k in sd if (m := pat.match(k))}
+    return max(ids) + 1 if ids else 0
+
+
+class CLIPModel(nn.Module):
+    """Both CLIP towers with the released key names (``visual.*``, ``transformer.*``, ``token_embedding``...).
+
+    The text tower is causal and reads its output at the end-of-text token (the largest id in a row).
+    """
+
+    def __init__(self, visual: CLIPVisionTransformer, vocab: int, context_length: int, width: int, layers: int,
+                 heads: int, embed_dim: int):
+        super().__init__()
+        self.visual = visual
+        self.token_embedding = nn.Embedding(vocab, width)
+        self.positional_embedding = nn.Parameter(torch.zeros(context_length, width))
+        self.transformer = _Transformer(width, layers, heads)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.zeros(width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    @property
+    def context_length(self) -> int:
+        return self.positional_embedding.shape[0]
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> "CLIPModel":
+        """Build with the sizes the tensors imply and load them (strict)."""
+        if "visual.conv1.weight" not in sd:
+            if "visual.layer1.0.conv1.weight" in sd:
+                raise ValueError("ResNet CLIP visual towers are not supported; use a ViT CLIP (e.g. ViT-B/32)")
+            raise KeyError("state dict has no 'visual.conv1.weight'; is it a full OpenAI-CLIP state dict?")
+        for key in ("token_embedding.weight", "positional_embedding", "text_projection", "visual.proj"):
+            if key not in sd:
+                raise KeyError(f"CLIP state dict lacks {key!r}")
+        v_width, _, patch, _ = sd["visual.conv1.weight"].shape
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        embed_dim = sd["text_projection"].shape[1]
+        t_width = sd["ln_final.weight"].shape[0]
+        visual = CLIPVisionTransformer(grid * patch, patch, v_width, _count_layers(sd, "visual.transformer."),
+                                       max(v_width // 64, 1), embed_dim)
+        model = cls(visual, sd["token_embedding.weight"].shape[0], sd["positional_embedding"].shape[0],
+                    t_width, _count_layers(sd, "transformer."), max(t_width // 64, 1), embed_dim)
+        drop = ("input_resolution", "context_length", "vocab_size")  # ints kept in the TorchScript release
+        model.load_state_dict({k: v.float() for k, v in sd.items() if k not in drop})
+        return model.eval()
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 255] -> CLIP input: short side resized (bicubic), centre crop, normalised."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) in [0, 255], got shape {tuple(images.shape)}")
+        r = self.visual.input_resolution
+        x = images.float() / 255.0
+        h, w = x.shape[-2:]
+        if (h, w) != (r, r):
+            scale = r / min(h, w)
+            nh, nw = max(r, round(h * scale)), max(r, round(w * scale))
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+            top, left = (nh - r) // 2, (nw - r) // 2
+            x = x[..., top:top + r, left:left + r]
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 255] -> ``(B, D)``."""
+        return self.visual(self.preprocess(images.to(self.text_projection.device)))
+
+    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` token ids -> per-token ``ln_final`` features ``(B, L, W)`` (causal attention)."""
+        L = self.context_length
+        if tokens.dim() != 2 or tokens.shape[1] != L:
+            raise ValueError(f"tokens must be (B, {L}), got {tuple(tokens.shape)}")
+        tokens = tokens.to(self.text_projection.device)
+        causal = torch.full((L, L), float("-inf"), device=tokens.device).triu_(1)  # (L, L)
+        x = self.token_embedding(tokens) + self.positional_embedding  # (B, L, W)
+        return self.ln_final(self.transformer(x, causal))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` token ids -> ``(B, D)``: the features at the end-of-text token, projected."""
+        tokens = tokens.to(self.text_projection.device)
+        x = self.text_features(tokens)  # (B, L, W)
+        eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # (B, W)
+        return eot @ self.text_projection  # (B, D)
+
+
+def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A full OpenAI-CLIP state dict from ``path``: a plain ``torch.save`` dict or the TorchScript release."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights not found at {path}; nothing is downloaded -- put an "
+                                f"OpenAI-CLIP ViT checkpoint (e.g. ViT-B-32.pt) there (see docs/evaluation.md)")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # the released files are TorchScript archives
+        try:
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as err:
+            raise ValueError(f"{path} is neither a state dict nor a TorchScript CLIP archive: {err}") from err
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+    return dict(sd)
+
+
+def _openai_clip_bpe_tokenizer():
+    """openai-clip's SimpleTokenizer, loaded from its file (``import clip`` itself needs pkg_resources)."""
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("neither vqdiff's CLIP tokenizer nor the openai-clip package is available")
+    file = Path(list(spec.submodule_search_locations)[0]) / "simple_tokenizer.py"
+    mod_spec = importlib.util.spec_from_file_location("_openai_clip_simple_tokenizer", file)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.SimpleTokenizer()
+
+
+def default_clip_tokenizer(context_length: int = 77) -> Tokenizer:
+    """A callable ``texts -> (B, context_length)`` long ids: ``<sot> bpe(text) <eot>``, truncated, 0-padded."""
+    try:
+        from vqdiff.modeling.codecs.text.bpe import SimpleTokenizer  # the project's own BPE (when present)
+
+        bpe = SimpleTokenizer()
+    except ImportError:
+        bpe = _openai_clip_bpe_tokenizer()
+    sot, eot = bpe.encoder["<|startoftext|>"], bpe.encoder["<|endoftext|>"]
+
+    def tokenize(texts: Sequence[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [sot] + bpe.encode(text)[: context_length - 2] + [eot]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    return tokenize
+
+
+@torch.no_grad()
+def clip_score(model: CLIPModel, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-pair CLIP score ``100 * max(cos(E_img(x_i), E_txt(c_i)), 0)``, shape ``(B,)``.
+
+    Args:
+        images: ``(B, 3, H, W)`` in [0, 255]; tokens: ``(B, L)`` ids of the paired captions.
+    """
+    if len(images) != len(tokens):
+        raise ValueError(f"{len(images)} images but {len(tokens)} token rows")
+    img = F.normalize(model.encode_image(images).float(), dim=-1)
+    txt = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    return 100.0 * (img * txt).sum(-1).clamp(min=0)
+
+
+def compute_clip_score(
+    model: CLIPModel,
+    pairs: Iterable[tuple[torch.Tensor, Sequence[str]]],
+    tokenizer: Tokenizer | None = None,
+    progress: bool = True,
+) -> float:
+    """Mean CLIP score over a stream of ``(images (B, 3, H, W) in [0, 255], captions [B])`` batches."""
+    tokenizer = tokenizer or default_clip_tokenizer(model.context_length)
+    total, n = 0.0, 0
+    for images, captions in tqdm(pairs, desc="CLIP score", disable=not progress, unit="batch"):
+        scores = clip_score(model, images, tokenizer(list(captions)))
+        total += scores.sum().item()
+        n += len(scores)
+    if n == 0:
+        raise ValueError("no image/caption pairs given")
+    return total / n
