@@ -368,7 +368,7 @@ class DiffusionTransformer(nn.Module):
             cond_emb = self.condition_emb(input["condition_token"])
         if torch.is_tensor(cond_emb) and cond_emb.is_floating_point():
             cond_emb = cond_emb.float()
-            if self.learnable_cf and self.training and input.get("condition_mask") is not None:
+            if self.learnable_cf and input.get("condition_mask") is not None:
                 empty = ~input["condition_mask"][:, 2].bool()  # caption = only start + end tokens
                 cond_emb = torch.where(
                     empty[:, None, None], self.empty_text_embed.to(cond_emb.dtype).unsqueeze(0), cond_emb
