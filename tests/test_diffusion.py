@@ -352,8 +352,8 @@ def test_tiny_model_learns_a_toy_mapping():
         cond = torch.nn.functional.one_hot(words, C).float()[:, None].expand(-1, 4, -1)
         tokens = (words[:, None] + torch.arange(N)) % K
         return cond, tokens
-    opt = torch.optim.AdamW(d.parameters(), lr=3e-2)
-    for step in range(300):
+    opt = torch.optim.AdamW(d.parameters(), lr=5e-2)
+    for step in range(120):
         words = torch.randint(0, C, (32,))
         cond, tokens = batch(words)
         loss = d({"content_token": tokens, "condition_embed_token": cond}, return_loss=True)["loss"]
@@ -364,4 +364,5 @@ def test_tiny_model_learns_a_toy_mapping():
     cond, tokens = batch(words)
     out = d.sample(condition_embed=cond, filter_ratio=0, generator=torch.Generator().manual_seed(0))
     acc = (out["content_token"] == tokens).float().mean().item()
+    print("toy accuracy", acc)
     assert acc > 0.8, acc  # chance is 1/6
