@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--real-samples", type=int, default=400, help="real held-out images to check the classifier on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for training (1 is best on busy CPUs)")
     p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
         print(f"loaded shapes classifier from {args.classifier}")
     else:
         model = train_shapes_classifier(args.resolution, args.train_samples, args.train_steps, args.seed,
-                                        args.device)
+                                        args.device, num_threads=args.threads)
         save_shapes_classifier(model, args.classifier)
         print(f"trained shapes classifier, saved to {args.classifier}")
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fixtures_dir
+from test_evaluation_scripts import _caption_tree
 from vqdiff.data.synthetic import ShapesDataset, all_combinations, heldout_combinations, make_caption
 from vqdiff.evaluation.clip_score import (
     CLIPModel,
@@ -44,7 +48,7 @@ from vqdiff.evaluation.shapes_classifier import (
 def shapes_classifier():
     # trained WITHOUT the held-out combinations: it must still read them right
     return train_shapes_classifier(resolution=32, num_samples=1500, steps=250, seed=0, split="train",
-                                   progress=False)
+                                   progress=False, num_threads=1)
 
 
 def _split_tensors(split: str, n: int, seed: int = 7):
@@ -93,6 +97,30 @@ def test_text_following_report(shapes_classifier):
     assert bad["accuracy"]["color"] <= 0.05 and bad["accuracy"]["shape"] >= 0.9
     with pytest.raises(ValueError, match="captions"):
         text_following_report(shapes_classifier, images, captions[:-1])
+
+
+def _load_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_shapes_script(shapes_classifier, tmp_path):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    _caption_tree(good, "heldout", 40, seed=11)
+    _caption_tree(bad, "heldout", 40, seed=11, shuffle_captions=True)
+    out = tmp_path / "res.json"
+    save_shapes_classifier(shapes_classifier, tmp_path / "clf.pth")  # the script loads it (no retraining)
+    result = _load_script("evaluate_shapes").main([
+        "--generated", f"text={good}", f"wrong={bad}", "--classifier", str(tmp_path / "clf.pth"),
+        "--real-samples", "60", "--output", str(out)])
+    assert (tmp_path / "clf.pth").is_file() and json.loads(out.read_text())["num_images"] == {"text": 40, "wrong": 40}
+    acc = result["accuracy"]
+    assert acc["real (held-out)"]["all"] >= 0.9
+    assert acc["text"]["all"] >= 0.9
+    assert acc["wrong"]["color"] <= 0.1 and acc["wrong"]["shape"] >= 0.9
 
 
 def test_chance_levels():
