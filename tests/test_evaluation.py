@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +310,28 @@ def test_clip_text_tower_matches_official_fixture():
     torch.testing.assert_close(feats, expected["cond_emb"].float(), atol=2e-3, rtol=0)
     assert model.visual.input_resolution == 32
     assert model.encode_image(torch.rand(1, 3, 64, 64) * 255).shape == (1, 512)
+
+
+def test_clip_loads_torchscript_archive(tmp_path):
+    # the released ViT-B-32.pt is a TorchScript archive: a traced module holding the same tensors stands in
+    model = _tiny_clip()
+
+    class Holder(torch.nn.Module):
+        def __init__(self, m: CLIPModel):
+            super().__init__()
+            for name, child in m.named_children():
+                setattr(self, name, child)
+            for name in ("positional_embedding", "text_projection", "logit_scale"):
+                setattr(self, name, getattr(m, name))
+
+        def forward(self, x):
+            return x
+
+    path = tmp_path / "tiny_clip_ts.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace is deprecated; only a stand-in here
+        torch.jit.trace(Holder(model), torch.zeros(1)).save(str(path))
+    loaded = CLIPModel.from_state_dict(load_clip_state_dict(path))
+    images, tokens = torch.rand(2, 3, 16, 16) * 255, _tiny_tokenizer(["a", "b"])
+    torch.testing.assert_close(clip_score(loaded, images, tokens), clip_score(model, images, tokens))
+

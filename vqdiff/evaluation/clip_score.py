@@ -199,13 +199,19 @@ def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"CLIP weights not found at {path}; nothing is downloaded -- put an "
                                 f"OpenAI-CLIP ViT checkpoint (e.g. ViT-B-32.pt) there (see docs/evaluation.md)")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # the released files are TorchScript archives
+    try:  # the project's safe TorchScript reader (runs no code from the file), when present
+        from vqdiff.modeling.embeddings.clip_model import is_torchscript_archive, read_torchscript_tensors
+    except ImportError:
+        is_torchscript_archive = read_torchscript_tensors = None
+    if is_torchscript_archive is not None and is_torchscript_archive(path):
+        sd = read_torchscript_tensors(path)
+    else:
         try:
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"{path} is neither a state dict nor a TorchScript CLIP archive: {err}") from err
+            raise ValueError(f"{path} is neither a state dict nor a readable TorchScript CLIP archive: {err}") from err
+        if isinstance(sd, torch.jit.ScriptModule):
+            sd = sd.state_dict()
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
