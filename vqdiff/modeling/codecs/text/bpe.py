@@ -145,8 +145,8 @@ class SimpleTokenizer:
     """CLIP's BPE tokenizer (the official ``SimpleTokenizer``), with a bounded word cache.
 
     Args:
-        end_idx: number of non-special tokens: 49152 for CLIP (16384 for DALL-E's vocabulary); the
-            merges used are lines ``1 .. end_idx - 256 - 2`` of the vocabulary file.
+        end_idx: 49152 for CLIP (16384 for DALL-E's vocabulary): the first ``end_idx - 258`` merges of
+            the file are used, giving ``end_idx + 256`` ids in all (49408 for CLIP), as the official code.
         bpe_path: the vocabulary file; ``None`` searches as :func:`find_bpe_vocab`.
         cache_size: words whose BPE result is memoised (the cache is emptied when full).
     """
