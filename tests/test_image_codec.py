@@ -335,3 +335,29 @@ def test_vqgan_loss_adaptive_weight_and_hinge_discriminator(tmp_path):
     assert float(hinge_d_loss(torch.zeros(3), torch.zeros(3))) == 1.0
     with pytest.raises(ValueError, match="optimizer_idx"):
         loss_fn(qloss, x, xrec, 2, global_step=5)
+
+
+def test_train_and_mapping_scripts_run_end_to_end(tmp_path, monkeypatch):
+    import importlib.util
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_vqvae_shapes.yaml"
+    monkeypatch.chdir(tmp_path)
+    result = load("train_vqvae").main([
+        "--config", str(config), "--output", "run", "--max_steps", "3",
+        "model.params.ddconfig.ch_mult=[1, 1]", "model.params.ddconfig.resolution=16",
+        "dataloader.train_datasets.0.params.num_samples=16", "dataloader.train_datasets.0.params.resolution=16"])
+    assert len(result["history"]) >= 2
+    mapping, k = load("make_token_mapping").main([
+        "--codec_config", "run/configs/codec.yaml", "--resolution", "16", "--num_samples", "16", "--out", "map.pt"])
+    assert 1 <= k <= 64 and mapping.shape == (64,)
+    node = load_yaml_config("run/configs/codec.yaml")["content_codec_config"]
+    node["params"].update(quantize_number=k, mapping_path="map.pt")
+    codec = instantiate_from_config(node)
+    tokens = codec.get_tokens(_images(2, 16))["token"]
+    assert tokens.shape == (2, 64) and int(tokens.max()) < k
