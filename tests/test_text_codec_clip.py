@@ -338,3 +338,16 @@ def test_a_file_without_clip_weights_is_refused(tmp_path):
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(KeyError, match="token_embedding.weight"):
         load_clip_state_dict(path)
+
+
+def test_tokenize_with_clip_embedding(official_tiny_text):
+    from vqdiff.modeling.codecs.text.tokenize import Tokenize
+
+    cfg = load_yaml_config("config_tiny_text.yaml")
+    emb_cfg = cfg["model"]["params"]["diffusion_config"]["params"]["condition_emb_config"]
+    codec = Tokenize(context_length=77, add_start_and_end=True, clip_embedding=True, condition_emb_config=emb_cfg)
+    captions = ["a red circle at the top left", "Two dogs playing in the snow, 4K photo!"]
+    out = codec.get_tokens(captions)
+    expected = torch.load("expected.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(out["token"], expected["condition_token"])
+    assert torch.equal(out["embed_token"], _official_embedding()(out["token"]))

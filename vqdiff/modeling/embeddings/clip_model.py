@@ -256,7 +256,9 @@ class _ScriptObject:
         self.attrs: dict[str, Any] = {}
 
     def __setstate__(self, state: Any) -> None:
-        self.attrs = dict(state) if isinstance(state, Mapping) else {}
+        if not isinstance(state, Mapping):  # a custom __getstate__: layout unknown to this reader
+            raise _UnsupportedArchive(f"a scripted object stores its state as {type(state).__name__}")
+        self.attrs = dict(state)
 
 
 _STORAGE_DTYPES = {
