@@ -399,3 +399,19 @@ def test_class_embedding():
     out = table(torch.tensor([3, 7]))
     assert out.shape == (2, 1, 8)
     torch.testing.assert_close(out[:, 0], table.emb.weight[[3, 7]])
+
+
+@pytest.mark.parametrize("make,cond", [
+    (tiny_text, lambda: torch.randn(2, 7, 24)),
+    (lambda: tiny_text(mlp_type="conv_mlp"), lambda: torch.randn(2, 7, 24)),
+    (tiny_class, lambda: torch.tensor([1, 3])),
+])
+def test_inference_fast_path_equals_autograd_path(make, cond):
+    """Without autograd the GELU2 MLP runs in place (silu(1.702 h) / 1.702): the same function."""
+    torch.manual_seed(11)
+    net = randomize(make()).eval()
+    x, c, t = tokens(2), cond(), torch.tensor([2, 7])
+    with_grad = net(x, c, t)
+    with torch.no_grad():
+        without = net(x, c, t)
+    torch.testing.assert_close(without, with_grad.detach(), rtol=1e-5, atol=1e-5)
