@@ -415,3 +415,15 @@ def test_inference_fast_path_equals_autograd_path(make, cond):
     with torch.no_grad():
         without = net(x, c, t)
     torch.testing.assert_close(without, with_grad.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_full_graph_matches_eager():
+    """No graph breaks (fullgraph=True) and the same logits; aot_eager keeps the test free of a C++ build."""
+    torch.manual_seed(12)
+    net = randomize(tiny_text()).eval()
+    x, c, t = tokens(2), torch.randn(2, 7, 24), torch.tensor([2, 7])
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, c, t), net(x, c, t), rtol=1e-5, atol=1e-5)
+        cache = net.precompute_condition(c)
+        torch.testing.assert_close(compiled(x, c, t, cond_cache=cache), net(x, c, t), rtol=1e-5, atol=1e-5)
