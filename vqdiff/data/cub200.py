@@ -1,0 +1,65 @@
+"""CUB-200 reader (official ``Cub200Dataset``).
+
+Layout under ``data_root``: ``{phase}/filenames.pickle`` (a pickled list of ``'<class>/<name>'``, bytes or
+str), ``images/<name>.jpg`` and captions ``text/text/<name>.txt`` (one caption a line). The captions are
+read once at construction; each access picks one line at random (process-global NumPy RNG).
+Items: ``{'image': float32 (3, S, S) in [0, 255], 'text': str}`` (lower-cased, newline stripped).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .robust import ImageFileDataset, require_dir, require_file
+
+__all__ = ["Cub200Dataset"]
+
+
+class Cub200Dataset(ImageFileDataset):
+    def __init__(
+        self,
+        data_root: str,
+        phase: str = "train",
+        im_preprocessor_config: Mapping | None = None,
+        drop_caption_rate: float = 0.0,
+        on_bad_image: str = "skip",
+    ):
+        super().__init__(im_preprocessor_config, on_bad_image)
+        if not 0.0 <= float(drop_caption_rate) <= 1.0:
+            raise ValueError(f"Cub200Dataset: drop_caption_rate must be in [0, 1], got {drop_caption_rate}")
+        self.root = require_dir(data_root, "Cub200Dataset data_root")
+        self.phase = phase
+        self.drop_caption_rate = float(drop_caption_rate)
+        split = require_file(self.root / phase / "filenames.pickle", f"Cub200Dataset split file for phase '{phase}'")
+        self.image_folder = require_dir(self.root / "images", "Cub200Dataset image folder")
+        text_folder = require_dir(self.root / "text" / "text", "Cub200Dataset caption folder")
+        with open(split, "rb") as f:
+            names = pickle.load(f, encoding="bytes")
+        self.names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+        if not self.names:
+            raise ValueError(f"Cub200Dataset: '{split}' lists no images")
+        self.captions: dict[str, list[str]] = {}
+        for name in self.names:
+            path = require_file(text_folder / f"{name}.txt", "Cub200Dataset caption file")
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+            lines = [ln for ln in lines if ln]
+            if not lines:
+                raise ValueError(f"Cub200Dataset: caption file '{path}' is empty")
+            self.captions[name] = lines
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def image_path(self, index: int) -> Path:
+        return self.image_folder / f"{self.names[index]}.jpg"
+
+    def make_item(self, index: int, image: Any) -> dict:
+        lines = self.captions[self.names[index]]
+        text = lines[int(np.random.randint(len(lines)))].lower()
+        if self.phase == "train" and self.drop_caption_rate > 0 and np.random.random() < self.drop_caption_rate:
+            text = ""
+        return {"image": image, "text": text}
