@@ -252,6 +252,8 @@ class CrossAttention(nn.Module):
         """cond (B, Lc, Dc) -> (k, v), each (B, h, Lc, d): computed once per image, reused every step."""
         w = torch.cat([self.key.weight, self.value.weight], dim=0)  # (2D, Dc)
         b = torch.cat([self.key.bias, self.value.bias], dim=0)
+        if cond.dtype == torch.float64:
+            cond = cond.float()  # the learnable empty-text embedding is a float64 parameter (official)
         k, v = F.linear(cond, w, b).chunk(2, dim=-1)
         return _split_heads(k, self.n_head), _split_heads(v, self.n_head)
 
