@@ -40,10 +40,14 @@ KV = Tuple[torch.Tensor, torch.Tensor]
 
 
 class GELU2(nn.Module):
-    """The sigmoid approximation of GELU used by the official networks: ``x * sigmoid(1.702 x)``."""
+    """The sigmoid approximation of GELU used by the official networks: ``x * sigmoid(1.702 x)``.
+
+    Computed as ``silu(1.702 x) / 1.702`` (the same function): autograd then keeps one saved tensor
+    (``1.702 x``) instead of two (``x`` and the sigmoid), which halves the MLP's activation memory.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return F.silu(x * 1.702) * (1.0 / 1.702)
 
 
 def _activate_temporary(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
