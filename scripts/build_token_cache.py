@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Encode a data set once with a frozen image codec into a token cache (see vqdiff/data/token_cache.py).
+
+    python scripts/build_token_cache.py --config configs/coco.yaml --out OUTPUT/cache/coco_train \
+        --batch-size 16 dataloader.data_root=data/MSCOCO_Caption
+
+--config is a training config: the codec is model.params.content_codec_config, the data set(s)
+dataloader.train_datasets (or --split validation for dataloader.validation_datasets; several are encoded
+in order, as one ConcatDataset), with dataloader.data_root overriding each data set's data_root.
+--codec-config instead takes a YAML with the codec node at the top, under content_codec_config or under
+model.params.content_codec_config (then --config still supplies the data). Trailing KEY=VALUE arguments
+override the config as train.py's opts do. Train on the cache with a dataloader entry
+{target: vqdiff.data.token_cache.TokenCacheDataset, params: {cache_dir: <out>}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from vqdiff.data.build import build_datasets  # noqa: E402
+from vqdiff.data.token_cache import write_token_cache  # noqa: E402
+from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, merge_opts_to_config  # noqa: E402
+
+
+def find_codec_node(cfg: dict, source: str) -> dict:
+    for path in (("model", "params", "content_codec_config"), ("content_codec_config",)):
+        node = cfg
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and "target" in node:
+            return node
+    if "target" in cfg:
+        return cfg
+    raise ConfigError(f"{source}: no codec node (looked at model.params.content_codec_config, "
+                      f"content_codec_config and the top level)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="training config (data, and the codec unless --codec-config)")
+    ap.add_argument("--codec-config", default=None, help="YAML with the codec node")
+    ap.add_argument("--out", required=True, help="cache folder to write")
+    ap.add_argument("--split", choices=("train", "validation"), default="train")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--num-workers", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("opts", nargs="*", default=[], help="config overrides KEY=VALUE")
+    args = ap.parse_args(argv)
+
+    cfg = merge_opts_to_config(load_yaml_config(args.config), args.opts)
+    codec_node = (find_codec_node(load_yaml_config(args.codec_config), args.codec_config) if args.codec_config
+                  else find_codec_node(cfg, args.config))
+    dl = cfg.get("dataloader") or {}
+    key = f"{args.split}_datasets"
+    dataset = build_datasets(dl.get(key), dl.get("data_root"), f"dataloader.{key}")
+    if dataset is None:
+        raise ConfigError(f"{args.config}: 'dataloader.{key}' is empty")
+    codec = instantiate_from_config(codec_node, key_path="content_codec_config")
+    out = write_token_cache(dataset, codec, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
+                            device=args.device, codec_config=codec_node, overwrite=args.overwrite)
+    print(f"wrote {len(dataset)} items x {codec.token_shape} tokens to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
