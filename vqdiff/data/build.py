@@ -85,6 +85,7 @@ def build_dataloader(
     *,
     distributed: bool | None = None,
     seed: int = 0,
+    epoch_generator: torch.Generator | None = None,
     pin_memory: bool | None = None,
 ) -> dict:
     """Loaders for ``config['dataloader']``.
@@ -94,6 +95,8 @@ def build_dataloader(
         args: the training arguments (unused here; accepted for the official call signature).
         distributed: use ``torch.distributed``'s rank/world size; ``None`` = whether a group is initialised.
         seed: seed of the train shuffle (and, through torch, of the workers' RNGs).
+        epoch_generator: the train loader's ``torch.Generator`` (it draws the workers' base seeds each
+            epoch); default: one seeded with ``seed``. The shuffle order itself comes from the sampler.
         pin_memory: default: when CUDA is available.
 
     Returns:
@@ -130,7 +133,7 @@ def build_dataloader(
                          f"({batch_size} x {world} processes); lower dataloader.batch_size")
     train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(seed),
                                        drop_last=True)
-    generator = torch.Generator().manual_seed(int(seed))  # base seeds of the workers
+    generator = epoch_generator if epoch_generator is not None else torch.Generator().manual_seed(int(seed))
     train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=True, generator=generator, **loader_kw)
 
     val_loader = None
