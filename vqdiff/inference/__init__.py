@@ -1,0 +1,30 @@
+"""Inference helpers: building a model from a config and loading checkpoints (:mod:`.loading`), saving
+images and grids (:mod:`.images`), checkpoint conversion (:mod:`.conversion`) and the diffusers export
+(:mod:`.diffusers_export`). The notebook API is ``inference_VQ_Diffusion.VQ_Diffusion``."""
+
+from .images import make_grid, safe_name, save_images, to_pil_images
+from .loading import (
+    LoadReport,
+    build_model,
+    choose_device,
+    freeze_for_inference,
+    load_model_weights,
+    prepare_config,
+    read_checkpoint_file,
+    split_checkpoint,
+)
+
+__all__ = [
+    "LoadReport",
+    "build_model",
+    "choose_device",
+    "freeze_for_inference",
+    "load_model_weights",
+    "prepare_config",
+    "read_checkpoint_file",
+    "split_checkpoint",
+    "make_grid",
+    "safe_name",
+    "save_images",
+    "to_pil_images",
+]
