@@ -236,3 +236,30 @@ def test_build_dataloader_synthetic_without_files_and_errors():
         build_dataloader(_config(None, [shapes], bs=16))
     with pytest.raises(ValueError, match="train_datasets"):
         build_dataloader(_config(None, []))
+
+
+@pytest.mark.parametrize("kind,config_file,keys", [
+    ("coco", "configs__coco.yaml", {"image", "text"}),
+    ("cub200", "configs__cub200.yaml", {"image", "text"}),
+    ("imagenet", "configs__imagenet.yaml", {"image", "label"}),
+    ("ffhq", "configs__ffhq.yaml", {"image"}),
+])
+def test_official_dataloader_sections_build_on_the_layouts(tmp_path, kind, config_file, keys):
+    from conftest import fixtures_dir
+
+    from vqdiff.utils.config import load_yaml_config, merge_opts_to_config
+
+    cfg = load_yaml_config(fixtures_dir("official_configs") / config_file)
+    root = write_layout(kind, tmp_path / kind, num_images=24, resolution=24)
+    merge_opts_to_config(cfg, [f"dataloader.data_root={root}", "dataloader.batch_size=2", "dataloader.num_workers=0"])
+    if kind == "imagenet":  # the few synthetic val classes need not all occur in train: give the index
+        index = {str(k): [f"n{k:08d}", f"class{k}"] for k in range(12)}
+        (tmp_path / "idx.json").write_text(__import__("json").dumps(index))
+        for node in cfg["dataloader"]["train_datasets"] + cfg["dataloader"]["validation_datasets"]:
+            node["params"]["class_index_path"] = str(tmp_path / "idx.json")
+    out = build_dataloader(cfg)
+    batch = next(iter(out["train_loader"]))
+    assert set(batch) == keys and batch["image"].shape == (2, 3, 256, 256)
+    assert float(batch["image"].min()) >= 0 and float(batch["image"].max()) <= 255
+    val = next(iter(out["validation_loader"]))
+    assert val["image"].shape == (2, 3, 256, 256)

@@ -77,9 +77,9 @@ class DalleTransformerPreprocessor:
         t_max = max(min(s, round(9 / 8 * self.size)), self.size)
         t = int(_uniform(self.size, t_max + 1, generator))
         t = min(t, t_max)  # U(a, b) may return b itself in floating point
-        # albumentations RandomCrop: start = int((t - size) * U[0, 1))
-        y0 = int((t - self.size) * _uniform(0.0, 1.0, generator))
-        x0 = int((t - self.size) * _uniform(0.0, 1.0, generator))
+        # a uniform crop start in 0 .. t - size (albumentations RandomCrop: int((t - size + 1) * U[0, 1)))
+        y0 = min(int((t - self.size + 1) * _uniform(0.0, 1.0, generator)), t - self.size)
+        x0 = min(int((t - self.size + 1) * _uniform(0.0, 1.0, generator)), t - self.size)
         return {"square": (offs[0], offs[1], s), "t": t, "crop": (x0, y0)}
 
     def _apply_train(self, img: Image.Image, p: dict) -> np.ndarray:
