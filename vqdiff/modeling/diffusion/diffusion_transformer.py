@@ -33,6 +33,7 @@ from .log_ops import (
     log_onehot_to_index,
     log_sample_categorical,
     multinomial_kl,
+    sample_categorical_index,
 )
 from .schedule import log_schedule
 
@@ -207,6 +208,28 @@ class DiffusionTransformer(nn.Module):
         """Draw ``x_t ~ q(x_t | x_0)`` (Gumbel-max), returned as a log one-hot (B, K+1, N)."""
         return log_sample_categorical(self.q_pred(log_x_start, t), self.num_classes, generator)
 
+    def q_sample_index(self, x_start: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """:meth:`q_sample` from tokens x_0 (B, N) long to tokens x_t (B, N): the same Gumbel draw.
+
+        ``q_pred`` of a one-hot takes two values per image and row kind (at ``k = x_0`` and elsewhere;
+        Eq. 5), computed on (B, 1, 1) with the same operations as the full form and broadcast, so the
+        (B, K+1, N) ``logaddexp`` is skipped; the noise and argmax are those of :meth:`q_sample`.
+        """
+        B, N = x_start.shape
+        shape = (B, 1, 1)
+        dtype, device = self.log_cumprod_at.dtype, x_start.device
+        tq = (t + (self.num_timesteps + 1)) % (self.num_timesteps + 1)
+        on = torch.zeros(shape, dtype=dtype, device=device)
+        off = torch.full(shape, LOG_ZERO, dtype=dtype, device=device)
+        la, lb = extract(self.log_cumprod_at, tq, shape), extract(self.log_cumprod_bt, tq, shape)
+        lm, lc = extract(self.log_1_min_cumprod_ct, tq, shape), extract(self.log_cumprod_ct, tq, shape)
+        K = self.num_classes - 1
+        rows = torch.cat([log_add_exp(off + la, lb).expand(B, K, N), log_add_exp(off + lm, lc).expand(B, 1, N)], dim=1)
+        idx = x_start.unsqueeze(1)
+        on_k = torch.where(idx == K, log_add_exp(on + lm, lc), log_add_exp(on + la, lb))  # (B, 1, N)
+        log_probs = rows.scatter(1, idx, on_k)
+        return sample_categorical_index(log_probs, generator)
+
     def q_posterior(self, log_x_start: torch.Tensor, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log sum_k q(x_{t-1} | x_t, x_0 = k) p(x_0 = k)`` (Eq. 11 with the Bayes form of Eq. 7).
 
@@ -239,6 +262,54 @@ class DiffusionTransformer(nn.Module):
         q_log_sum_exp = torch.logsumexp(q, dim=1, keepdim=True)
         q = q - q_log_sum_exp
         out = self.q_pred(q, t - 1) + log_q1 + q_log_sum_exp
+        return torch.clamp(out, CLAMP_MIN, 0)
+
+    def q_posterior_index(self, log_x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """:meth:`q_posterior` with ``x_t`` given as tokens (B, N) long: the same values, less work.
+
+        Because ``x_t`` is one-hot, ``Qt`` and ``Q1`` take only two values per image off [MASK] (at
+        ``k = x_t`` and elsewhere), so they are computed on (B, 1, 1) scalars with the very same
+        floating-point operations as the full (B, K+1, N) form and written back by a gather/scatter at
+        ``x_t``; only ``q_pred(q, t - 1)`` (one ``logaddexp`` over (B, K, N)) is done at full size. No
+        one-hot tensor is built. Agrees with :meth:`q_posterior` to float32 rounding (tested).
+        """
+        K = self.num_classes - 1
+        B, N = x_t.shape
+        shape = (B, 1, 1)
+        dtype, device = log_x_start.dtype, log_x_start.device
+        mask = (x_t == K).unsqueeze(1)  # (B, 1, N)
+        idx = x_t.unsqueeze(1)  # (B, 1, N)
+        on = torch.zeros(shape, dtype=dtype, device=device)  # log one-hot at k = x_t
+        off = torch.full(shape, LOG_ZERO, dtype=dtype, device=device)  # elsewhere
+
+        # Qt(k) (rows k < K): on / off values of q_pred(log_x_t, t), cbar_t where x_t is [MASK]
+        tq = (t + (self.num_timesteps + 1)) % (self.num_timesteps + 1)
+        la, lb = extract(self.log_cumprod_at, tq, shape), extract(self.log_cumprod_bt, tq, shape)
+        qt_on, qt_off = log_add_exp(on + la, lb), log_add_exp(off + la, lb)
+        log_cumprod_ct = extract(self.log_cumprod_ct, t, shape)
+        qt_rest = torch.where(mask, log_cumprod_ct, qt_off)  # (B, 1, N): Qt off x_t
+
+        # q = log p(x_0) - log Qt (rows < K), LOG_ZERO on the [MASK] row; then normalise
+        q = torch.empty((B, K + 1, N), dtype=dtype, device=device)
+        q[:, :K] = log_x_start[:, :K] - qt_rest
+        q[:, K:] = LOG_ZERO
+        at_xt = log_x_start.gather(1, idx) - qt_on  # (B, 1, N): the k = x_t entry off [MASK]
+        q = q.scatter(1, idx, torch.where(mask, q.gather(1, idx), at_xt))
+        q_log_sum_exp = torch.logsumexp(q, dim=1, keepdim=True)
+        q = q - q_log_sum_exp
+
+        # Q1(j) (Eq. 4): on / off values of q_pred_one_timestep(log_x_t, t); c_t / 1 where x_t is [MASK]
+        a1, b1 = extract(self.log_at, t, shape), extract(self.log_bt, t, shape)
+        q1_on, q1_off = log_add_exp(on + a1, b1), log_add_exp(off + a1, b1)
+        log_ct = extract(self.log_ct, t, shape)
+        q1_rest = torch.where(mask, log_ct, q1_off)  # rows < K
+        q1_last = torch.where(mask, torch.zeros_like(log_ct), torch.full_like(log_ct, LOG_ZERO))  # row [MASK]
+
+        # out = q_pred(q, t - 1) + log Q1 + Z, the k = x_t entry rewritten with Q1's on value
+        pred = self.q_pred(q, t - 1)
+        out = torch.cat([pred[:, :K] + q1_rest, pred[:, K:] + q1_last], dim=1) + q_log_sum_exp
+        fixed = pred.gather(1, idx) + q1_on + q_log_sum_exp
+        out = out.scatter(1, idx, torch.where(mask, out.gather(1, idx), fixed))
         return torch.clamp(out, CLAMP_MIN, 0)
 
     # ----------------------------------------------------------------------------------------------
@@ -330,14 +401,13 @@ class DiffusionTransformer(nn.Module):
         b, device = x.shape[0], x.device
         t, pt = self.sample_time(b, device, "importance", generator)
         log_x_start = index_to_log_onehot(x, self.num_classes)
-        log_xt = self.q_sample(log_x_start, t, generator)
-        xt = log_onehot_to_index(log_xt)
+        xt = self.q_sample_index(x, t, generator)  # same draw as q_sample(log_x_start, t), no full logaddexp
 
         log_x0_recon = self.predict_start_index(xt, cond_emb, t)
         with torch.autocast(device.type, enabled=False):
             log_x0_recon = log_x0_recon.float()
-            log_model_prob = self.q_posterior(log_x0_recon, log_xt, t)
-            log_true_prob = self.q_posterior(log_x_start, log_xt, t)
+            log_model_prob = self.q_posterior_index(log_x0_recon, xt, t)
+            log_true_prob = self.q_posterior_index(log_x_start, xt, t)
 
             mask_region = (xt == self.num_classes - 1).float()
             mask_weight = mask_region * self.mask_weight[0] + (1.0 - mask_region) * self.mask_weight[1]

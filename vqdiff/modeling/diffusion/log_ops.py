@@ -78,13 +78,18 @@ def gumbel_noise(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard Gumbel noise ``-log(-log(u + 1e-30) + 1e-30)``, u ~ U[0, 1) (the official form)."""
-    u = torch.rand(shape, device=device, generator=generator, dtype=dtype)
-    return -torch.log(-torch.log(u + 1e-30) + 1e-30)
+    g = torch.rand(shape, device=device, generator=generator, dtype=dtype)
+    # in place, the same operations in the same order as -log(-log(u + 1e-30) + 1e-30): one buffer
+    return g.add_(1e-30).log_().neg_().add_(1e-30).log_().neg_()
 
 
 def sample_categorical_index(logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Gumbel-max sample from unnormalised log-probabilities (B, C, N) -> indices (B, N)."""
-    return (logits + gumbel_noise(logits.shape, logits.device, generator, logits.dtype)).argmax(dim=1)
+    """Gumbel-max sample from unnormalised log-probabilities (B, C, N) -> indices (B, N).
+
+    The noise buffer takes the sum in place (``g + logits == logits + g`` exactly), so one (B, C, N)
+    tensor is allocated per draw.
+    """
+    return gumbel_noise(logits.shape, logits.device, generator, logits.dtype).add_(logits).argmax(dim=1)
 
 
 def log_sample_categorical(

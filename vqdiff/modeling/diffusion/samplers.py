@@ -193,6 +193,15 @@ def parse_sample_type(sample_type: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Samplers
 # --------------------------------------------------------------------------------------------------
+def _posterior(diffusion, log_x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``q_posterior(log_x0, log one-hot x, t)``, from the tokens directly when the model offers
+    ``q_posterior_index`` (same values, no (B, K+1, N) one-hot; see DiffusionTransformer)."""
+    fast = getattr(diffusion, "q_posterior_index", None)
+    if fast is not None:
+        return fast(log_x0, x, t)
+    return diffusion.q_posterior(log_x0, index_to_log_onehot(x, diffusion.num_classes), t)
+
+
 def _apply_fixed(x: torch.Tensor, fixed: Fixed) -> torch.Tensor:
     if fixed is None:
         return x
@@ -236,8 +245,7 @@ def sample_ancestral(
         t_p = torch.full((B,), t_post, device=x.device, dtype=torch.long)
         for _ in range(2 if reruns[i] else 1):
             log_x0 = denoise(x, t)
-            log_x_t = index_to_log_onehot(x, diffusion.num_classes)
-            log_post = diffusion.q_posterior(log_x0, log_x_t, t_p)
+            log_post = _posterior(diffusion, log_x0, x, t_p)
             x = _apply_fixed(sample_categorical_index(log_post, generator), fixed)
         if callback is not None:
             callback({"step": i, "t": t_int, "x": x, "log_x0": log_x0})
@@ -288,7 +296,7 @@ def sample_improved(
         for n in chunks:
             log_x0 = denoise(x, t)  # (B, K+1, N)
             if t_int == 0:
-                log_post = diffusion.q_posterior(log_x0, index_to_log_onehot(x, K + 1), t)
+                log_post = _posterior(diffusion, log_x0, x, t)
                 x = _apply_fixed(sample_categorical_index(log_post, generator), fixed)
                 continue
             masked = x == K
