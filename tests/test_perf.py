@@ -162,3 +162,27 @@ def test_perf_helpers():
     desc = perf.machine_description()
     assert {"cpu", "cpu_count", "torch", "torch_threads", "device"} <= set(desc)
     assert perf.set_fast_math("cpu")["tf32"] is False
+
+
+def test_bench_all_quick_prints_markdown_table_and_json(monkeypatch, capsys):
+    import importlib.util
+    import json
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_all.py"
+    spec = importlib.util.spec_from_file_location("bench_all", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["bench_all.py", "--quick", "--no-diffusers"])
+    mod.main()
+    out = capsys.readouterr().out
+    assert "| what | vqdiff (this run) | official (issue 8) | note |" in out
+    assert "| one full sampling step (ms) |" in out
+    res = json.loads(out.split("JSON ", 1)[1])
+    assert res["size"]["layers"] == 2 and res["machine"]["device"] == "cpu"
+    assert res["train_step"]["peak_memory"]["peak_mib"] > 0
+    if not torch.cuda.is_available():  # the device is explicit: asking for CUDA without one is an error
+        monkeypatch.setattr(sys, "argv", ["bench_all.py", "--quick", "--device", "cuda"])
+        with pytest.raises(SystemExit, match="CUDA is not available"):
+            mod.main()
