@@ -23,6 +23,7 @@ from torch import nn
 from vqdiff.utils.config import instantiate_from_config
 
 from . import samplers as S
+from .maskgit import maskgit_timesteps, sample_maskgit
 from .log_ops import (
     CLAMP_MIN,
     LOG_ZERO,
@@ -482,7 +483,7 @@ class DiffusionTransformer(nn.Module):
         cond_emb: Any,
         *,
         uncond_emb: Any = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: Any = 1.0,
         truncation_rate: Optional[float] = None,
         top_k: Optional[int] = None,
     ) -> S.Denoiser:
@@ -491,8 +492,17 @@ class DiffusionTransformer(nn.Module):
         Classifier-free guidance (Improved, Eq. 9-10): ``l = l_u + s (l_c - l_u)`` in log space, then
         renormalised and clamped, from ONE batched network call on ``cat([cond, uncond])``; scale 1 makes
         a single conditional call. The condition cache (cross-attention keys/values) is computed here once.
+        ``uncond_emb`` may be any embedding of the condition's shape: the null text, or a negative prompt.
+        ``guidance_scale`` is a number or a schedule over the steps (:func:`samplers.guidance_scales`):
+        then ``s = s(t)`` per row.
         """
-        guided = abs(float(guidance_scale) - 1.0) >= 1e-3
+        number = isinstance(guidance_scale, (int, float)) and not isinstance(guidance_scale, bool)
+        if number:
+            guided = abs(float(guidance_scale) - 1.0) >= 1e-3
+            table = None
+        else:
+            table = torch.tensor(S.guidance_scales(guidance_scale, self.num_timesteps), dtype=torch.float32)
+            guided = bool((table - 1.0).abs().max() >= 1e-3)
         if guided:
             if uncond_emb is None:
                 raise ValueError(
@@ -507,13 +517,16 @@ class DiffusionTransformer(nn.Module):
         else:
             net_cond = cond_emb
         cache = self.precompute_condition(net_cond)
-        scale = float(guidance_scale)
+        scale = float(guidance_scale) if number else None
+        if table is not None:
+            table = table.to(self.device)
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if guided:
                 both = self._net_log_probs(torch.cat([x_t, x_t]), net_cond, torch.cat([t, t]), cache)
                 log_c, log_u = both.chunk(2, dim=0)
-                log_p = log_u + scale * (log_c - log_u)
+                s = scale if table is None else table.to(t.device)[t].view(-1, 1, 1)
+                log_p = log_u + s * (log_c - log_u)
                 log_p = (log_p - torch.logsumexp(log_p, dim=1, keepdim=True)).clamp(CLAMP_MIN, 0)
             else:
                 log_p = self._net_log_probs(x_t, net_cond, t, cache)
@@ -570,7 +583,7 @@ class DiffusionTransformer(nn.Module):
         *,
         batch_size: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: Any = 1.0,
         uncond_emb: Any = None,
         truncation_rate: Optional[float] = None,
         top_k: Optional[int] = None,
@@ -581,6 +594,9 @@ class DiffusionTransformer(nn.Module):
         rerun_prob: float = 0.0,
         fixed: Optional[tuple] = None,
         callback: Optional[Callable[[dict], None]] = None,
+        maskgit_steps: Optional[int] = None,
+        maskgit_schedule: str = "cosine",
+        choice_temperature: float = 4.5,
         **kwargs,
     ) -> dict:
         """Generate tokens: ``{'content_token': (B, N)}`` (+ ``'logits'`` when ``return_logits``).
@@ -589,13 +605,16 @@ class DiffusionTransformer(nn.Module):
         call per step, or skip ``skip_step`` steps) or the Improved rules (``prior_rule`` 1/2, ``prior_ps``
         tokens per call, ``n_sample`` per step). ``filter_ratio > 0``: noise ``content_token`` to step
         ``int(T * filter_ratio) - 1`` and denoise from there (partial sampling / editing).
-        Per-request options (``generator``, ``guidance_scale``, ``uncond_emb``, truncation, prior) never
-        persist on the model.
+        ``maskgit_steps = S``: the confidence-ordered sampler (``maskgit.py``, S network calls) instead,
+        from all-[MASK] or, with ``filter_ratio > 0``, from the partly masked noised tokens.
+        ``guidance_scale`` may be a schedule (:func:`samplers.guidance_scales`); ``uncond_emb`` a negative
+        prompt's embedding. Per-request options (``generator``, ``guidance_scale``, ``uncond_emb``,
+        truncation, prior) never persist on the model.
         """
         B = self._batch_size(condition_token, condition_embed, content_token, batch_size)
         device = self.device
         cond_emb = self._sampling_condition(condition_token, condition_embed)
-        if guidance_scale != 1.0 and uncond_emb is None:
+        if uncond_emb is None and S.is_guided(guidance_scale, self.num_timesteps):
             uncond_emb = self.unconditional_embedding(B)
         denoise = self.make_denoiser(
             cond_emb, uncond_emb=uncond_emb, guidance_scale=guidance_scale, truncation_rate=truncation_rate, top_k=top_k
@@ -606,7 +625,22 @@ class DiffusionTransformer(nn.Module):
         start_step = int(self.num_timesteps * filter_ratio)
         K, N = self.num_classes - 1, self.content_seq_len
 
-        if start_step == 0:
+        if maskgit_steps is not None:
+            if start_step == 0:
+                x = torch.full((B, N), K, dtype=torch.long, device=device)
+                first = self.num_timesteps
+            else:
+                if content_token is None:
+                    raise ValueError(f"filter_ratio={filter_ratio} > 0 needs content_token (the tokens to start from)")
+                first = min(start_step, self.num_timesteps)
+                t = torch.full((B,), first - 1, device=device, dtype=torch.long)
+                x = self.q_sample_index(content_token.to(device), t, generator)
+            steps = maskgit_timesteps(first, int(maskgit_steps), maskgit_schedule)
+            x = sample_maskgit(
+                self, denoise, x, steps, generator=generator, callback=callback, fixed=fixed,
+                schedule=maskgit_schedule, choice_temperature=choice_temperature, temperature=temperature,
+            )
+        elif start_step == 0:
             x = torch.full((B, N), K, dtype=torch.long, device=device)
             steps = S.timesteps(self.num_timesteps, skip_step)
             if prior_rule > 0:

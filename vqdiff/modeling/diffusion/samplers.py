@@ -17,8 +17,8 @@ Every sampler is::
 * ``fixed`` — ``(mask (B, N) bool, tokens (B, N) long)``: positions kept at the given tokens throughout
   (inpainting); ``None`` for none.
 
-A MaskGIT-style confidence sampler belongs here with the same signature: use ``denoise`` for
-``log p(x_0 | x_t)``, pick positions to reveal from its confidence, and honour ``fixed``.
+The MaskGIT-style confidence sampler (``maskgit.sample_maskgit``) has the same signature and is
+registered in ``SAMPLERS['maskgit']``. Guidance-scale schedules over the steps: :func:`guidance_scales`.
 
 No step loop calls ``.item()`` or otherwise synchronises with the host: loop counts are known in advance.
 """
@@ -27,9 +27,13 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+import math
+from collections.abc import Mapping
+
 import torch
 
 from .log_ops import CLAMP_MIN, index_to_log_onehot, sample_categorical_index
+from .maskgit import MASK_SCHEDULES, sample_maskgit
 
 __all__ = [
     "Denoiser",
@@ -39,6 +43,8 @@ __all__ = [
     "truncate_log_probs",
     "top_k_log_probs",
     "parse_sample_type",
+    "guidance_scales",
+    "is_guided",
     "sample_ancestral",
     "sample_improved",
     "SAMPLERS",
@@ -148,11 +154,15 @@ def parse_sample_type(sample_type: str) -> dict:
     ``'top{r}r'`` truncation rate r; ``'top{k}p'`` top-k; ``'normal'``/``''`` nothing; then optional
     comma-separated parts: ``'time{s}'`` (s >= 2: skip-step sampling with ``skip_step = int(s) - 1``;
     s < 1: reveal ``s`` x the usual tokens per call with the Improved rules; 1 <= s < 2: plain),
-    ``'fast{k}'`` (skip k steps), ``'q{p}'`` (re-run each step with probability p).
+    ``'fast{k}'`` (skip k steps), ``'q{p}'`` (re-run each step with probability p); vqdiff's own
+    ``'maskgit{S}'`` or ``'maskgit{S}:{schedule}'`` (the confidence-ordered sampler, S network calls,
+    mask schedule cosine/linear/square/cubic/sqrt; see ``maskgit.py``).
 
-    Returns a dict with keys ``truncation_rate``, ``top_k``, ``skip_step``, ``time_ratio``, ``rerun_prob``.
+    Returns a dict with keys ``truncation_rate``, ``top_k``, ``skip_step``, ``time_ratio``, ``rerun_prob``,
+    ``maskgit_steps`` (None unless maskgit) and ``maskgit_schedule``.
     """
-    out = {"truncation_rate": None, "top_k": None, "skip_step": 0, "time_ratio": None, "rerun_prob": 0.0}
+    out = {"truncation_rate": None, "top_k": None, "skip_step": 0, "time_ratio": None, "rerun_prob": 0.0,
+           "maskgit_steps": None, "maskgit_schedule": "cosine"}
     if sample_type is None:
         return out
     parts = [p.strip() for p in str(sample_type).split(",") if p.strip()]
@@ -178,6 +188,16 @@ def parse_sample_type(sample_type: str) -> dict:
                 if s <= 0:
                     raise ValueError(f"sample_type {sample_type!r}: time{s} must be > 0")
                 out["time_ratio"] = s
+        elif part.startswith("maskgit"):
+            body, _, sched = part[7:].partition(":")
+            steps = num(body, part)
+            if steps < 1 or steps != int(steps):
+                raise ValueError(f"sample_type {sample_type!r}: {part!r} needs a whole number of steps >= 1")
+            if sched and sched not in MASK_SCHEDULES:
+                raise ValueError(f"sample_type {sample_type!r}: unknown mask schedule {sched!r} in {part!r} "
+                                 f"(expected one of {sorted(MASK_SCHEDULES)})")
+            out["maskgit_steps"] = int(steps)
+            out["maskgit_schedule"] = sched or "cosine"
         elif part.startswith("fast"):
             out["skip_step"] = int(num(part[4:], part))
         elif part.startswith("q"):
@@ -185,9 +205,68 @@ def parse_sample_type(sample_type: str) -> dict:
         else:
             raise ValueError(
                 f"sample_type {sample_type!r}: unknown part {part!r} (expected 'top{{r}}r', 'top{{k}}p', "
-                "'time{s}', 'fast{k}' or 'q{p}')"
+                "'time{s}', 'fast{k}', 'q{p}' or 'maskgit{S}[:schedule]')"
             )
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Guidance-scale schedules (classifier-free guidance, arXiv 2205.16007 Eq. 9-10, with s = s(t))
+# --------------------------------------------------------------------------------------------------
+_GUIDANCE_KINDS = ("constant", "linear", "cosine")
+
+
+def guidance_scales(spec, num_timesteps: int) -> list[float]:
+    """The guidance scale at each diffusion step ``t = 0 .. T-1`` (list index t).
+
+    ``spec``: a number (constant); ``'constant:s'``; ``'linear:a:b'`` / ``'cosine:a:b'`` going from ``a``
+    at the first, noisiest step ``t = T-1`` to ``b`` at the last step ``t = 0``, with progress
+    ``p = (T-1-t)/(T-1)``: linear ``a + (b-a) p``, cosine ``a + (b-a) (1 - cos(pi p))/2``; a mapping
+    ``{'kind', 'start', 'end'}`` (or ``'scale'`` for constant); a callable ``p -> scale``; or a sequence
+    of T scales. Skip-step and MaskGIT samplers use the scale of the step ``t`` they feed the network.
+    """
+    T = int(num_timesteps)
+    prog = [1.0 if T == 1 else (T - 1 - t) / (T - 1) for t in range(T)]
+    if isinstance(spec, bool):
+        raise ValueError(f"guidance scale must be a number or a schedule, got {spec!r}")
+    if isinstance(spec, (int, float)):
+        return [float(spec)] * T
+    if callable(spec):
+        return [float(spec(p)) for p in prog]
+    if isinstance(spec, str):
+        parts = spec.split(":")
+        kind = parts[0].strip().lower()
+        try:
+            vals = [float(v) for v in parts[1:]]
+        except ValueError:
+            raise ValueError(f"guidance schedule {spec!r}: cannot read the numbers") from None
+        if kind == "constant" and len(vals) == 1:
+            vals = vals * 2
+        if kind not in _GUIDANCE_KINDS or len(vals) != 2:
+            raise ValueError(f"guidance schedule {spec!r}: expected 'constant:s', 'linear:a:b' or 'cosine:a:b'")
+        spec = {"kind": kind, "start": vals[0], "end": vals[1]}
+    if isinstance(spec, Mapping):
+        kind = str(spec.get("kind", "constant")).lower()
+        if kind not in _GUIDANCE_KINDS:
+            raise ValueError(f"guidance schedule kind {kind!r} unknown; expected one of {_GUIDANCE_KINDS}")
+        a = float(spec.get("start", spec.get("scale", 1.0)))
+        b = float(spec.get("end", a))
+        if kind == "constant":
+            return [a] * T
+        if kind == "linear":
+            return [a + (b - a) * p for p in prog]
+        return [a + (b - a) * (1 - math.cos(math.pi * p)) / 2 for p in prog]
+    if isinstance(spec, (list, tuple)) or torch.is_tensor(spec):
+        vals = [float(v) for v in spec]
+        if len(vals) != T:
+            raise ValueError(f"a guidance scale list needs one value per step ({T}), got {len(vals)}")
+        return vals
+    raise ValueError(f"guidance scale must be a number or a schedule, got {type(spec).__name__} {spec!r}")
+
+
+def is_guided(spec, num_timesteps: int) -> bool:
+    """True when some step's guidance scale differs from 1 (so the unconditional branch is needed)."""
+    return any(abs(s - 1.0) >= 1e-3 for s in guidance_scales(spec, num_timesteps))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,4 +403,4 @@ def sample_improved(
     return x
 
 
-SAMPLERS = {"ancestral": sample_ancestral, "improved": sample_improved}
+SAMPLERS = {"ancestral": sample_ancestral, "improved": sample_improved, "maskgit": sample_maskgit}

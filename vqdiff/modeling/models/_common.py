@@ -11,7 +11,7 @@ from torch import nn
 from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.utils.config import instantiate_from_config
 
-__all__ = ["build_part", "to_device", "sampling_arguments", "TokenModelMixin"]
+__all__ = ["build_part", "to_device", "sampling_arguments", "guidance_is_on", "TokenModelMixin"]
 
 
 def build_part(config: Any) -> Optional[nn.Module]:
@@ -29,9 +29,10 @@ def sampling_arguments(
     transformer,
     sample_type: Optional[str],
     *,
-    guidance_scale: float,
+    guidance_scale: Any,
     prior_rule: Optional[int] = None,
     prior_weight: Optional[float] = None,
+    choice_temperature: Optional[float] = None,
 ) -> dict:
     """Per-request keyword arguments of ``DiffusionTransformer.sample`` from a ``sample_type`` string.
 
@@ -45,7 +46,7 @@ def sampling_arguments(
         top_k=opts["top_k"],
         skip_step=opts["skip_step"],
         rerun_prob=opts["rerun_prob"],
-        guidance_scale=float(guidance_scale),
+        guidance_scale=float(guidance_scale) if isinstance(guidance_scale, (int, float)) else guidance_scale,
         prior_rule=rule,
         prior_weight=transformer.prior_weight if prior_weight is None else float(prior_weight),
         prior_ps=transformer.prior_ps,
@@ -54,7 +55,17 @@ def sampling_arguments(
         N, T = transformer.content_seq_len, transformer.num_timesteps
         kw["prior_ps"] = max(1, int(N // T * opts["time_ratio"]))
         kw["prior_rule"] = rule if rule > 0 else 1
+    if opts["maskgit_steps"] is not None:
+        kw["maskgit_steps"] = opts["maskgit_steps"]
+        kw["maskgit_schedule"] = opts["maskgit_schedule"]
+        if choice_temperature is not None:
+            kw["choice_temperature"] = float(choice_temperature)
     return kw
+
+
+def guidance_is_on(transformer, guidance_scale: Any) -> bool:
+    """Whether some step's guidance scale differs from 1 (a number or a schedule)."""
+    return S.is_guided(guidance_scale, transformer.num_timesteps)
 
 
 class TokenModelMixin:

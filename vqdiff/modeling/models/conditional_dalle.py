@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ._common import TokenModelMixin, build_part, sampling_arguments, to_device
+from ._common import TokenModelMixin, build_part, guidance_is_on, sampling_arguments, to_device
 
 __all__ = ["C_DALLE"]
 
@@ -72,24 +72,35 @@ class C_DALLE(TokenModelMixin, nn.Module):
         replicate: int = 1,
         return_att_weight: bool = False,
         sample_type: str = "normal",
-        guidance_scale: Optional[float] = None,
+        guidance_scale: Any = None,
         generator: Optional[torch.Generator] = None,
         prior_rule: Optional[int] = None,
         prior_weight: Optional[float] = None,
         callback: Optional[Callable[[dict], None]] = None,
         fixed: Optional[tuple] = None,
+        negative_prompt: Any = None,
+        choice_temperature: Optional[float] = None,
     ) -> dict:
-        """Generate images of ``batch['label']`` (each ``replicate`` times); see ``DALLE.generate_content``."""
+        """Generate images of ``batch['label']`` (each ``replicate`` times); see ``DALLE.generate_content``.
+
+        ``negative_prompt``: a class label (or one per row) for the unconditional branch of guidance;
+        None is the null label."""
         was_training = self.training
         self.eval()
         try:
             labels = self.prepare_condition(batch, condition)["condition_token"].repeat(replicate)
-            scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+            scale = self.guidance_scale if guidance_scale is None else guidance_scale
             kw = sampling_arguments(self.transformer, sample_type, guidance_scale=scale,
-                                    prior_rule=prior_rule, prior_weight=prior_weight)
+                                    prior_rule=prior_rule, prior_weight=prior_weight,
+                                    choice_temperature=choice_temperature)
             if kw["skip_step"] > 0:
                 kw["prior_rule"] = 0
-            uncond = torch.full_like(labels, self.null_label) if abs(scale - 1.0) >= 1e-3 else None
+            uncond = None
+            if guidance_is_on(self.transformer, scale):
+                uncond = torch.full_like(labels, self.null_label)
+                if negative_prompt is not None:
+                    neg = torch.as_tensor(negative_prompt, device=labels.device).long().reshape(-1)
+                    uncond = neg.expand_as(labels).clone() if neg.numel() == 1 else neg
             content_token = None
             if filter_ratio > 0:
                 content_token = self.prepare_content(batch)["content_token"].repeat(replicate, 1)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ._common import TokenModelMixin, build_part, sampling_arguments, to_device
+from ._common import TokenModelMixin, build_part, guidance_is_on, sampling_arguments, to_device
 
 __all__ = ["DALLE"]
 
@@ -79,6 +79,28 @@ class DALLE(TokenModelMixin, nn.Module):
         return emb.float()
 
     @torch.no_grad()
+    def negative_embedding(self, negative_prompt: Any, batch_size: int) -> torch.Tensor:
+        """The unconditional branch of classifier-free guidance with negative prompts (B, 77, D).
+
+        ``negative_prompt``: one text or ``batch_size`` texts. Rows whose negative prompt is ``''`` get
+        the ordinary null condition (the learned ``empty_text_embed`` with ``learnable_cf``, else the
+        embedding of ``''``), so an empty negative prompt reproduces ordinary guidance exactly; the
+        other rows get the embedding of their negative text (``l = l_neg + s (l_c - l_neg)``).
+        """
+        texts = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(texts) == 1 and batch_size != 1:
+            texts = texts * batch_size
+        if len(texts) != batch_size:
+            raise ValueError(f"negative_prompt has {len(texts)} texts for a batch of {batch_size}")
+        base = self._uncond_embedding(batch_size)
+        empty = torch.tensor([t.strip() == "" for t in texts], device=base.device)
+        if bool(empty.all()):
+            return base
+        tok = self.prepare_condition(None, condition=texts)
+        neg = self.transformer.condition_emb(tok["condition_token"]).float()
+        return torch.where(empty[:, None, None], base.to(neg.dtype), neg)
+
+    @torch.no_grad()
     def generate_content(
         self,
         *,
@@ -90,20 +112,26 @@ class DALLE(TokenModelMixin, nn.Module):
         replicate: int = 1,
         return_att_weight: bool = False,
         sample_type: str = "top0.85r",
-        guidance_scale: Optional[float] = None,
+        guidance_scale: Any = None,
         generator: Optional[torch.Generator] = None,
         prior_rule: Optional[int] = None,
         prior_weight: Optional[float] = None,
         callback: Optional[Callable[[dict], None]] = None,
         fixed: Optional[tuple] = None,
+        negative_prompt: Any = None,
+        choice_temperature: Optional[float] = None,
     ) -> dict:
         """Generate images for ``batch['text']`` (each ``replicate`` times): ``{'content': (B,3,H,W)
         in [0,255], 'content_token': (B, N)}``.
 
         ``sample_type``: ``'top{r}r'`` truncation, ``',time{s}'`` fast (s >= 2) or high-quality (s < 1)
         inference, ``',fast{k}'`` skip k steps, ``'top{k}p'`` top-k, ``',q{p}'`` step re-runs.
-        ``guidance_scale`` None takes ``self.guidance_scale``. ``filter_ratio > 0`` starts from the
-        tokens of ``batch['image']``/``batch['content_token']`` noised to step ``int(T * filter_ratio)``.
+        ``',maskgit{S}[:schedule]'`` the confidence-ordered sampler (S network calls, ``choice_temperature``).
+        ``guidance_scale`` None takes ``self.guidance_scale``; a schedule such as ``'linear:1:5'`` varies it
+        over the steps (``samplers.guidance_scales``). ``negative_prompt`` (text or one per row, after
+        ``replicate``) replaces the unconditional branch; ``''`` is ordinary guidance.
+        ``filter_ratio > 0`` starts from the tokens of ``batch['image']``/``batch['content_token']``
+        noised to step ``int(T * filter_ratio)``. ``fixed = (mask, tokens)`` pins tokens (inpainting).
         """
         was_training = self.training
         self.eval()
@@ -112,10 +140,14 @@ class DALLE(TokenModelMixin, nn.Module):
             if replicate != 1:
                 cond = {k: torch.cat([v] * replicate, 0) if torch.is_tensor(v) else v for k, v in cond.items()}
             B = cond["condition_token"].shape[0]
-            scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+            scale = self.guidance_scale if guidance_scale is None else guidance_scale
             kw = sampling_arguments(self.transformer, sample_type, guidance_scale=scale,
-                                    prior_rule=prior_rule, prior_weight=prior_weight)
-            uncond = self._uncond_embedding(B) if abs(scale - 1.0) >= 1e-3 else None
+                                    prior_rule=prior_rule, prior_weight=prior_weight,
+                                    choice_temperature=choice_temperature)
+            uncond = None
+            if guidance_is_on(self.transformer, scale):
+                uncond = (self._uncond_embedding(B) if negative_prompt is None
+                          else self.negative_embedding(negative_prompt, B))
             content_token = None
             if filter_ratio > 0:
                 content_token = self.prepare_content(batch)["content_token"]

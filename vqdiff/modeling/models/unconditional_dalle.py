@@ -55,7 +55,8 @@ class UC_DALLE(TokenModelMixin, nn.Module):
         self.eval()
         try:
             kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0,
-                                    prior_rule=prior_rule, prior_weight=prior_weight)
+                                    prior_rule=prior_rule, prior_weight=prior_weight,
+                                    choice_temperature=kwargs.get("choice_temperature"))
             if kw["skip_step"] > 0:
                 kw["prior_rule"] = 0
             content_token = None
