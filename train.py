@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Training entry point with the official flags (VQ-Diffusion ``train.py``).
+
+    python train.py --name coco --config_file configs/coco.yaml --tensorboard
+    torchrun --nproc_per_node=8 train.py --config_file configs/coco.yaml --amp
+    python train.py --config_file configs/coco.yaml dataloader.batch_size=2 solver.base_lr 1e-4
+
+Under ``torchrun`` rank and world size come from the environment (gloo on CPU, NCCL on CUDA); without
+it one process runs, or, when several local GPUs are visible (and ``--gpu`` is not given), one process
+per GPU is spawned (``--num_node``/``--node_rank``/``--dist_url`` for several machines).
+Outputs go to ``OUTPUT/<name>/{configs,logs,checkpoint,images,tensorboard}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+REPO = Path(__file__).resolve().parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+
+def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="VQ-Diffusion training")
+    p.add_argument("--name", type=str, default="", help="run name (default: the config file's basename)")
+    p.add_argument("--config_file", type=str, default="configs/vqvae_celeba_attribute_cond.yaml")
+    p.add_argument("--output", type=str, default="OUTPUT", help="folder holding OUTPUT/<name>")
+    p.add_argument("--log_frequency", type=int, default=100, help="iterations between log lines")
+    p.add_argument("--load_path", type=str, default=None, help="initialise the model from this checkpoint")
+    p.add_argument("--resume_name", type=str, default=None, help="resume the run of this name (its saved config)")
+    p.add_argument("--auto_resume", action="store_true", help="continue from OUTPUT/<name>/checkpoint/last.pth")
+    p.add_argument("--allow_unsafe_load", action="store_true",
+                   help="allow checkpoints that need full (unsafe) unpickling; only for files you trust")
+    p.add_argument("--num_node", type=int, default=1)
+    p.add_argument("--node_rank", type=int, default=int(os.environ.get("AZ_BATCHAI_TASK_INDEX", 0)))
+    p.add_argument("--dist_url", type=str, default=(
+        f"tcp://{os.environ['AZ_BATCH_MASTER_NODE']}" if "AZ_BATCH_MASTER_NODE" in os.environ else "tcp://127.0.0.1:29500"))
+    p.add_argument("--gpu", type=int, default=None, help="use this single GPU (no DDP)")
+    p.add_argument("--sync_bn", action="store_true")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--timestamp", action="store_true", help="prefix the run name with the start time")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cudnn_deterministic", action="store_true")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or fp16 with solver.amp_dtype)")
+    p.add_argument("--debug", action="store_true", help="name 'debug', batch size 1, no workers")
+    p.add_argument("--no_progress_bar", action="store_true")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: a.b=1 or a.b 1")
+    args = p.parse_args(argv)
+    if args.opts and args.opts[0] == "--":
+        args.opts = args.opts[1:]
+    if args.resume_name is not None:
+        args.name = args.resume_name
+        args.config_file = os.path.join(args.output, args.resume_name, "configs", "config.yaml")
+        args.auto_resume = True
+    else:
+        if args.name == "":
+            args.name = os.path.splitext(os.path.basename(args.config_file))[0]
+        if args.debug:
+            args.name = "debug"
+    if args.timestamp:
+        args.name = time.strftime("%Y-%m-%dT%H-%M-%S") + "-" + args.name
+    args.save_dir = os.path.join(args.output, args.name)
+    return args
+
+
+def _fallback_dataloader(config: dict, distributed: bool, seed: int, generator: torch.Generator) -> dict:
+    """Used only when ``vqdiff.data.build`` is unavailable: ``train_datasets`` with a DistributedSampler."""
+    from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
+
+    from vqdiff import distributed as dist_utils
+    from vqdiff.utils.config import instantiate_from_config
+
+    dl = config["dataloader"]
+    sets = [instantiate_from_config(c, key_path=f"dataloader.train_datasets.{i}") for i, c in enumerate(dl["train_datasets"])]
+    ds = sets[0] if len(sets) == 1 else ConcatDataset(sets)
+
+    def collate(items):
+        out = {}
+        for k in items[0]:
+            vals = [it[k] for it in items]
+            out[k] = torch.stack([torch.as_tensor(v) for v in vals]) if not isinstance(vals[0], str) else vals
+        return out
+
+    world, rank = (dist_utils.get_world_size(), dist_utils.get_rank()) if distributed else (1, 0)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(ds, batch_size=int(dl["batch_size"]), sampler=sampler, drop_last=True, collate_fn=collate,
+                        num_workers=int(dl.get("num_workers", 0)), generator=generator)
+    return {"train_loader": loader, "validation_loader": None, "train_iterations": len(loader),
+            "validation_iterations": -1}
+
+
+def build_loaders(config: dict, args: Any, generator: torch.Generator) -> dict:
+    try:
+        from vqdiff.data.build import build_dataloader
+    except ImportError:
+        build_dataloader = None
+    if build_dataloader is None:
+        return _fallback_dataloader(config, args.distributed, args.seed or 0, generator)
+    return build_dataloader(config, args, distributed=args.distributed, seed=args.seed or 0, epoch_generator=generator)
+
+
+def main_worker(args: argparse.Namespace) -> dict:
+    from vqdiff import distributed as dist_utils
+    from vqdiff.engine.solver import Solver
+    from vqdiff.utils.config import instantiate_from_config, load_yaml_config, merge_opts_to_config, save_yaml_config
+    from vqdiff.utils.logger import get_logger
+    from vqdiff.utils.seed import seed_everything
+
+    use_cuda = torch.cuda.is_available()
+    args.distributed = dist_utils.init_distributed(device="cuda" if use_cuda else "cpu")
+    rank = dist_utils.get_rank() if args.distributed else 0
+    args.global_rank, args.world_size = rank, (dist_utils.get_world_size() if args.distributed else 1)
+    args.local_rank = dist_utils.get_local_rank() if args.distributed else 0
+    if use_cuda:
+        index = args.gpu if args.gpu is not None else args.local_rank
+        torch.cuda.set_device(index)
+        args.device = f"cuda:{index}"
+    else:
+        args.device = "cpu"
+    args.progress_bar = not args.no_progress_bar
+
+    if args.seed is not None:
+        seed_everything(args.seed + rank, deterministic=args.cudnn_deterministic)
+    config = load_yaml_config(args.config_file)
+    merge_opts_to_config(config, args.opts)
+    if args.debug:
+        config["dataloader"]["batch_size"] = 1
+        config["dataloader"]["num_workers"] = 0
+
+    save_dir = Path(args.save_dir)
+    logger = get_logger(f"vqdiff.train.{args.name}.{rank}", save_dir / "logs" / "log.txt" if rank == 0 else None, rank=rank)
+    if rank == 0:
+        (save_dir / "configs").mkdir(parents=True, exist_ok=True)
+        save_yaml_config(config, save_dir / "configs" / "config.yaml")
+        (save_dir / "configs" / "args.txt").write_text(
+            "\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())) + "\n", encoding="utf-8")
+        logger.info(f"run {args.name}: config {args.config_file}, outputs {save_dir}")
+    tb = None
+    if args.tensorboard and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(log_dir=str(save_dir / "tensorboard"))
+
+    model = instantiate_from_config(config["model"], key_path="model")
+    generator = torch.Generator().manual_seed(args.seed or 0)
+    loaders = build_loaders(config, args, generator)
+    solver = Solver(config=config, args=args, model=model, dataloader=loaders, logger=logger, tb_writer=tb,
+                    epoch_generator=generator)
+    if args.load_path is not None:
+        solver.resume(path=args.load_path, load_optimizer_and_scheduler=False, load_others=False,
+                      allow_unsafe=args.allow_unsafe_load)
+    if args.auto_resume:
+        solver.resume(allow_unsafe=args.allow_unsafe_load)
+    try:
+        result = solver.train()
+    finally:
+        if tb is not None:
+            tb.close()
+    logger.info(f"training finished ({result['stopped_by']}) at epoch {solver.last_epoch}, iteration {solver.last_iter}")
+    result["last_iter"] = solver.last_iter
+    result["save_dir"] = str(save_dir)
+    if solver._stop_signal is not None:
+        result["signal"] = solver._stop_signal
+    return result
+
+
+def _spawned(local_rank: int, args: argparse.Namespace, ngpus: int) -> None:
+    os.environ.update({"RANK": str(args.node_rank * ngpus + local_rank), "LOCAL_RANK": str(local_rank),
+                       "WORLD_SIZE": str(args.num_node * ngpus)})
+    url = args.dist_url.replace("tcp://", "")
+    host, _, port = url.rpartition(":")
+    os.environ.setdefault("MASTER_ADDR", host or "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", port or "29500")
+    main_worker(args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and train; returns ``{'stopped_by', 'losses', ...}``."""
+    args = get_args(argv)
+    from vqdiff import distributed as dist_utils
+
+    ngpus = torch.cuda.device_count()
+    if (not dist_utils.launched_by_torchrun() and args.gpu is None and ngpus * args.num_node > 1):
+        import torch.multiprocessing as mp
+
+        mp.spawn(_spawned, args=(args, ngpus), nprocs=ngpus)
+        return {"stopped_by": "spawned"}
+    try:
+        return main_worker(args)
+    finally:
+        dist_utils.cleanup_distributed()
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+    out = main()
+    if out.get("signal"):
+        sys.exit(128 + int(out["signal"]))

@@ -1,0 +1,102 @@
+"""Atomic checkpoint writing and safe checkpoint reading.
+
+``save_checkpoint`` writes to a temporary file in the destination folder, flushes and ``fsync``s it, then
+``os.replace``s it over the destination, so a crash or a full disk mid-write never leaves a half-written
+``last.pth``: the previous file stays intact. Only the primary rank writes (``primary_only``).
+
+``load_checkpoint`` reads with ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is
+refused with a message naming the opt-in flag (``allow_unsafe=True`` / ``--allow_unsafe_load``), and a
+truncated or corrupt file raises :class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vqdiff import distributed as dist_utils
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "UNSAFE_FLAG"]
+
+UNSAFE_FLAG = "--allow_unsafe_load"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the file."""
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike, primary_only: bool = True,
+                    _save_fn: Callable[[Any, Any], None] | None = None) -> Path | None:
+    """Atomically write ``obj`` to ``path`` (returns the path, or None on non-primary ranks).
+
+    ``_save_fn(obj, file)`` replaces ``torch.save`` (tests use it to simulate failures midway).
+    """
+    if primary_only and not dist_utils.is_primary():
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_fn = _save_fn or torch.save
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            save_fn(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(
+                f"no space left on the device while writing checkpoint {path} "
+                f"({os.strerror(e.errno)}); the previous file at that path (if any) is unchanged. "
+                "Free disk space or point --output elsewhere."
+            ) from e
+        raise CheckpointError(f"writing checkpoint {path} failed: {e}; the previous file is unchanged") from e
+    except BaseException:
+        _remove(tmp)
+        raise
+    try:  # make the rename durable
+        dir_fd = os.open(str(path.parent), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def _remove(p: str) -> None:
+    try:
+        os.remove(p)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_unsafe: bool = False) -> Any:
+    """Read a checkpoint safely (tensors, numbers, strings, containers only unless ``allow_unsafe``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - classify below
+        msg = str(e)
+        if "weights_only" in msg or "Unsupported global" in msg or "WeightsUnpickler" in msg:
+            if allow_unsafe:
+                try:
+                    return torch.load(str(path), map_location=map_location, weights_only=False)
+                except Exception as e2:  # noqa: BLE001
+                    raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {e2}") from e2
+            raise CheckpointError(
+                f"checkpoint {path} contains Python objects that need unsafe unpickling (arbitrary code "
+                f"could run). Only if you trust this file, pass {UNSAFE_FLAG} (allow_unsafe=True). "
+                f"Details: {msg.splitlines()[0] if msg else type(e).__name__}"
+            ) from e
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read: "
+                              f"{type(e).__name__}: {msg.splitlines()[0] if msg else ''}") from e

@@ -1,0 +1,626 @@
+"""The trainer (official ``image_synthesis.engine.solver.Solver``): epochs of optimizer steps on a model
+whose ``forward(batch, return_loss=True, step=it)`` returns ``{'loss': scalar, ...}``.
+
+Features: DDP (the launcher wraps nothing; the solver does), optimizers/schedulers from config, warm-up,
+gradient clipping and accumulation, mixed precision (bf16 autocast, or fp16 with a GradScaler) on CUDA,
+EMA (validation and sampling use it), validation every ``validation_epochs`` (loss averaged over all
+ranks), sample grids every ``sample_iterations``, TensorBoard scalars, a tqdm bar on the primary rank,
+atomic checkpoints with every rank's RNG state and the data position so that ``--auto_resume`` continues
+exactly (bit for bit on CPU with ``num_workers: 0``), skipping of non-finite steps, and a checkpoint on
+SIGTERM/SIGINT.
+
+Checkpoint layout (official keys first): ``model``, ``ema``, ``last_epoch`` (last finished epoch),
+``last_iter`` (last finished iteration), ``clip_grad_norm``, ``optimizer_and_scheduler``; added:
+``scaler``, ``rng`` (list over ranks), ``data_state`` ``{epoch, batches_done}``, ``nonfinite_steps``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from vqdiff import distributed as dist_utils
+from vqdiff.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vqdiff.engine.clip_grad_norm import ClipGradNorm
+from vqdiff.engine.ema import EMA
+from vqdiff.engine.optim import build_optimizer
+from vqdiff.utils.config import ConfigError, instantiate_from_config, resolve_target
+
+__all__ = ["Solver", "TrainingStopped", "get_rng_state", "set_rng_state"]
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when training cannot go on (too many non-finite steps in a row)."""
+
+
+# ------------------------------------------------------------------------------------------ RNG state
+def get_rng_state() -> dict:
+    """This process's python/numpy/torch/CUDA RNG states in a ``weights_only``-loadable form."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+# ------------------------------------------------------------------------------------------ data helpers
+class _SkipSampler(Sampler):
+    """The first ``skip`` indices of ``base`` are dropped (resuming inside an epoch)."""
+
+    def __init__(self, base: Sampler, skip: int):
+        self.base, self.skip = base, int(skip)
+
+    def __iter__(self) -> Iterator[int]:
+        it = iter(self.base)
+        for _ in range(self.skip):
+            next(it, None)
+        yield from it
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)  # type: ignore[arg-type]
+
+
+def _loader_skipping(loader: DataLoader, batches: int) -> DataLoader:
+    """A loader like ``loader`` whose iteration starts after ``batches`` batches."""
+    if batches <= 0:
+        return loader
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=_SkipSampler(loader.sampler, batches * loader.batch_size),
+        num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+    )
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, Mapping):
+        for v in batch.values():
+            if torch.is_tensor(v) and v.dim() > 0:
+                return int(v.shape[0])
+            if isinstance(v, (list, tuple)):
+                return len(v)
+    return 1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ------------------------------------------------------------------------------------------ solver
+class Solver:
+    """Train ``model`` with ``config['solver']`` on ``dataloader`` (``build_dataloader``'s dict).
+
+    Args:
+        config: the whole merged config.
+        args: namespace with ``name``, ``save_dir`` (OUTPUT/<name>), ``log_frequency``, ``amp``,
+            ``seed``, ``distributed``, ``local_rank``, ``global_rank``, ``world_size``, ``device``.
+        model: the (un-wrapped) model; moved to ``args.device`` and wrapped in DDP when distributed.
+        dataloader: ``{'train_loader', 'validation_loader', 'train_iterations', ...}``.
+        logger: a ``logging.Logger``; ``tb_writer``: an optional ``SummaryWriter`` (primary only).
+        epoch_generator: the train loader's generator; re-seeded with ``seed + epoch`` each epoch.
+    """
+
+    def __init__(self, config: Mapping, args: Any, model: nn.Module, dataloader: Mapping, logger: Any,
+                 tb_writer: Any = None, epoch_generator: Optional[torch.Generator] = None):
+        self.config = config
+        self.args = args
+        self.logger = logger
+        self.tb_writer = tb_writer
+        self.dataloader = dataloader
+        self.epoch_generator = epoch_generator
+        sc = config.get("solver")
+        if not isinstance(sc, Mapping):
+            raise ConfigError("config has no 'solver' section")
+        self.solver_config = sc
+        for key in ("base_lr", "max_epochs", "optimizers_and_schedulers"):
+            if key not in sc:
+                raise ConfigError(f"'solver.{key}' is required")
+        self.max_epochs = int(sc["max_epochs"])
+        self.save_epochs = int(sc.get("save_epochs", -1) or -1)
+        self.save_iterations = int(sc.get("save_iterations", -1) or -1)
+        self.validation_epochs = int(sc.get("validation_epochs", 2) or -1)
+        self.train_iterations = int(dataloader["train_iterations"])
+        si = sc.get("sample_iterations", "epoch")
+        self.sample_iterations = self.train_iterations if si == "epoch" else int(si if si is not None else -1)
+        self.max_iterations = sc.get("max_iterations")
+        self.max_iterations = int(self.max_iterations) if self.max_iterations not in (None, -1) else None
+        self.grad_accumulation_steps = int(sc.get("grad_accumulation_steps", 1) or 1)
+        if self.grad_accumulation_steps < 1:
+            raise ConfigError(f"'solver.grad_accumulation_steps' must be >= 1, got {self.grad_accumulation_steps}")
+        self.max_nonfinite_steps = int(sc.get("max_nonfinite_steps", 10))
+        self.amp_dtype_name = str(sc.get("amp_dtype", "bf16"))
+        if self.amp_dtype_name not in ("bf16", "fp16"):
+            raise ConfigError(f"'solver.amp_dtype' must be 'bf16' or 'fp16', got {self.amp_dtype_name!r}")
+
+        self.save_dir = Path(args.save_dir)
+        self.ckpt_dir = self.save_dir / "checkpoint"
+        self.image_dir = self.save_dir / "images"
+        self.device = torch.device(getattr(args, "device", "cpu"))
+        self.distributed = bool(getattr(args, "distributed", False))
+        self.world_size = dist_utils.get_world_size() if self.distributed else 1
+        self.rank = dist_utils.get_rank() if self.distributed else 0
+        self.is_primary = self.rank == 0
+        self.seed = int(getattr(args, "seed", None) or 0)
+
+        self.last_epoch = -1
+        self.last_iter = -1
+        self.batches_done = 0  # in the current epoch
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self._stop_signal: Optional[int] = None
+
+        # EMA of the trained network, primary rank only, built before the device move (official)
+        ema_cfg = sc.get("ema")
+        self.ema: Optional[EMA] = None
+        if ema_cfg is not None and self.is_primary:
+            ema_cfg = dict(ema_cfg)
+            ema_cfg.setdefault("device", "cpu")
+            self.ema = EMA(model.get_ema_model(), decay=float(ema_cfg.get("decay", 0.99)),
+                           update_interval=int(ema_cfg.get("update_interval", 1)), device=ema_cfg["device"])
+
+        cg = sc.get("clip_grad_norm")
+        self.clip_grad_norm: Optional[ClipGradNorm] = instantiate_from_config(cg, key_path="solver.clip_grad_norm") \
+            if cg is not None else None
+
+        # lr
+        adjust = str(sc.get("adjust_lr", "sqrt"))
+        bs = int(config.get("dataloader", {}).get("batch_size", 1))
+        scale = {"none": 1.0, "sqrt": math.sqrt(self.world_size * bs), "linear": float(self.world_size * bs)}
+        if adjust not in scale:
+            raise ConfigError(f"'solver.adjust_lr' must be none, sqrt or linear, got {adjust!r}")
+        self.lr = float(sc["base_lr"]) * scale[adjust]
+
+        model = model.to(self.device)
+        self.raw_model = model
+        self.optimizer_and_scheduler = self._build_optimizers_and_schedulers(sc["optimizers_and_schedulers"], model)
+        if self.distributed:
+            if getattr(args, "sync_bn", False):
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+        self.model = model
+
+        self.use_amp = bool(getattr(args, "amp", False)) and self.device.type == "cuda"
+        if getattr(args, "amp", False) and not self.use_amp:
+            self.logger.info("--amp is ignored on CPU: training stays in fp32")
+        self.amp_dtype = torch.bfloat16 if self.amp_dtype_name == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.logger.info(f"lr {self.lr:.3g} (base {float(sc['base_lr']):.3g}, adjust {adjust}), "
+                         f"{self.train_iterations} iterations/epoch, world size {self.world_size}, device {self.device}")
+
+    # ---------------------------------------------------------------------------------- building
+    def _build_optimizers_and_schedulers(self, entries: Any, model: nn.Module) -> dict:
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError("'solver.optimizers_and_schedulers' must be a non-empty list")
+        out: dict = {}
+        for i, entry in enumerate(entries):
+            kp = f"solver.optimizers_and_schedulers.{i}"
+            name = str(entry.get("name", "none"))
+            params = model.parameters_to_optimize(name) if name != "none" and hasattr(model, "parameters_to_optimize") \
+                and _accepts_name(model.parameters_to_optimize) else None
+            opt = build_optimizer(entry["optimizer"], model, self.lr, params=params, key_path=f"{kp}.optimizer")
+            op_sc: dict = {
+                "name": name,
+                "start_epoch": int(entry.get("start_epoch", 0)), "end_epoch": int(entry.get("end_epoch", -1)),
+                "start_iteration": int(entry.get("start_iteration", 0)), "end_iteration": int(entry.get("end_iteration", -1)),
+                "optimizer": {"module": opt, "step_iteration": int(entry["optimizer"].get("step_iteration", 1))},
+            }
+            sched_cfg = entry.get("scheduler")
+            if sched_cfg is not None:
+                sp = dict(sched_cfg.get("params") or {})
+                cls = resolve_target(sched_cfg["target"], f"{kp}.scheduler.target")
+                if cls.__name__ == "CosineAnnealingLRWithWarmup":
+                    sp["T_max"] = self.max_epochs * self.train_iterations
+                sched = cls(opt, **sp)
+                op_sc["scheduler"] = {"module": sched, "step_iteration": int(sched_cfg.get("step_iteration", 1))}
+            if self.grad_accumulation_steps > 1 and op_sc["optimizer"]["step_iteration"] != 1:
+                raise ConfigError(f"'{kp}.optimizer.step_iteration' must be 1 with grad_accumulation_steps > 1")
+            out[name] = op_sc
+        return out
+
+    def _lrs(self) -> dict:
+        return {n: float(o["optimizer"]["module"].param_groups[0]["lr"]) for n, o in self.optimizer_and_scheduler.items()}
+
+    # ---------------------------------------------------------------------------------- signals
+    def _install_signal_handlers(self) -> dict:
+        previous = {}
+
+        def handler(signum, frame):  # noqa: ARG001
+            if self._stop_signal is not None:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.logger.info(f"received signal {signal.Signals(signum).name}: saving a checkpoint after this step")
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    # ---------------------------------------------------------------------------------- one step
+    def _active(self, op_sc: Mapping, epoch: int, it: int) -> bool:
+        if epoch < op_sc["start_epoch"] or (op_sc["end_epoch"] > 0 and epoch >= op_sc["end_epoch"]):
+            return False
+        return it >= op_sc["start_iteration"] and (op_sc["end_iteration"] <= 0 or it < op_sc["end_iteration"])
+
+    def step(self, batch: Mapping, epoch: int) -> dict:
+        """Forward, backward and (unless the loss/gradients are not finite) an optimizer step per optimizer."""
+        batch = _to_device(batch, self.device)
+        it = self.last_iter
+        accum = self.grad_accumulation_steps
+        boundary = (it + 1) % accum == 0
+        logs: dict = {}
+        for name, op_sc in self.optimizer_and_scheduler.items():
+            if not self._active(op_sc, epoch, it):
+                continue
+            opt = op_sc["optimizer"]["module"]
+            if accum == 1 and (it + 1) % op_sc["optimizer"]["step_iteration"] != 0:
+                continue
+            sync_ctx = self.model.no_sync() if (self.distributed and not boundary) else _nullcontext()
+            with sync_ctx:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                    kwargs = {"name": name} if name != "none" else {}
+                    output = self.model(batch, return_loss=True, step=it, **kwargs)
+                loss = output["loss"]
+                bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0, 0.0], device=self.device)
+                bad[1] = 1.0 if self._stop_signal is not None else 0.0
+                if self.distributed:
+                    dist_utils.all_reduce(bad, "max")
+                if bad[1] > 0 and self._stop_signal is None:
+                    self._stop_signal = int(signal.SIGTERM)
+                if bad[0] > 0:
+                    opt.zero_grad(set_to_none=True)
+                    return self._nonfinite(name, "loss", logs)
+                self.scaler.scale(loss / accum).backward()
+            logs[f"{name}/loss"] = float(loss.detach())
+            if not boundary:
+                continue
+            self.scaler.unscale_(opt)
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if self.clip_grad_norm is not None:
+                norm = self.clip_grad_norm(params)
+                if norm is None:
+                    norm = _total_norm(params)
+            else:
+                norm = _total_norm(params)
+            if not torch.isfinite(norm):
+                opt.zero_grad(set_to_none=True)
+                self.scaler.update()
+                return self._nonfinite(name, "gradient", logs)
+            self.scaler.step(opt)
+            self.scaler.update()
+            opt.zero_grad(set_to_none=True)
+            logs[f"{name}/grad_norm"] = float(norm)
+            self.nonfinite_in_row = 0
+            sched = op_sc.get("scheduler")
+            if sched is not None and (it + 1) % sched["step_iteration"] == 0:
+                if type(sched["module"]).__name__ == "ReduceLROnPlateauWithWarmup":
+                    sched["module"].step(logs[f"{name}/loss"])
+                else:
+                    sched["module"].step()
+        if self.ema is not None:
+            self.ema.update(it)
+        return logs
+
+    def _nonfinite(self, name: str, what: str, logs: dict) -> dict:
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        self.logger.warning(f"iteration {self.last_iter}: non-finite {what} for optimizer '{name}', step skipped "
+                            f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} in total)")
+        logs["nonfinite"] = what
+        return logs
+
+    # ---------------------------------------------------------------------------------- loops
+    def train(self) -> dict:
+        """Run until ``max_epochs`` (or ``max_iterations``, a signal, or too many non-finite steps)."""
+        previous = self._install_signal_handlers()
+        try:
+            return self._train()
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            if self.tb_writer is not None:
+                self.tb_writer.flush()
+
+    def _train(self) -> dict:
+        start_epoch = self.last_epoch + 1
+        result = {"stopped_by": None, "losses": []}
+        if self.max_iterations is not None and self.last_iter + 1 >= self.max_iterations:
+            result["stopped_by"] = "max_iterations"
+            return result
+        for epoch in range(start_epoch, self.max_epochs):
+            stop = self.train_epoch(epoch, result["losses"])
+            if stop is not None and self.batches_done >= self.train_iterations:  # stopped at an epoch end
+                self.last_epoch = epoch
+                self.batches_done = 0
+            if stop is not None:
+                self.save(force=True)
+                result["stopped_by"] = stop
+                if stop == "nonfinite":
+                    raise TrainingStopped(
+                        f"{self.nonfinite_in_row} non-finite steps in a row (solver.max_nonfinite_steps="
+                        f"{self.max_nonfinite_steps}); stopped at iteration {self.last_iter}; checkpoint "
+                        f"{self.ckpt_dir / 'last.pth'}. Lower the learning rate or check the data.")
+                return result
+            self.last_epoch = epoch
+            self.batches_done = 0
+            self.save(force=True)
+            self.validate_epoch(epoch)
+        result["stopped_by"] = "max_epochs"
+        return result
+
+    def _set_epoch(self, epoch: int) -> DataLoader:
+        loader = self.dataloader["train_loader"]
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        if self.epoch_generator is not None:
+            self.epoch_generator.manual_seed(self.seed + epoch)
+        return _loader_skipping(loader, self.batches_done)
+
+    def train_epoch(self, epoch: int, losses: list) -> Optional[str]:
+        loader = self._set_epoch(epoch)
+        bar = None
+        if self.is_primary and getattr(self.args, "progress_bar", True):
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.train_iterations, initial=self.batches_done, desc=f"epoch {epoch}",
+                           dynamic_ncols=True, leave=False)
+            except ImportError:
+                bar = None
+        log_freq = max(1, int(getattr(self.args, "log_frequency", 100)))
+        t_last, images = time.time(), 0
+        stop: Optional[str] = None
+        try:
+            for batch in loader:
+                self.last_iter += 1
+                logs = self.step(batch, epoch)
+                self.batches_done += 1
+                images += _batch_size(batch) * self.world_size
+                losses.append(next((v for k, v in logs.items() if k.endswith("/loss")), float("nan")))
+                if bar is not None:
+                    bar.update(1)
+                if (self.last_iter + 1) % log_freq == 0:
+                    dt = max(time.time() - t_last, 1e-9)
+                    self._log(epoch, logs, images / dt)
+                    t_last, images = time.time(), 0
+                if self.sample_iterations > 0 and (self.last_iter + 1) % self.sample_iterations == 0:
+                    self.sample(batch)
+                if self.max_nonfinite_steps > 0 and self.nonfinite_in_row >= self.max_nonfinite_steps:
+                    stop = "nonfinite"
+                    break
+                if self._stop_signal is not None:
+                    stop = f"signal {signal.Signals(self._stop_signal).name}"
+                    break
+                if self.max_iterations is not None and self.last_iter + 1 >= self.max_iterations:
+                    stop = "max_iterations"
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return stop
+
+    def _log(self, epoch: int, logs: Mapping, images_per_s: float) -> None:
+        lrs = self._lrs()
+        parts = [f"epoch {epoch}", f"iter {self.last_iter + 1}/{self.train_iterations * self.max_epochs}"]
+        parts += [f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float)]
+        parts += [f"lr[{n}] {v:.3e}" for n, v in lrs.items()]
+        parts.append(f"{images_per_s:.1f} img/s")
+        self.logger.info(" | ".join(parts))
+        if self.tb_writer is not None:
+            for k, v in logs.items():
+                if isinstance(v, float):
+                    self.tb_writer.add_scalar(f"train/{k}", v, self.last_iter)
+            for n, v in lrs.items():
+                self.tb_writer.add_scalar(f"train/{n}/lr", v, self.last_iter)
+            self.tb_writer.add_scalar("train/images_per_s", images_per_s, self.last_iter)
+
+    @torch.no_grad()
+    def validate_epoch(self, epoch: int) -> Optional[float]:
+        loader = self.dataloader.get("validation_loader")
+        if loader is None or self.validation_epochs <= 0 or (epoch + 1) % self.validation_epochs != 0:
+            return None
+        model = self.raw_model
+        was_training = model.training
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        ctx = self.ema.swapped() if self.ema is not None else _nullcontext()
+        try:
+            with ctx:
+                for batch in loader:
+                    batch = _to_device(batch, self.device)
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                        loss = model(batch, return_loss=True, step=self.last_iter)["loss"]
+                    total[0] += float(loss) * _batch_size(batch)
+                    total[1] += _batch_size(batch)
+        finally:
+            model.train(was_training)
+        if self.distributed:
+            dist_utils.all_reduce(total, "sum")
+        mean = float(total[0] / total[1].clamp_min(1))
+        self.logger.info(f"validation epoch {epoch}: loss {mean:.4f} ({int(total[1])} items)")
+        if self.tb_writer is not None:
+            self.tb_writer.add_scalar("val/loss", mean, self.last_iter)
+        return mean
+
+    @torch.no_grad()
+    def sample(self, batch: Mapping, max_items: int = 4) -> list:
+        """Sample grids with the EMA weights (primary rank, models that have ``sample``)."""
+        model = self.raw_model
+        if not self.is_primary or not hasattr(model, "sample"):
+            return []
+        small = {k: (v[:max_items] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
+        small = _to_device(small, self.device)
+        ctx = self.ema.swapped() if self.ema is not None else _nullcontext()
+        with ctx:
+            out = model.sample(small)
+        from torchvision.utils import make_grid, save_image
+
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for key, value in out.items():
+            if not (torch.is_tensor(value) and value.dim() == 4 and key.endswith("image")):
+                continue
+            im = value.detach().float().cpu()
+            if im.max() > 1.5:
+                im = im / 255.0
+            grid = make_grid(im.clamp(0, 1), nrow=min(4, im.shape[0]))
+            path = self.image_dir / f"{self.last_iter:06d}_{key}.png"
+            save_image(grid, path)
+            paths.append(path)
+            if self.tb_writer is not None:
+                self.tb_writer.add_image(f"samples/{key}", grid, self.last_iter)
+        self.logger.info(f"saved {len(paths)} sample grids to {self.image_dir}")
+        return paths
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """The checkpoint dict (collective: gathers every rank's RNG state)."""
+        rng = dist_utils.all_gather_object(get_rng_state()) if self.distributed else [get_rng_state()]
+        ops = {}
+        for name, op_sc in self.optimizer_and_scheduler.items():
+            entry = {k: op_sc[k] for k in ("name", "start_epoch", "end_epoch", "start_iteration", "end_iteration")}
+            entry["optimizer"] = {"step_iteration": op_sc["optimizer"]["step_iteration"],
+                                  "module": op_sc["optimizer"]["module"].state_dict()}
+            if "scheduler" in op_sc:
+                entry["scheduler"] = {"step_iteration": op_sc["scheduler"]["step_iteration"],
+                                      "module": op_sc["scheduler"]["module"].state_dict()}
+            ops[name] = entry
+        return {
+            "last_epoch": self.last_epoch,
+            "last_iter": self.last_iter,
+            "model": self.raw_model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "clip_grad_norm": self.clip_grad_norm.state_dict() if self.clip_grad_norm is not None else None,
+            "optimizer_and_scheduler": ops,
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "data_state": {"epoch": self.last_epoch + 1, "batches_done": self.batches_done, "seed": self.seed,
+                           "world_size": self.world_size},
+            "nonfinite_steps": {"in_row": self.nonfinite_in_row, "total": self.nonfinite_total},
+        }
+
+    def save(self, force: bool = False) -> list:
+        """``last.pth`` (when ``force``) and the periodic ``{epoch:06d}e_{iter}iter.pth`` (all ranks call it)."""
+        state = self.state_dict()
+        written = []
+        if not self.is_primary:
+            return written
+        periodic = False
+        if self.batches_done == 0:  # epoch end
+            if self.save_epochs > 0 and (self.last_epoch + 1) % self.save_epochs == 0:
+                periodic = True
+            if self.save_iterations > 0 and (self.last_iter + 1) % self.save_iterations == 0:
+                periodic = True
+        if periodic:
+            written.append(save_checkpoint(state, self.ckpt_dir / f"{self.last_epoch:06d}e_{self.last_iter}iter.pth"))
+        if force:
+            written.append(save_checkpoint(state, self.ckpt_dir / "last.pth"))
+        for p in written:
+            self.logger.info(f"saved checkpoint {p}")
+        return written
+
+    def resume(self, path: Optional[str | os.PathLike] = None, load_optimizer_and_scheduler: bool = True,
+               load_others: bool = True, allow_unsafe: bool = False) -> bool:
+        """Load ``path`` (default ``last.pth``); returns False when the default file does not exist."""
+        if path is None:
+            path = self.ckpt_dir / "last.pth"
+            if not Path(path).is_file():
+                self.logger.info(f"no checkpoint at {path}: starting from scratch")
+                return False
+        ckpt = load_checkpoint(path, map_location="cpu", allow_unsafe=allow_unsafe)
+        if not isinstance(ckpt, Mapping) or "model" not in ckpt:
+            raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {list(ckpt)[:8]})")
+        missing, unexpected = self.raw_model.load_state_dict(ckpt["model"], strict=False)
+        if unexpected or (missing and load_others):
+            raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        if self.clip_grad_norm is not None and ckpt.get("clip_grad_norm") is not None:
+            self.clip_grad_norm.load_state_dict(ckpt["clip_grad_norm"])
+        if load_optimizer_and_scheduler:
+            for name, entry in (ckpt.get("optimizer_and_scheduler") or {}).items():
+                if name not in self.optimizer_and_scheduler:
+                    raise CheckpointError(f"checkpoint {path} has optimizer '{name}' that the config lacks")
+                mine = self.optimizer_and_scheduler[name]
+                mine["optimizer"]["module"].load_state_dict(entry["optimizer"]["module"])
+                if "scheduler" in entry and "scheduler" in mine:
+                    mine["scheduler"]["module"].load_state_dict(entry["scheduler"]["module"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+        if load_others:
+            self.last_epoch = int(ckpt["last_epoch"])
+            self.last_iter = int(ckpt["last_iter"])
+            ds = ckpt.get("data_state") or {}
+            self.batches_done = int(ds.get("batches_done", 0)) if ds.get("epoch") == self.last_epoch + 1 else 0
+            nf = ckpt.get("nonfinite_steps") or {}
+            self.nonfinite_in_row = int(nf.get("in_row", 0))
+            self.nonfinite_total = int(nf.get("total", 0))
+            rng = ckpt.get("rng")
+            if rng and len(rng) == self.world_size:
+                set_rng_state(rng[self.rank])
+            elif rng:
+                self.logger.warning(f"checkpoint RNG states are for {len(rng)} processes, this run has "
+                                    f"{self.world_size}: RNG streams are not restored (resume is not exact)")
+        self.logger.info(f"resumed from {path} (epoch {self.last_epoch}, iteration {self.last_iter}, "
+                         f"{self.batches_done} batches into the next epoch)")
+        return True
+
+
+def _accepts_name(fn: Any) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(fn).parameters) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+def _total_norm(params: list) -> torch.Tensor:
+    if not params:
+        return torch.tensor(0.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
