@@ -1,0 +1,41 @@
+"""Export a text-to-image VQ-Diffusion model to the diffusers ``VQDiffusionPipeline`` folder layout.
+
+    python scripts/export_diffusers.py --config OUTPUT/pretrained_model/config_text.yaml \
+        --ckpt OUTPUT/pretrained_model/coco_learnable.pth --out vq-diffusion-coco
+
+Run it from the folder the config's relative paths start from (as for inference). Writes
+``transformer/``, ``vqvae/``, ``learned_classifier_free_sampling_embeddings/``, ``scheduler/`` and
+``model_index.json``; add the CLIP ViT-B/32 ``text_encoder``/``tokenizer`` from
+``openai/clip-vit-base-patch32`` to get a complete pipeline. See docs/inference.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(_ROOT))
+
+from vqdiff.inference.api import VQ_Diffusion  # noqa: E402
+from vqdiff.inference.diffusers_export import export_diffusers  # noqa: E402
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="VQ-Diffusion model -> diffusers VQDiffusionPipeline folder")
+    p.add_argument("--config", required=True)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--allow-unsafe-pickle", action="store_true")
+    args = p.parse_args(argv)
+    engine = VQ_Diffusion(args.config, args.ckpt, device="cpu", allow_unsafe_pickle=args.allow_unsafe_pickle)
+    out = export_diffusers(engine.model, args.out)
+    print(f"wrote diffusers folder {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The notebook API of VQ-Diffusion (arXiv 2111.14822) and Improved VQ-Diffusion (arXiv 2205.16007).
+
+Re-exported by the top-level ``inference_VQ_Diffusion.py`` and used exactly as the official one::
+
+    from inference_VQ_Diffusion import VQ_Diffusion
+    m = VQ_Diffusion(config='OUTPUT/pretrained_model/config_text.yaml',
+                     path='OUTPUT/pretrained_model/human_pretrained.pth')
+    m.inference_generate_sample_with_condition("a beautiful smiling woman", truncation_rate=0.85,
+                                               save_root="RESULT", batch_size=4)
+    m.inference_generate_sample_with_condition("a woman in yellow dress", truncation_rate=0.85,
+                                               save_root="RESULT", batch_size=4, fast=2)
+
+Differences from the official class (each deliberate): every call uses its own truncation rate,
+guidance scale, prior rule and batch size (the official one silently keeps the first call's); a
+``seed`` makes a call reproducible; images are also returned as PIL images; the model runs on CUDA
+when available and on the CPU otherwise; a missing checkpoint raises ``FileNotFoundError``; files are
+read without unpickling code unless ``allow_unsafe_pickle=True``; keys that did not load are reported
+in one summary (``self.load_report``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import torch
+from PIL import Image
+
+from vqdiff.inference.images import make_grid, safe_name, save_images, to_pil_images
+from vqdiff.inference.loading import (
+    LoadReport,
+    build_model,
+    choose_device,
+    freeze_for_inference,
+    load_model_weights,
+    prepare_config,
+    read_checkpoint_file,
+    split_checkpoint,
+)
+
+__all__ = ["VQ_Diffusion", "sample_type_string"]
+
+logger = logging.getLogger("vqdiff.inference")
+
+
+def sample_type_string(truncation_rate: float, fast: Any = False, infer_speed: Any = False) -> str:
+    """The official ``sample_type``: ``top{r}r``, plus ``,fast{k-1}`` for ``fast=k`` (keep one step in
+    k: k=2 halves the network calls) or ``,time{s}`` for the Improved API's ``infer_speed=s``."""
+    rate = float(truncation_rate)
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"truncation_rate must be in (0, 1], got {truncation_rate!r}")
+    out = f"top{rate}r"
+    use_fast = fast not in (False, None, 0)
+    use_speed = infer_speed not in (False, None, 0)
+    if use_fast and use_speed:
+        raise ValueError(f"give either fast (={fast!r}) or infer_speed (={infer_speed!r}), not both")
+    if use_fast:
+        if isinstance(fast, bool) or not isinstance(fast, int) or fast < 2:
+            raise ValueError(f"fast must be an int >= 2 (fast=k visits every k-th diffusion step), got {fast!r}")
+        out += f",fast{fast - 1}"
+    elif use_speed:
+        speed = float(infer_speed)
+        if speed <= 0:
+            raise ValueError(f"infer_speed must be > 0, got {infer_speed!r}")
+        out += f",time{speed:g}"
+    return out
+
+
+class VQ_Diffusion:
+    """Load a VQ-Diffusion model (official or vqdiff config and checkpoint) and sample images.
+
+    Args:
+        config: YAML path (official files name ``image_synthesis.…`` classes and paths relative to the
+            working directory, resolved from it as the official code does) or a config mapping.
+        path: checkpoint: official ``.pth`` (``model`` + ``ema`` entries), a converted vqdiff checkpoint,
+            or a ``.safetensors`` weight file.
+        imagenet_cf: build the class network with 1001 classes (a learned null label for classifier-free
+            guidance), as the official ``imagenet_cf``.
+        device: where to run; default CUDA when available, else CPU.
+        allow_unsafe_pickle: allow a legacy checkpoint that ``torch.load(weights_only=True)`` refuses
+            (unpickling can run code: only for files you trust).
+
+    Raises:
+        FileNotFoundError: ``path`` (or a file the config names) does not exist.
+    """
+
+    def __init__(
+        self,
+        config: str | os.PathLike | Mapping,
+        path: str | os.PathLike,
+        imagenet_cf: bool = False,
+        device: Optional[str | torch.device] = None,
+        allow_unsafe_pickle: bool = False,
+    ):
+        ckpt_path = Path(path)
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint file not found: '{ckpt_path}' (working directory '{Path.cwd()}')"
+            )
+        self.device = choose_device(device)
+        self.config = prepare_config(config, imagenet_cf=imagenet_cf)
+        self.imagenet_cf = bool(imagenet_cf)
+        self.model = build_model(self.config)
+        ckpt = read_checkpoint_file(ckpt_path, allow_unsafe_pickle=allow_unsafe_pickle)
+        model_sd, ema_sd, self.epoch = split_checkpoint(ckpt, str(ckpt_path))
+        del ckpt
+        self.load_report: LoadReport = load_model_weights(self.model, model_sd, ema_sd, str(ckpt_path), self.epoch)
+        if self.load_report.ok and not self.load_report.hints:
+            logger.info("%s", self.load_report)
+        else:
+            warnings.warn(str(self.load_report), stacklevel=2)
+        self.model.to(self.device)
+        freeze_for_inference(self.model)
+        parts = Path(path).parts
+        self.model_name = (parts[-3] if "OUTPUT" in parts and len(parts) >= 3
+                           else Path(config).stem if isinstance(config, (str, os.PathLike)) else "model")
+
+    # ---------------------------------------------------------------------------------------- helpers
+    @property
+    def condition_kind(self) -> Optional[str]:
+        """``'text'`` (DALLE), ``'label'`` (C_DALLE) or ``None`` (UC_DALLE)."""
+        info = getattr(self.model, "condition_info", None)
+        return info.get("key") if isinstance(info, Mapping) else None
+
+    def _require(self, kind: Optional[str], method: str) -> None:
+        if self.condition_kind != kind:
+            right = {"text": "inference_generate_sample_with_condition",
+                     "label": "inference_generate_sample_with_class",
+                     None: "inference_generate_sample_unconditional"}[self.condition_kind]
+            raise TypeError(
+                f"{method} needs a {'text' if kind == 'text' else 'class' if kind == 'label' else 'unconditional'}"
+                f" model, but this is a {type(self.model).__name__}; use {right}"
+            )
+
+    def _generator(self, seed: Optional[int]) -> Optional[torch.Generator]:
+        if seed is None:
+            return None
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(seed))
+        return g
+
+    @staticmethod
+    def _check_batch(batch_size: int) -> int:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        return batch_size
+
+    @contextlib.contextmanager
+    def _null_condition(self, learnable_cf: bool) -> Iterator[None]:
+        """For this call only: the learned null text (when asked for and present) or CLIP('')."""
+        model = self.model
+        has_learned = bool(getattr(model.transformer, "learnable_cf", False)) and hasattr(model.transformer, "empty_text_embed")
+        if learnable_cf and not has_learned:
+            logger.info("learnable_cf=True but the model has no learned null text: guidance uses CLIP('')")
+        before = model.learnable_cf
+        model.learnable_cf = bool(learnable_cf) and has_learned
+        try:
+            yield
+        finally:
+            model.learnable_cf = before
+
+    def _finish(self, content: torch.Tensor, save_root: Optional[str | os.PathLike], name: str) -> list[Image.Image]:
+        images = to_pil_images(content)
+        if save_root is not None:
+            save_images(images, Path(save_root) / safe_name(name))
+        return images
+
+    @staticmethod
+    def grid(images: Sequence[Image.Image] | torch.Tensor, nrow: Optional[int] = None, padding: int = 2) -> Image.Image:
+        """All images tiled into one (``nrow`` per row; default about square)."""
+        return make_grid(images, nrow=nrow, padding=padding)
+
+    # ---------------------------------------------------------------------------------------- sampling
+    # Inpainting / editing (issue 9) will add ``inference_inpaint(image, mask, text, ...)`` here, calling
+    # ``generate_content(..., fixed=(mask, tokens))`` through the same helpers (_generator, _finish).
+    @torch.no_grad()
+    def inference_generate_sample_with_condition(
+        self,
+        text: str,
+        truncation_rate: float,
+        save_root: Optional[str | os.PathLike],
+        batch_size: int,
+        fast: Any = False,
+        infer_speed: Any = False,
+        guidance_scale: float = 1.0,
+        prior_rule: int = 0,
+        prior_weight: float = 0,
+        learnable_cf: bool = True,
+        seed: Optional[int] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+    ) -> list[Image.Image]:
+        """``batch_size`` images of ``text``, saved as ``save_root/<text>/000000.png`` … and returned.
+
+        ``fast=k`` visits every k-th step (official seed API); ``infer_speed=s`` is the Improved API
+        (s >= 2 skips steps, s < 1 reveals fewer tokens per step); ``guidance_scale`` != 1 applies
+        classifier-free guidance with the learned null text (``learnable_cf`` and a learnable-cf
+        checkpoint) or the CLIP embedding of ''; ``prior_rule`` 1/2 and ``prior_weight`` are the Improved
+        high-quality / purity rules. ``seed`` makes the call reproducible; ``callback(info)`` runs after
+        every diffusion step; ``save_root=None`` saves nothing.
+        """
+        self._require("text", "inference_generate_sample_with_condition")
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        n = self._check_batch(batch_size)
+        sample_type = sample_type_string(truncation_rate, fast, infer_speed)
+        with self._null_condition(learnable_cf):
+            out = self.model.generate_content(
+                batch={"text": [text]}, filter_ratio=0, replicate=n, sample_type=sample_type,
+                guidance_scale=float(guidance_scale), prior_rule=int(prior_rule), prior_weight=float(prior_weight),
+                generator=self._generator(seed), callback=callback,
+            )
+        return self._finish(out["content"], save_root, text)
+
+    @torch.no_grad()
+    def inference_generate_sample_with_class(
+        self,
+        label: int,
+        truncation_rate: float,
+        save_root: Optional[str | os.PathLike],
+        batch_size: int,
+        fast: Any = False,
+        infer_speed: Any = False,
+        guidance_scale: float = 1.0,
+        seed: Optional[int] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+    ) -> list[Image.Image]:
+        """``batch_size`` images of class ``label``, saved as ``save_root/<label>/000000.png`` … and returned.
+
+        Guidance (``guidance_scale`` != 1) uses the null label: the learned row when the model was built
+        with ``imagenet_cf=True``, else the mean class embedding (official behaviour).
+        """
+        self._require("label", "inference_generate_sample_with_class")
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            raise ValueError(f"label must be a non-negative int class index, got {label!r}")
+        n = self._check_batch(batch_size)
+        sample_type = sample_type_string(truncation_rate, fast, infer_speed)
+        out = self.model.generate_content(
+            batch={"label": [label]}, filter_ratio=0, replicate=n, sample_type=sample_type,
+            guidance_scale=float(guidance_scale), generator=self._generator(seed), callback=callback,
+        )
+        return self._finish(out["content"], save_root, str(label))
+
+    @torch.no_grad()
+    def inference_generate_sample_unconditional(
+        self,
+        truncation_rate: float,
+        save_root: Optional[str | os.PathLike],
+        batch_size: int,
+        fast: Any = False,
+        infer_speed: Any = False,
+        seed: Optional[int] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+    ) -> list[Image.Image]:
+        """``batch_size`` images of an unconditional model (FFHQ), saved as ``save_root/unconditional/…``."""
+        self._require(None, "inference_generate_sample_unconditional")
+        n = self._check_batch(batch_size)
+        sample_type = sample_type_string(truncation_rate, fast, infer_speed)
+        out = self.model.generate_content(
+            batch=None, filter_ratio=0, replicate=n, sample_type=sample_type,
+            generator=self._generator(seed), callback=callback,
+        )
+        return self._finish(out["content"], save_root, "unconditional")
