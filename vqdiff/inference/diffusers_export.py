@@ -69,10 +69,16 @@ def transformer_to_diffusers(model: nn.Module) -> tuple[dict, dict[str, torch.Te
             f"{type(net).__name__} cannot be exported to diffusers: Transformer2DModel only has the "
             "text-to-image block (self-attention + cross-attention + 'fc' MLP, attn_type 'selfcross')"
         )
+    hidden = int(sd["blocks.0.mlp.0.weight"].shape[0])
+    D = int(sd["content_emb.emb.weight"].shape[1])
+    if hidden != 4 * D:
+        raise ValueError(
+            f"diffusers' Transformer2DModel fixes the MLP width at 4 x n_embd; this network has "
+            f"mlp_hidden_times = {hidden / D:g} (n_embd {D}, MLP width {hidden})"
+        )
     act = blocks[0].mlp[1]
     act_name = "geglu-approximate" if type(act).__name__ == "GELU2" else "gelu"
     n_head = int(blocks[0].attn1.n_head)
-    D = int(sd["content_emb.emb.weight"].shape[1])
     H = int(sd["content_emb.height_emb.weight"].shape[0])
     W = int(sd["content_emb.width_emb.weight"].shape[0])
     if H != W or H * W != diffusion.content_seq_len:
