@@ -178,7 +178,7 @@ def main() -> None:
         a16, b16 = a.bfloat16(), b.bfloat16()
         t16 = perf.timed(lambda: a16 @ b16, 1, warmup=1)["min_s"]
         res["bf16_vs_fp32_matmul_256"] = t16 / t32
-        rows.append(("bf16 / fp32 time, 256^3 matmul", f"{t16 / t32:.0f}x",
+        rows.append(("bf16 / fp32 time, 256^3 matmul", f"{t16 / t32:.2f}x",
                      "measured ratio; bf16 is a GPU path here, the network is not timed in bf16 on CPU"))
 
     official = {"network forward (ms)": OFFICIAL["network forward (ms)"],
