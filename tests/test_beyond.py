@@ -314,6 +314,7 @@ def test_guidance_schedules_give_the_stated_scale_per_step():
     cos = S.guidance_scales({"kind": "cosine", "start": 1.0, "end": 3.0}, 5)
     assert cos == pytest.approx([3.0, 1 + (1 - math.cos(math.pi * 0.75)), 2.0, 1 + (1 - math.cos(math.pi * 0.25)), 1.0])
     assert S.guidance_scales(lambda p: 1 + p, 3) == [2.0, 1.5, 1.0]
+    assert S.guidance_scales(np.float32(2.5), 2) == [2.5, 2.5] and S.guidance_scales(torch.tensor(2.0), 1) == [2.0]
     assert S.is_guided("linear:1:1", 4) is False and S.is_guided("linear:1:2", 4) is True
     with pytest.raises(ValueError, match="guidance schedule"):
         S.guidance_scales("exp:1:2", 4)

@@ -496,9 +496,10 @@ class DiffusionTransformer(nn.Module):
         ``guidance_scale`` is a number or a schedule over the steps (:func:`samplers.guidance_scales`):
         then ``s = s(t)`` per row.
         """
-        number = isinstance(guidance_scale, (int, float)) and not isinstance(guidance_scale, bool)
+        number = S.guidance_number(guidance_scale) is not None
         if number:
-            guided = abs(float(guidance_scale) - 1.0) >= 1e-3
+            guidance_scale = S.guidance_number(guidance_scale)
+            guided = abs(guidance_scale - 1.0) >= 1e-3
             table = None
         else:
             table = torch.tensor(S.guidance_scales(guidance_scale, self.num_timesteps), dtype=torch.float32)

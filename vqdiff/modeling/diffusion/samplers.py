@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import math
+import numbers
 from collections.abc import Mapping
 
 import torch
@@ -44,6 +45,7 @@ __all__ = [
     "top_k_log_probs",
     "parse_sample_type",
     "guidance_scales",
+    "guidance_number",
     "is_guided",
     "sample_ancestral",
     "sample_improved",
@@ -216,6 +218,17 @@ def parse_sample_type(sample_type: str) -> dict:
 _GUIDANCE_KINDS = ("constant", "linear", "cosine")
 
 
+def guidance_number(spec) -> Optional[float]:
+    """``spec`` as a float when it is a plain number (int, float, numpy scalar, 0-d tensor), else None."""
+    if isinstance(spec, bool):
+        return None
+    if isinstance(spec, numbers.Real):
+        return float(spec)
+    if torch.is_tensor(spec) and spec.dim() == 0:
+        return float(spec)
+    return None
+
+
 def guidance_scales(spec, num_timesteps: int) -> list[float]:
     """The guidance scale at each diffusion step ``t = 0 .. T-1`` (list index t).
 
@@ -229,8 +242,8 @@ def guidance_scales(spec, num_timesteps: int) -> list[float]:
     prog = [1.0 if T == 1 else (T - 1 - t) / (T - 1) for t in range(T)]
     if isinstance(spec, bool):
         raise ValueError(f"guidance scale must be a number or a schedule, got {spec!r}")
-    if isinstance(spec, (int, float)):
-        return [float(spec)] * T
+    if guidance_number(spec) is not None:
+        return [guidance_number(spec)] * T
     if callable(spec):
         return [float(spec(p)) for p in prog]
     if isinstance(spec, str):

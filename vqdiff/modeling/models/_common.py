@@ -46,7 +46,8 @@ def sampling_arguments(
         top_k=opts["top_k"],
         skip_step=opts["skip_step"],
         rerun_prob=opts["rerun_prob"],
-        guidance_scale=float(guidance_scale) if isinstance(guidance_scale, (int, float)) else guidance_scale,
+        guidance_scale=(S.guidance_number(guidance_scale) if S.guidance_number(guidance_scale) is not None
+                        else guidance_scale),
         prior_rule=rule,
         prior_weight=transformer.prior_weight if prior_weight is None else float(prior_weight),
         prior_ps=transformer.prior_ps,
