@@ -1,0 +1,175 @@
+"""train.py end to end on CPU: exact resume on the tiny text config, SIGTERM checkpoint, and a 2-process
+gloo torchrun step equal to one process on the same global batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import train  # noqa: E402
+
+
+def write_tiny_parts(root: Path) -> Path:
+    """Random tiny CLIP text tower (real 49408-token vocab) and taming VQModel under root/OUTPUT/tiny_parts."""
+    from vqdiff.modeling.codecs.image.vqgan import VQModel
+    from vqdiff.modeling.embeddings.clip_model import CLIPTextConfig, CLIPTextTransformer
+    from vqdiff.utils.config import save_yaml_config
+
+    parts = Path(root) / "OUTPUT" / "tiny_parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    clip = CLIPTextTransformer(CLIPTextConfig(49408, 77, 32, 1, 1, 32))
+    for name, p in clip.named_parameters():
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.02)
+        elif "ln" in name and name.endswith("weight"):
+            torch.nn.init.ones_(p)
+        else:
+            torch.nn.init.zeros_(p)
+    torch.save(clip.state_dict(), parts / "clip_tiny.pt")
+    model_cfg = {"target": "vqdiff.modeling.codecs.image.vqgan.VQModel", "params": {
+        "embed_dim": 8, "n_embed": 16, "ddconfig": {
+            "double_z": False, "z_channels": 8, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32,
+            "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+    vq = VQModel(**model_cfg["params"])
+    save_yaml_config({"model": model_cfg}, parts / "vq.yaml")
+    torch.save({"state_dict": vq.state_dict()}, parts / "vq.pth")
+    return parts
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_train")
+    write_tiny_parts(root)
+    return root
+
+
+CFG = str(REPO / "configs" / "tiny_text_shapes.yaml")
+
+
+def _run(name: str, *extra: str) -> dict:
+    return train.main(["--config_file", CFG, "--name", name, "--seed", "0", "--no_progress_bar", *extra])
+
+
+def test_auto_resume_reproduces_losses_bit_for_bit(tiny_root, monkeypatch):
+    monkeypatch.chdir(tiny_root)
+    full = _run("full", "solver.max_iterations=6")
+    first = _run("part", "solver.max_iterations=3")
+    ck = torch.load("OUTPUT/part/checkpoint/last.pth", weights_only=True)
+    assert ck["last_iter"] == 2 and ck["data_state"]["batches_done"] == 3 and len(ck["rng"]) == 1
+    second = _run("part", "--auto_resume", "solver.max_iterations=6")  # crosses the epoch end (4 batches/epoch)
+    assert len(full["losses"]) == 6 and first["losses"] + second["losses"] == full["losses"]
+    a = torch.load("OUTPUT/full/checkpoint/last.pth", weights_only=True)
+    b = torch.load("OUTPUT/part/checkpoint/last.pth", weights_only=True)
+    assert a["last_iter"] == b["last_iter"] == 5
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    out = Path("OUTPUT/full")
+    assert (out / "configs" / "config.yaml").is_file() and (out / "configs" / "args.txt").is_file()
+    assert "training finished (max_iterations)" in (out / "logs" / "log.txt").read_text()
+    assert (out / "checkpoint" / "000000e_3iter.pth").is_file()  # save_epochs: 1
+
+
+def test_sigterm_saves_last_checkpoint(tiny_root):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config_file", CFG, "--name", "sig",
+                             "--seed", "0", "--no_progress_bar", "--log_frequency", "1", "solver.max_epochs=1000",
+                             "solver.save_epochs=1000", "solver.validation_epochs=1000"],
+                            cwd=tiny_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tiny_root / "OUTPUT" / "sig" / "logs" / "log.txt"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.is_file() and "iter 2/" in log.read_text()):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "received signal SIGTERM" in out
+    ck = torch.load(tiny_root / "OUTPUT" / "sig" / "checkpoint" / "last.pth", weights_only=True)
+    assert ck["last_iter"] >= 1 and ck["data_state"]["batches_done"] + 4 * (ck["last_epoch"] + 1) == ck["last_iter"] + 1
+
+
+FAKE_MODEL = '''
+import torch
+from torch import nn
+
+class FakeModel(nn.Module):
+    """Deterministic: loss = mean((Linear(image) - label)^2) over the batch."""
+    def __init__(self, size: int = 16):
+        super().__init__()
+        torch.manual_seed(123)
+        self.lin = nn.Linear(3 * size * size, 1)
+    def get_ema_model(self):
+        return self.lin
+    def parameters_to_optimize(self):
+        return list(self.parameters())
+    def forward(self, batch, return_loss=True, step=0, **kw):
+        x = batch["image"].flatten(1) / 255.0
+        return {"loss": ((self.lin(x).squeeze(1) - batch["label"].float()) ** 2).mean()}
+'''
+
+
+def _fake_config(tmp: Path, batch: int) -> Path:
+    from vqdiff.utils.config import save_yaml_config
+
+    cfg = {
+        "model": {"target": "fake_engine_model.FakeModel", "params": {"size": 16}},
+        "solver": {"base_lr": 0.05, "adjust_lr": "none", "max_epochs": 1, "save_epochs": 100, "validation_epochs": 100,
+                   "sample_iterations": -1, "max_iterations": 2,
+                   "clip_grad_norm": {"target": "vqdiff.engine.clip_grad_norm.ClipGradNorm", "params": {"max_norm": 0.5}},
+                   "optimizers_and_schedulers": [{"name": "none", "optimizer": {"target": "torch.optim.AdamW",
+                                                                             "params": {"weight_decay": 0.01}}}]},
+        "dataloader": {"batch_size": batch, "num_workers": 0, "train_datasets": [
+            {"target": "vqdiff.data.synthetic.ShapesDataset", "params": {"num_samples": 16, "resolution": 16}}]},
+    }
+    path = tmp / f"fake_b{batch}.yaml"
+    save_yaml_config(cfg, path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_step_equals_one_process(tmp_path):
+    (tmp_path / "fake_engine_model.py").write_text(FAKE_MODEL)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    one = subprocess.run([sys.executable, str(REPO / "train.py"), "--config_file", str(_fake_config(tmp_path, 8)),
+                          "--name", "one", "--seed", "0", "--no_progress_bar"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stdout + one.stderr
+    for _attempt in range(2):  # a port taken between _free_port() and the launch gets one retry
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                              f"--master_port={_free_port()}", str(REPO / "train.py"),
+                              "--config_file", str(_fake_config(tmp_path, 4)), "--name", "two", "--seed", "0",
+                              "--no_progress_bar"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        if two.returncode == 0 or "address already in use" not in (two.stdout + two.stderr).lower():
+            break
+    assert two.returncode == 0, (two.stdout + two.stderr)[-4000:]
+    a = torch.load(tmp_path / "OUTPUT" / "one" / "checkpoint" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "OUTPUT" / "two" / "checkpoint" / "last.pth", weights_only=True)
+    assert a["last_iter"] == b["last_iter"] == 1 and len(b["rng"]) == 2
+    assert b["rng"][0]["python"] != b["rng"][1]["python"]  # ranks seeded with seed + rank, both gathered
+    torch.manual_seed(123)
+    init = torch.nn.Linear(3 * 16 * 16, 1)
+    moved = (a["model"]["lin.weight"] - init.weight.detach()).abs().max()
+    assert moved > 1e-3  # it trained
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
