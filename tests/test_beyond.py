@@ -485,3 +485,27 @@ def test_inpaint_on_the_official_tiny_model(official_tiny_text, tmp_path):
         assert torch.equal(x[keep], res["input_token"][keep])
     assert not bool((res["content_token"] == model.transformer.num_classes - 1).any())
     assert (tmp_path / "inpaint.png").is_file() and res["content"].shape == image.shape
+
+
+def test_api_inference_inpaint_keeps_unmasked_tokens(official_tiny_text, tmp_path):
+    """VQ_Diffusion.inference_inpaint: at every step the tokens outside the mask are the input's."""
+    from inference_VQ_Diffusion import VQ_Diffusion
+
+    api = VQ_Diffusion(config="config_tiny_text.yaml", path="tiny_text_official.pth", device="cpu")
+    image = torch.load("expected.pt", weights_only=False)["images"][:1]
+    mask = torch.zeros(64, 64)
+    mask[:32, :32] = 1  # top-left quarter of the pixels = top-left 4x4 of the 8x8 tokens
+    keep = torch.ones(8, 8, dtype=torch.bool)
+    keep[:4, :4] = False
+    keep = keep.flatten()
+    before = api.model.content_codec.get_tokens(image)["token"][0]
+    steps = []
+    pil = api.inference_inpaint(image, mask, "a red circle", truncation_rate=1.0, save_root=tmp_path, seed=0,
+                                callback=lambda info: steps.append(info["x"][0].clone()))
+    assert len(pil) == 1 and pil[0].size == (64, 64) and len(steps) > 1
+    for x in steps:
+        assert torch.equal(x[keep], before[keep])
+    K = api.model.content_codec.get_number_of_tokens()
+    assert (steps[-1] < K).all()  # no [MASK] left in the repainted region
+    assert (tmp_path / "a red circle" / "000000.png").is_file()
+    assert (tmp_path / "a red circle" / "inpaint_000000.png").is_file()

@@ -175,8 +175,37 @@ class VQ_Diffusion:
         return make_grid(images, nrow=nrow, padding=padding)
 
     # ---------------------------------------------------------------------------------------- sampling
-    # Inpainting / editing (issue 9) will add ``inference_inpaint(image, mask, text, ...)`` here, calling
-    # ``generate_content(..., fixed=(mask, tokens))`` through the same helpers (_generator, _finish).
+    @torch.no_grad()
+    def inference_inpaint(
+        self,
+        image: Any,
+        mask: Any,
+        text: Any = None,
+        truncation_rate: float = 1.0,
+        save_root: Optional[str | os.PathLike] = None,
+        guidance_scale: Any = 1.0,
+        negative_prompt: Any = None,
+        filter_ratio: float = 0.0,
+        seed: Optional[int] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+    ) -> list[Image.Image]:
+        """Repaint the part of ``image`` under ``mask`` following ``text`` (or a class label); keep the rest.
+
+        ``image``: PIL, array or (B, 3, H, W) tensor in [0, 255]; ``mask``: pixel (H, W) or token (h, w)
+        space, nonzero = repaint (a token is repainted when any of its pixels is). Only the masked tokens
+        are sampled, the others stay fixed at every step. With ``save_root`` the results are saved as
+        ``save_root/<text>/000000.png`` and ``inpaint_000000.png`` shows input | mask | result.
+        """
+        from vqdiff.editing import inpaint_image
+
+        out = inpaint_image(
+            self.model, image, mask, text, sample_type=f"top{truncation_rate}r", guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt, filter_ratio=filter_ratio, generator=self._generator(seed),
+            callback=callback,
+            save_path=None if save_root is None else str(Path(save_root) / safe_name(str(text)) / "inpaint_000000.png"),
+        )
+        return self._finish(out["content"], save_root, str(text))
+
     @torch.no_grad()
     def inference_generate_sample_with_condition(
         self,
@@ -192,6 +221,7 @@ class VQ_Diffusion:
         learnable_cf: bool = True,
         seed: Optional[int] = None,
         callback: Optional[Callable[[dict], None]] = None,
+        negative_prompt: Optional[str] = None,
     ) -> list[Image.Image]:
         """``batch_size`` images of ``text``, saved as ``save_root/<text>/000000.png`` … and returned.
 
@@ -200,7 +230,9 @@ class VQ_Diffusion:
         classifier-free guidance with the learned null text (``learnable_cf`` and a learnable-cf
         checkpoint) or the CLIP embedding of ''; ``prior_rule`` 1/2 and ``prior_weight`` are the Improved
         high-quality / purity rules. ``seed`` makes the call reproducible; ``callback(info)`` runs after
-        every diffusion step; ``save_root=None`` saves nothing.
+        every diffusion step; ``save_root=None`` saves nothing. ``guidance_scale`` may also be a schedule
+        over the steps (``'linear:a:b'``, ``'cosine:a:b'``, a list of T values); ``negative_prompt`` replaces
+        the unconditional branch of guidance by that text ('' = ordinary guidance).
         """
         self._require("text", "inference_generate_sample_with_condition")
         if not isinstance(text, str):
@@ -210,8 +242,8 @@ class VQ_Diffusion:
         with self._null_condition(learnable_cf):
             out = self.model.generate_content(
                 batch={"text": [text]}, filter_ratio=0, replicate=n, sample_type=sample_type,
-                guidance_scale=float(guidance_scale), prior_rule=int(prior_rule), prior_weight=float(prior_weight),
-                generator=self._generator(seed), callback=callback,
+                guidance_scale=guidance_scale, prior_rule=int(prior_rule), prior_weight=float(prior_weight),
+                generator=self._generator(seed), callback=callback, negative_prompt=negative_prompt,
             )
         return self._finish(out["content"], save_root, text)
 
