@@ -1,12 +1,11 @@
 #!/usr/bin/env python
-"""Train VQ-Diffusion on CUB-200 with captions with ``configs/cub200.yaml`` (the official hyper-parameters).
+"""Train on cub200 with configs/cub200.yaml: runs train.py (same Python) and passes every extra argument on.
 
-    python running_command/run_train_cub.py                                   # one process / all local GPUs
+    python running_command/run_train_cub.py                                  # one process / one GPU
     python running_command/run_train_cub.py --tensorboard dataloader.data_root=/data/cub200
-    python running_command/run_train_cub.py --auto_resume                     # continue OUTPUT/cub200
+    torchrun --nproc_per_node=8 train.py --config_file configs/cub200.yaml      # several GPUs
 
-Every extra argument goes to ``train.py`` unchanged (flags first, then dotted config overrides). For several
-GPUs or nodes use torchrun directly: ``torchrun --nproc_per_node=8 train.py --config_file configs/cub200.yaml``.
+Extra arguments are train.py flags (--amp, --auto_resume, --output ...) and config overrides.
 """
 
 from __future__ import annotations
@@ -14,24 +13,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = "configs/cub200.yaml"
-NAME = "cub200"
 
 
-def build_command(extra: Sequence[str]) -> list[str]:
-    """``[python, train.py, --name, --config_file, *extra]``; ``--name`` in ``extra`` wins."""
-    cmd = [sys.executable, str(REPO / "train.py"), "--config_file", str(REPO / CONFIG)]
-    if "--name" not in extra and "--resume_name" not in extra:
-        cmd += ["--name", NAME]
+def build_command(extra: list[str]) -> list[str]:
+    cmd = [sys.executable, str(REPO / "train.py"), "--name", "cub200", "--config_file", str(REPO / "configs" / "cub200.yaml")]
+    if not any(a in ("--tensorboard",) for a in extra):
+        cmd.append("--tensorboard")
     return cmd + list(extra)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return subprocess.call(build_command(sys.argv[1:] if argv is None else list(argv)))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(subprocess.call(build_command(sys.argv[1:])))

@@ -173,3 +173,47 @@ def test_two_process_gloo_step_equals_one_process(tmp_path):
     assert moved > 1e-3  # it trained
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,script", [("coco", "coco"), ("cub200", "cub"), ("imagenet", "imagenet"), ("ffhq", "ffhq")])
+def test_dataset_configs_are_official_with_vqdiff_targets(name, script):
+    from conftest import fixtures_dir
+    from vqdiff.utils.config import OFFICIAL_ALIASES, load_yaml_config, resolve_target
+
+    ours = load_yaml_config(REPO / "configs" / f"{name}.yaml")
+    official = load_yaml_config(fixtures_dir("official_configs") / f"configs__{name}.yaml")
+
+    def mapped(node):
+        if isinstance(node, dict):
+            return {k: mapped(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(mapped(v) for v in node)
+        return OFFICIAL_ALIASES.get(node, node) if isinstance(node, str) else node
+
+    assert ours == mapped(official)
+    targets = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "target" in node:
+                targets.append(node["target"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(ours)
+    assert all(t.startswith(("vqdiff.", "torch.")) for t in targets), targets
+    for t in targets:
+        resolve_target(t)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"run_{script}", REPO / "running_command" / f"run_train_{script}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cmd = mod.build_command(["--amp", "dataloader.data_root=/x"])
+    assert cmd[0] == sys.executable and cmd[1].endswith("train.py")
+    assert cmd[cmd.index("--config_file") + 1].endswith(f"configs/{name}.yaml") and cmd[-2:] == ["--amp", "dataloader.data_root=/x"]
+    args = train.get_args(cmd[2:])
+    assert args.amp and args.opts == ["dataloader.data_root=/x"] and args.name == name
