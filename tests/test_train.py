@@ -217,3 +217,13 @@ def test_dataset_configs_are_official_with_vqdiff_targets(name, script):
     assert cmd[cmd.index("--config_file") + 1].endswith(f"configs/{name}.yaml") and cmd[-2:] == ["--amp", "dataloader.data_root=/x"]
     args = train.get_args(cmd[2:])
     assert args.amp and args.opts == ["dataloader.data_root=/x"] and args.name == name
+
+
+def test_sample_grids_and_tensorboard(tiny_root, monkeypatch):
+    monkeypatch.chdir(tiny_root)
+    out = _run("smp", "--tensorboard", "--log_frequency", "1", "solver.sample_iterations=2", "solver.max_iterations=2")
+    assert out["stopped_by"] == "max_iterations"
+    pngs = sorted(p.name for p in Path("OUTPUT/smp/images").iterdir())
+    assert "000001_reconstruction_image.png" in pngs and "000001_cond1_cont1_fr1.0_image.png" in pngs
+    events = list(Path("OUTPUT/smp/tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
