@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ._common import TokenModelMixin, build_part, guidance_is_on, sampling_arguments, to_device
+from .consistency import check_class_labels, check_model_consistency
 
 __all__ = ["C_DALLE"]
 
@@ -34,6 +35,7 @@ class C_DALLE(TokenModelMixin, nn.Module):
         self.learnable_cf = bool(learnable_cf)
         self.content_codec = build_part(content_codec_config)
         self.transformer = build_part(diffusion_config)
+        check_model_consistency(self.content_codec, self.transformer, diffusion_config)
 
     @property
     def null_label(self) -> int:
@@ -50,6 +52,7 @@ class C_DALLE(TokenModelMixin, nn.Module):
             if labels is None:
                 raise KeyError(f"batch has no '{key}' (class labels) and no 'condition_token'")
         labels = torch.as_tensor(labels).long().reshape(-1)
+        check_class_labels(labels, self.null_label)
         return {"condition_token": labels.to(self.device)}
 
     def prepare_input(self, batch: Mapping) -> dict:
@@ -100,6 +103,7 @@ class C_DALLE(TokenModelMixin, nn.Module):
                 uncond = torch.full_like(labels, self.null_label)
                 if negative_prompt is not None:
                     neg = torch.as_tensor(negative_prompt, device=labels.device).long().reshape(-1)
+                    check_class_labels(neg, self.null_label, what="negative_prompt class label")
                     uncond = neg.expand_as(labels).clone() if neg.numel() == 1 else neg
             content_token = None
             if filter_ratio > 0:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ._common import TokenModelMixin, build_part, guidance_is_on, sampling_arguments, to_device
+from .consistency import check_model_consistency
 
 __all__ = ["DALLE"]
 
@@ -42,6 +43,7 @@ class DALLE(TokenModelMixin, nn.Module):
         self.content_codec = build_part(content_codec_config)
         self.condition_codec = build_part(condition_codec_config)
         self.transformer = build_part(diffusion_config)
+        check_model_consistency(self.content_codec, self.transformer, diffusion_config, text_condition=True)
 
     # ------------------------------------------------------------------------------ inputs
     @torch.no_grad()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._common import TokenModelMixin, build_part, sampling_arguments
+from .consistency import check_model_consistency
 
 __all__ = ["UC_DALLE"]
 
@@ -24,6 +25,7 @@ class UC_DALLE(TokenModelMixin, nn.Module):
         self.content_info = dict(content_info)
         self.content_codec = build_part(content_codec_config)
         self.transformer = build_part(diffusion_config)
+        check_model_consistency(self.content_codec, self.transformer, diffusion_config)
 
     def prepare_input(self, batch: Mapping) -> dict:
         return self.prepare_content(batch)
