@@ -34,8 +34,8 @@ from vqdiff.utils.config import load_yaml_config, save_yaml_config  # noqa: E402
 
 PRESETS = {
     # name: VQ-VAE steps, diffusion iterations, batch, layers, width, heads, training images, samples per caption
-    "full": dict(vq_steps=1500, iters=3000, batch=32, layers=4, width=128, heads=4, train_images=4000, per_caption=8, lr=1e-3),
-    "quick": dict(vq_steps=300, iters=500, batch=24, layers=2, width=64, heads=2, train_images=1000, per_caption=4, lr=2e-3),
+    "full": dict(vq_steps=1500, iters=4000, batch=32, layers=4, width=128, heads=4, train_images=4000, per_caption=8, lr=1e-3),
+    "quick": dict(vq_steps=300, iters=600, batch=32, layers=2, width=128, heads=4, train_images=2000, per_caption=4, lr=1e-3),
 }
 
 
@@ -62,12 +62,16 @@ def make_random_clip(path: Path, width: int = 64, layers: int = 2, seed: int = 0
 
 
 def train_codec(out: Path, steps: int, seed: int) -> dict:
+    """Train (or, when a finished run is in ``out``, reuse) the VQ-VAE; returns its content_codec_config."""
     from vqdiff.modeling.codecs.image.training import train_vqvae
 
+    if (out / "configs" / "codec.yaml").is_file() and (out / "checkpoint" / "last.pth").is_file():
+        log(f"VQ-VAE: reusing the finished run in {out}")
+        return load_yaml_config(out / "configs" / "codec.yaml")["content_codec_config"]
     config = load_yaml_config(REPO / "configs" / "tiny_vqvae_shapes.yaml")
     result = train_vqvae(config, output_dir=out, max_steps=steps, seed=seed)
     log(f"VQ-VAE: reconstruction L1 {result['first']:.3f} -> {result['last']:.3f} in {result['seconds']:.0f} s")
-    return load_yaml_config(out / "configs" / "codec.yaml")
+    return load_yaml_config(out / "configs" / "codec.yaml")["content_codec_config"]
 
 
 def diffusion_config(codec_cfg: dict, clip_path: Path, cache_dir: Path, p: dict, seed: int) -> dict:
@@ -122,7 +126,8 @@ def diffusion_config(codec_cfg: dict, clip_path: Path, cache_dir: Path, p: dict,
         "solver": {
             "base_lr": p["lr"] / 10, "adjust_lr": "none", "max_epochs": 1000, "max_iterations": p["iters"],
             "save_epochs": 1000, "validation_epochs": 1000, "sample_iterations": 10**9,
-            "ema": {"decay": 0.99, "update_interval": 5, "device": "cpu"},
+            # a short run: average over the last ~100 steps, not over the whole run since random init
+            "ema": {"decay": 0.99, "update_interval": 1, "device": "cpu"},
             "clip_grad_norm": {"target": "vqdiff.engine.clip_grad_norm.ClipGradNorm",
                                "params": {"start_iteration": 0, "end_iteration": -1, "max_norm": 1.0}},
             "optimizers_and_schedulers": [{
@@ -149,8 +154,8 @@ def sample_heldout(model_api, root: Path, per_caption: int, seed: int, with_text
         caption = make_caption(spec)
         prompt = caption if with_text else ""
         pil = model_api.inference_generate_sample_with_condition(
-            prompt, truncation_rate=1.0, save_root=str(root), batch_size=per_caption,
-            guidance_scale=1.0, seed=seed + i, save=False,
+            prompt, truncation_rate=1.0, save_root=str(root) if with_text else None, batch_size=per_caption,
+            guidance_scale=1.0, seed=seed + i,
         )
         images.extend(pil)
         captions.extend([caption] * len(pil))
@@ -166,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # all-[MASK] inputs drive the CPU into denormal floats, which are ~7x slower (docs/benchmarks.md)
+    torch.set_flush_denormal(True)
     p = PRESETS["quick" if args.quick else "full"]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     codec = instantiate_from_config(codec_cfg, key_path="codec")
     train_set = ShapesDataset(p["train_images"], 32, split="train", seed=args.seed)
-    cache_dir = write_token_cache(train_set, codec, out / "token_cache", batch_size=64)
+    cache_dir = write_token_cache(train_set, codec, out / "token_cache", batch_size=64, codec_config=codec_cfg,
+                                  overwrite=True)
     timings["token_cache_s"] = time.time() - t
 
     log("4/6 train the text-to-image diffusion model (train.py)")
