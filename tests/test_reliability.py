@@ -187,8 +187,6 @@ def test_odd_captions_go_through_tokenize_and_the_model(official_tiny_text):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.xfail(strict=True, reason="vqdiff/inference/loading.read_checkpoint_file reports a truncated file as "
-                   "'needs unsafe unpickling' and a non-checkpoint file as a bare KeyError (owner: inference)")
 def test_truncated_or_junk_checkpoint_through_inference_loading_says_corrupt(official_tiny_text):
     from vqdiff.inference.loading import read_checkpoint_file
 

@@ -78,6 +78,16 @@ def _remove(p: str) -> None:
         pass
 
 
+def needs_unsafe_unpickling(error: BaseException) -> bool:
+    """Whether a ``torch.load(weights_only=True)`` failure means "the file holds Python objects".
+
+    Only a refused global/class says that; any other unpickling failure (a truncated zip, bytes that are
+    no pickle at all: "Unsupported operand") means the file is damaged, and unsafe loading would not help.
+    """
+    text = str(error)
+    return "Unsupported global" in text or "Unsupported class" in text
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_unsafe: bool = False) -> Any:
     """Read a checkpoint safely (tensors, numbers, strings, containers only unless ``allow_unsafe``)."""
     path = Path(path)
@@ -87,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_un
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - classify below
         msg = str(e)
-        if "weights_only" in msg or "Unsupported global" in msg or "WeightsUnpickler" in msg:
+        if needs_unsafe_unpickling(e):
             if allow_unsafe:
                 try:
                     return torch.load(str(path), map_location=map_location, weights_only=False)

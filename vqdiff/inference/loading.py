@@ -87,7 +87,15 @@ def read_checkpoint_file(path: str | Path, allow_unsafe_pickle: bool = False) ->
         return {"model": sd, "metadata": meta}
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - classified below: unsafe content vs. a damaged file
+        from vqdiff.engine.checkpoint import needs_unsafe_unpickling
+
+        text = str(e)
+        if not needs_unsafe_unpickling(e):
+            raise ValueError(
+                f"'{path}' is truncated or corrupt, or not a PyTorch checkpoint: it cannot be read "
+                f"({type(e).__name__}: {text.splitlines()[0] if text else ''})"
+            ) from e
         allowed = allow_unsafe_pickle or os.environ.get(UNSAFE_PICKLE_ENV, "") in ("1", "true", "True", "yes")
         if not allowed:
             first = str(e).splitlines()[0] if str(e) else ""
