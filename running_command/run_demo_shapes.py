@@ -35,7 +35,7 @@ from vqdiff.utils.config import load_yaml_config, save_yaml_config  # noqa: E402
 PRESETS = {
     # name: VQ-VAE steps, diffusion iterations, batch, layers, width, heads, training images, samples per caption
     "full": dict(vq_steps=1500, iters=4000, batch=32, layers=4, width=128, heads=4, train_images=4000, per_caption=8, lr=1e-3),
-    "quick": dict(vq_steps=300, iters=600, batch=32, layers=2, width=128, heads=4, train_images=2000, per_caption=4, lr=1e-3),
+    "quick": dict(vq_steps=200, iters=300, batch=32, layers=2, width=128, heads=4, train_images=1000, per_caption=2, lr=1e-3),
 }
 
 
