@@ -34,3 +34,14 @@ def test_quick_demo_runs_every_stage(tmp_path, monkeypatch):
     assert (out / "token_cache" / "tokens.npy").is_file()
     # the samples with text were saved by the notebook API under their captions
     assert len(list((out / "samples_text").glob("*/000000.png"))) == len(saved["heldout_captions"])
+
+    # editing and sampler comparison on the same trained demo
+    import run_demo_editing
+
+    edit = run_demo_editing.main(["--output", str(out), "--num-images", "4", "--calls", "5"])
+    assert edit["inpainting"]["tokens_outside_mask_unchanged"] is True
+    calls = {name: row["network_calls"] for name, row in edit["samplers"].items()}
+    assert calls["ancestral, 100 steps"] == 100
+    assert calls["confidence (MaskGIT), 5 calls"] == 5
+    assert calls["ancestral, fast (5 calls)"] in (5, 6)  # the official skip-step list appends step 0
+    assert (out / "inpaint_examples.png").is_file() and (out / "editing_results.json").is_file()
