@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="OUTPUT/demo_shapes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="skip training: sample and score the checkpoint already in --output "
+                             "(e.g. of an interrupted run: SIGTERM/Ctrl-C saves last.pth)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,12 +182,25 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     timings: dict[str, float] = {}
 
+    cfg_path = out / "configs" / "demo_text_shapes.yaml"
+    ckpt = out / "diffusion" / "checkpoint" / "last.pth"
+    if args.eval_only:
+        if not cfg_path.is_file() or not ckpt.is_file():
+            raise FileNotFoundError(f"--eval-only needs a trained demo in '{out}' ({cfg_path}, {ckpt})")
+        log(f"--eval-only: scoring {ckpt}")
+    else:
+        _train_all(out, p, args.seed, timings)
+    return _evaluate(out, cfg_path, ckpt, p, args, timings, t0)
+
+
+def _train_all(out: Path, p: dict, seed: int, timings: dict) -> None:
+    """Stages 1-4: CLIP, VQ-VAE, token cache, diffusion training."""
     log("1/6 tiny random CLIP text encoder")
-    clip_path = make_random_clip(out / "pretrained" / "clip_tiny_random.pt", seed=args.seed)
+    clip_path = make_random_clip(out / "pretrained" / "clip_tiny_random.pt", seed=seed)
 
     log("2/6 VQ-VAE on 32x32 shapes")
     t = time.time()
-    codec_cfg = train_codec(out / "vqvae", p["vq_steps"], args.seed)
+    codec_cfg = train_codec(out / "vqvae", p["vq_steps"], seed)
     timings["vqvae_s"] = time.time() - t
 
     log("3/6 token cache of the training images")
@@ -193,23 +209,25 @@ def main(argv: list[str] | None = None) -> dict:
     from vqdiff.utils.config import instantiate_from_config
 
     codec = instantiate_from_config(codec_cfg, key_path="codec")
-    train_set = ShapesDataset(p["train_images"], 32, split="train", seed=args.seed)
+    train_set = ShapesDataset(p["train_images"], 32, split="train", seed=seed)
     cache_dir = write_token_cache(train_set, codec, out / "token_cache", batch_size=64, codec_config=codec_cfg,
                                   overwrite=True)
     timings["token_cache_s"] = time.time() - t
 
     log("4/6 train the text-to-image diffusion model (train.py)")
     t = time.time()
-    cfg = diffusion_config(codec_cfg, clip_path, Path(cache_dir), p, args.seed)
+    cfg = diffusion_config(codec_cfg, clip_path, Path(cache_dir), p, seed)
     cfg_path = out / "configs" / "demo_text_shapes.yaml"
     save_yaml_config(cfg, cfg_path)
     import train as train_entry
 
     train_entry.main(["--config_file", str(cfg_path), "--name", "diffusion", "--output", str(out),
-                      "--seed", str(args.seed), "--log_frequency", "50"])
+                      "--seed", str(seed), "--log_frequency", "50"])
     timings["diffusion_train_s"] = time.time() - t
-    ckpt = out / "diffusion" / "checkpoint" / "last.pth"
 
+
+def _evaluate(out: Path, cfg_path: Path, ckpt: Path, p: dict, args: argparse.Namespace, timings: dict, t0: float) -> dict:
+    """Stages 5-6: sample the held-out captions with and without text, score them."""
     log("5/6 sample the held-out captions, with and without the text")
     t = time.time()
     from inference_VQ_Diffusion import VQ_Diffusion
@@ -239,7 +257,9 @@ def main(argv: list[str] | None = None) -> dict:
     grid = make_grid(torch.stack([to_tensor(x) for x in gen_text]) / 255.0, nrow=p["per_caption"], padding=1)
     save_image(grid, out / "heldout_grid.png")
     timings["total_s"] = time.time() - t0
-    results = {"preset": "quick" if args.quick else "full", "accuracy": rows, "timings": timings,
+    trained_iters = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("last_iter", -1)) + 1
+    results = {"preset": "quick" if args.quick else "full", "trained_iterations": trained_iters,
+               "planned_iterations": p["iters"], "accuracy": rows, "timings": timings,
                "heldout_captions": [make_caption(s) for s in heldout_combinations()], "grid": str(out / "heldout_grid.png")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     log("text-following accuracy on held-out combinations (per attribute):")
