@@ -34,7 +34,7 @@ from vqdiff.utils.config import load_yaml_config, save_yaml_config  # noqa: E402
 
 PRESETS = {
     # name: VQ-VAE steps, diffusion iterations, batch, layers, width, heads, training images, samples per caption
-    "full": dict(vq_steps=1500, iters=4000, batch=32, layers=4, width=128, heads=4, train_images=4000, per_caption=8, lr=1e-3),
+    "full": dict(vq_steps=400, iters=3000, batch=32, layers=4, width=128, heads=4, train_images=4000, per_caption=8, lr=1e-3),
     "quick": dict(vq_steps=200, iters=300, batch=32, layers=2, width=128, heads=4, train_images=1000, per_caption=2, lr=1e-3),
 }
 
@@ -213,6 +213,17 @@ def _train_all(out: Path, p: dict, seed: int, timings: dict) -> None:
     cache_dir = write_token_cache(train_set, codec, out / "token_cache", batch_size=64, codec_config=codec_cfg,
                                   overwrite=True)
     timings["token_cache_s"] = time.time() - t
+    # codebook health: a collapsed codebook (shapes encoded as background) makes the rest pointless
+    import numpy as np
+    from vqdiff.evaluation.codebook import usage_statistics
+
+    counts = np.bincount(np.asarray(np.load(Path(cache_dir) / "tokens.npy", mmap_mode="r")).ravel(),
+                         minlength=codec.get_number_of_tokens())
+    usage = usage_statistics(torch.from_numpy(counts))
+    log(f"codebook usage on the training set: {usage['used']}/{usage['num_codes']} codes, "
+        f"perplexity {usage['perplexity']:.1f}")
+    if usage["used"] < 8:
+        log("WARNING: the VQ-VAE uses very few codes (codebook collapse): samples will not show shapes")
 
     log("4/6 train the text-to-image diffusion model (train.py)")
     t = time.time()
