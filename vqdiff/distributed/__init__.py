@@ -96,8 +96,16 @@ def init_distributed(
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group once every rank got here.
+
+    Without the barrier a rank that finishes first (e.g. while rank 0 still writes the last checkpoint)
+    tears down gloo under the others' feet, and a process can abort at exit.
+    """
     if is_dist_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:
