@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+import contextlib
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -108,3 +109,48 @@ class TokenModelMixin:
 
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.content_codec.decode(tokens)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode for the duration of a sampling call, then back to the caller's mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    def _train_time_samples(
+        self,
+        batch: Mapping,
+        condition: Mapping,
+        out: dict,
+        *,
+        return_rec: bool,
+        filter_ratio: Sequence[float],
+        content_ratio: Sequence[float],
+        return_logits: bool,
+        sample_type: str,
+        generator: Optional[torch.Generator],
+    ) -> dict:
+        """The trainer's periodic samples, shared by the three models: the input image, its
+        reconstruction and ``cond1_cont{cr}_fr{fr}_image`` for each filter ratio (``content_ratio`` only
+        names the keys: the whole image's tokens are used, as in the official code with its default
+        ``[1]``). ``condition`` holds the model's condition arguments of ``DiffusionTransformer.sample``."""
+        content = self.prepare_content(batch)
+        if batch.get(self.content_info["key"]) is not None:
+            out["input_image"] = batch[self.content_info["key"]]
+        if return_rec:
+            out["reconstruction_image"] = self._decode(content["content_token"])
+        kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0)
+        kw["skip_step"] = 0
+        for fr in filter_ratio:
+            for cr in content_ratio:
+                trans_out = self.transformer.sample(
+                    content_token=content["content_token"], filter_ratio=fr, return_logits=return_logits,
+                    generator=generator, **condition, **kw,
+                )
+                out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
+                if return_logits:
+                    out["logits"] = trans_out["logits"]
+        return out

@@ -88,9 +88,7 @@ class C_DALLE(TokenModelMixin, nn.Module):
 
         ``negative_prompt``: a class label (or one per row) for the unconditional branch of guidance;
         None is the null label."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             labels = self.prepare_condition(batch, condition)["condition_token"].repeat(replicate)
             scale = self.guidance_scale if guidance_scale is None else guidance_scale
             kw = sampling_arguments(self.transformer, sample_type, guidance_scale=scale,
@@ -113,8 +111,6 @@ class C_DALLE(TokenModelMixin, nn.Module):
                 uncond_emb=uncond, generator=generator, callback=callback, fixed=fixed, **kw,
             )
             content = self._decode(trans_out["content_token"])
-        finally:
-            self.train(was_training)
         return {"content": content, "content_token": trans_out["content_token"]}
 
     @torch.no_grad()
@@ -133,25 +129,10 @@ class C_DALLE(TokenModelMixin, nn.Module):
         **kwargs,
     ) -> dict:
         """The trainer's periodic sampler (see ``DALLE.sample``)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             labels = self.prepare_condition(batch)["condition_token"]
-            content = self.prepare_content(batch)
-            out = {"condition": batch.get(self.condition_info["key"])}
-            if batch.get(self.content_info["key"]) is not None:
-                out["input_image"] = batch[self.content_info["key"]]
-            if return_rec:
-                out["reconstruction_image"] = self._decode(content["content_token"])
-            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0)
-            kw["skip_step"] = 0
-            for fr in filter_ratio:
-                for cr in content_ratio:
-                    trans_out = self.transformer.sample(
-                        condition_token=labels, content_token=content["content_token"], filter_ratio=fr,
-                        return_logits=return_logits, generator=generator, **kw,
-                    )
-                    out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
-        finally:
-            self.train(was_training)
-        return out
+            return self._train_time_samples(
+                batch, {"condition_token": labels}, {"condition": batch.get(self.condition_info["key"])},
+                return_rec=return_rec, filter_ratio=filter_ratio, content_ratio=content_ratio,
+                return_logits=return_logits, sample_type=sample_type, generator=generator,
+            )

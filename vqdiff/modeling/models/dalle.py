@@ -135,9 +135,7 @@ class DALLE(TokenModelMixin, nn.Module):
         ``filter_ratio > 0`` starts from the tokens of ``batch['image']``/``batch['content_token']``
         noised to step ``int(T * filter_ratio)``. ``fixed = (mask, tokens)`` pins tokens (inpainting).
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             cond = self.prepare_condition(batch, condition)
             if replicate != 1:
                 cond = {k: torch.cat([v] * replicate, 0) if torch.is_tensor(v) else v for k, v in cond.items()}
@@ -171,8 +169,6 @@ class DALLE(TokenModelMixin, nn.Module):
                 **kw,
             )
             content = self._decode(trans_out["content_token"])
-        finally:
-            self.train(was_training)
         return {"content": content, "content_token": trans_out["content_token"]}
 
     @torch.no_grad()
@@ -191,30 +187,13 @@ class DALLE(TokenModelMixin, nn.Module):
         **kwargs,
     ) -> dict:
         """The trainer's periodic sampler: input, reconstruction and ``cond1_cont{cr}_fr{fr}_image``
-        samples for each filter ratio (``content_ratio`` only names the keys: the whole image's tokens
-        are used, as in the official code with its default ``[1]``)."""
-        was_training = self.training
-        self.eval()
-        try:
+        samples for each filter ratio (see ``TokenModelMixin._train_time_samples``)."""
+        with self._eval_mode():
             cond = self.prepare_condition(batch)
-            content = self.prepare_content(batch)
-            out = {"condition": batch.get(self.condition_info["key"])}
-            if batch.get(self.content_info["key"]) is not None:
-                out["input_image"] = batch[self.content_info["key"]]
-            if return_rec:
-                out["reconstruction_image"] = self._decode(content["content_token"])
-            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0)
-            kw["skip_step"] = 0
-            for fr in filter_ratio:
-                for cr in content_ratio:
-                    trans_out = self.transformer.sample(
-                        condition_token=cond["condition_token"], condition_mask=cond.get("condition_mask"),
-                        condition_embed=None, content_token=content["content_token"], filter_ratio=fr,
-                        return_logits=return_logits, generator=generator, **kw,
-                    )
-                    out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
-                    if return_logits:
-                        out["logits"] = trans_out["logits"]
-        finally:
-            self.train(was_training)
-        return out
+            return self._train_time_samples(
+                batch, {"condition_token": cond["condition_token"], "condition_mask": cond.get("condition_mask"),
+                        "condition_embed": None},
+                {"condition": batch.get(self.condition_info["key"])}, return_rec=return_rec,
+                filter_ratio=filter_ratio, content_ratio=content_ratio, return_logits=return_logits,
+                sample_type=sample_type, generator=generator,
+            )

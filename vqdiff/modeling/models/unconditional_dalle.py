@@ -53,9 +53,7 @@ class UC_DALLE(TokenModelMixin, nn.Module):
         **kwargs,
     ) -> dict:
         """Generate ``replicate`` images (times the batch's images when ``filter_ratio > 0``)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0,
                                     prior_rule=prior_rule, prior_weight=prior_weight,
                                     choice_temperature=kwargs.get("choice_temperature"))
@@ -69,8 +67,6 @@ class UC_DALLE(TokenModelMixin, nn.Module):
                 batch_size=replicate, generator=generator, callback=callback, fixed=fixed, **kw,
             )
             content = self._decode(trans_out["content_token"])
-        finally:
-            self.train(was_training)
         return {"content": content, "content_token": trans_out["content_token"]}
 
     @torch.no_grad()
@@ -89,24 +85,10 @@ class UC_DALLE(TokenModelMixin, nn.Module):
         **kwargs,
     ) -> dict:
         """The trainer's periodic sampler (see ``DALLE.sample``)."""
-        was_training = self.training
-        self.eval()
-        try:
-            content = self.prepare_content(batch)
-            out = {}
-            if batch.get(self.content_info["key"]) is not None:
-                out["input_image"] = batch[self.content_info["key"]]
-            if return_rec:
-                out["reconstruction_image"] = self._decode(content["content_token"])
-            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0)
-            kw["skip_step"] = 0
-            for fr in filter_ratio:
-                for cr in content_ratio:
-                    trans_out = self.transformer.sample(
-                        content_token=content["content_token"], filter_ratio=fr,
-                        batch_size=content["content_token"].shape[0], generator=generator, **kw,
-                    )
-                    out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
-        finally:
-            self.train(was_training)
-        return out
+        with self._eval_mode():
+            # the batch size comes from the content tokens
+            return self._train_time_samples(
+                batch, {}, {}, return_rec=return_rec, filter_ratio=filter_ratio,
+                content_ratio=content_ratio, return_logits=return_logits, sample_type=sample_type,
+                generator=generator,
+            )
