@@ -361,3 +361,37 @@ def test_train_and_mapping_scripts_run_end_to_end(tmp_path, monkeypatch):
     codec = instantiate_from_config(node)
     tokens = codec.get_tokens(_images(2, 16))["token"]
     assert tokens.shape == (2, 64) and int(tokens.max()) < k
+
+
+def test_d2_seeding_gives_the_rare_cluster_a_code():
+    from vqdiff.modeling.codecs.image.training import _d2_sample
+
+    # 990 background vectors at 0 and 10 foreground vectors far away: uniform picks would seldom hit them
+    z = torch.cat([torch.zeros(990, 4), torch.full((10, 4), 5.0)])
+    codes = torch.zeros(1, 4)
+    picks = _d2_sample(z, codes, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(picks, torch.full((3, 4), 5.0))  # zero distance = zero probability for the background
+
+
+def test_dead_code_restarter_moves_unused_codes_onto_the_data():
+    from vqdiff.modeling.codecs.image.quantizers import VectorQuantizer
+    from vqdiff.modeling.codecs.image.training import DeadCodeRestarter
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_e=4, e_dim=2)
+    with torch.no_grad():
+        vq.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0], [200.0, 200.0], [1.0, 1.0]]))
+    restarter = DeadCodeRestarter(vq, every=2, generator=torch.Generator().manual_seed(0))
+    z = torch.tensor([[0.1, 0.0], [0.9, 1.0], [3.0, 3.0], [3.0, 3.1]]).view(1, 2, 2, 2).permute(0, 3, 1, 2)
+    vq(z)
+    assert restarter.step(0) == 0  # not yet at the interval
+    assert restarter.counts.tolist() == [1, 0, 0, 3]
+    vq(z)
+    assert restarter.step(1) == 2  # codes 1 and 2 were never chosen
+    new = vq.embedding.weight[1:3]
+    data = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    assert all(any(torch.equal(row, d) for d in data) for row in new)
+    assert restarter.counts.sum() == 0 and restarter.restarted == 2
+    restarter.close()
+    vq(z)
+    assert restarter.counts.sum() == 0  # the hook is gone

@@ -6,7 +6,7 @@ Config layout (YAML)::
     model:      {target: VQModel | GumbelVQ (taming or vqdiff path), params: {ddconfig, n_embed, embed_dim,
                  lossconfig: {target: VQLPIPSWithDiscriminator, params: …}, …}}
     solver:     {base_lr, max_steps, batch_size, log_frequency, betas, gumbel_temperature: [start, end],
-                 codebook_init: data|none}
+                 codebook_init: data|none, dead_code_restart: every N steps (0: off)}
     dataloader: {train_datasets: [{target, params}]}   # items {'image': (3, H, W) in [0, 255]}
 
 Outputs (``output_dir``): ``checkpoint/last.pth`` = ``{'state_dict': model (+ 'loss.*'), 'global_step'}``
@@ -30,7 +30,7 @@ from vqdiff.utils.config import ConfigError, instantiate_from_config, save_yaml_
 from .quantizers import GumbelQuantize, VectorQuantizer
 from .vqgan import GumbelVQ, VQModel
 
-__all__ = ["load_images", "train_vqvae", "save_taming_checkpoint"]
+__all__ = ["load_images", "train_vqvae", "save_taming_checkpoint", "DeadCodeRestarter"]
 
 
 def load_images(dataset_configs: list[Mapping[str, Any]]) -> torch.Tensor:
@@ -44,16 +44,75 @@ def load_images(dataset_configs: list[Mapping[str, Any]]) -> torch.Tensor:
     return torch.stack(images).float()
 
 
+def _d2_sample(z: torch.Tensor, codes: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` rows of ``z (M, C)`` drawn with probability proportional to their squared distance to the
+    nearest row of ``codes`` (k-means++ "D^2" seeding, arXiv cs/0611017 -- Arthur & Vassilvitskii 2007).
+
+    Rare patches (a small coloured shape on a large background) lie far from every code, so they are
+    the likeliest picks: plain uniform picks would spend almost every code on background patches.
+    """
+    d2 = torch.cdist(z, codes).pow(2).min(dim=1).values if codes.numel() else torch.ones(z.shape[0])
+    if float(d2.sum()) <= 0:
+        d2 = torch.ones_like(d2)
+    return z[torch.multinomial(d2, n, replacement=n > z.shape[0], generator=generator)]
+
+
 @torch.no_grad()
 def _init_codebook_from_data(model: VQModel, images: torch.Tensor, generator: torch.Generator) -> None:
-    """Set the VQ codebook to randomly chosen encoder outputs (avoids the dead codes of a tiny init)."""
+    """Seed the VQ codebook with encoder outputs chosen by k-means++ D^2 sampling (no dead codes at start,
+    and codes for the rare foreground patches as well as for the background)."""
     if not isinstance(model.quantize, VectorQuantizer):
         return
     idx = torch.randperm(images.shape[0], generator=generator)[:64]
     z = model.encode_to_prequant(images[idx] / 127.5 - 1.0)
     z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-    pick = torch.randint(0, z.shape[0], (model.quantize.n_e,), generator=generator)
-    model.quantize.embedding.weight.copy_(z[pick] + 0.01 * torch.randn(z[pick].shape, generator=generator))
+    codes = z[torch.randint(0, z.shape[0], (1,), generator=generator)]
+    for _ in range(model.quantize.n_e - 1):
+        codes = torch.cat([codes, _d2_sample(z, codes, 1, generator)])
+    model.quantize.embedding.weight.copy_(codes)
+
+
+class DeadCodeRestarter:
+    """Re-seed codes that no encoder output chose during the last ``every`` steps.
+
+    A code nobody picks gets no gradient and stays dead for good (the codebook-collapse failure of small
+    VQ-VAEs). Every ``every`` steps each dead code is moved onto an encoder output of the latest batch,
+    drawn with probability proportional to its squared quantization error (:func:`_d2_sample`), so dead
+    codes go where the codebook represents the data worst (the random-restart of Jukebox, arXiv
+    2005.00341, Sec. 2.2, with error-weighted picks). Listens to the quantizer through a forward hook.
+    """
+
+    def __init__(self, quantizer: VectorQuantizer, every: int, generator: torch.Generator):
+        self.quantizer = quantizer
+        self.every = int(every)
+        self.generator = generator
+        self.counts = torch.zeros(quantizer.n_e, dtype=torch.long)
+        self.last_z: torch.Tensor | None = None
+        self.restarted = 0
+        self._handle = quantizer.register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, inputs: tuple, output: tuple) -> None:
+        z = inputs[0].detach()
+        self.last_z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        self.counts += torch.bincount(output[2][2].reshape(-1).cpu(), minlength=self.quantizer.n_e)
+
+    @torch.no_grad()
+    def step(self, step: int) -> int:
+        """Call after each optimizer step; returns how many codes were restarted now."""
+        if (step + 1) % self.every != 0 or self.last_z is None:
+            return 0
+        dead = (self.counts == 0).nonzero().flatten()
+        self.counts.zero_()
+        if dead.numel() == 0:
+            return 0
+        weight = self.quantizer.embedding.weight
+        live = weight[torch.ones(self.quantizer.n_e, dtype=torch.bool).index_fill_(0, dead.to(weight.device), False)]
+        weight[dead] = _d2_sample(self.last_z.to(weight.device), live, dead.numel(), self.generator)
+        self.restarted += int(dead.numel())
+        return int(dead.numel())
+
+    def close(self) -> None:
+        self._handle.remove()
 
 
 def save_taming_checkpoint(model: nn.Module, loss: nn.Module | None, path: str | Path, step: int) -> None:
@@ -100,6 +159,11 @@ def train_vqvae(
     if solver.get("codebook_init", "data") == "data":
         _init_codebook_from_data(model, images, gen)
 
+    restart_every = int(solver.get("dead_code_restart", 0) or 0)
+    restarter = None
+    if restart_every > 0 and isinstance(model.quantize, VectorQuantizer):
+        restarter = DeadCodeRestarter(model.quantize, restart_every, gen)
+
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
     disc = getattr(loss_fn, "discriminator", None)
@@ -125,6 +189,8 @@ def train_vqvae(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if restarter is not None:
+            restarter.step(step)
         if opt_d is not None and step >= loss_fn.discriminator_iter_start:
             d_loss, _ = loss_fn(qloss.detach(), x, xrec.detach(), 1, step)
             opt_d.zero_grad(set_to_none=True)
@@ -139,6 +205,8 @@ def train_vqvae(
                 bar.set_postfix(rec_l1=f"{rec:.4f}", loss=f"{loss.item():.4f}")
     if bar is not None:
         bar.close()
+    if restarter is not None:
+        restarter.close()
     model.eval()
 
     if output_dir is not None:
@@ -157,4 +225,5 @@ def train_vqvae(
                        "num_tokens": model.n_embed, "quantize_number": 0, "mapping_path": None},
         }}, output_dir / "configs" / "codec.yaml")
     return {"model": model, "loss_fn": loss_fn, "history": history, "first": history[0][1],
-            "last": history[-1][1], "seconds": time.time() - t0}
+            "last": history[-1][1], "seconds": time.time() - t0,
+            "restarted_codes": restarter.restarted if restarter is not None else 0}
