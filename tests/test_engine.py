@@ -263,3 +263,15 @@ def test_solver_amp_ignored_on_cpu_and_periodic_checkpoints(tmp_path):
     assert set(ck) >= {"model", "ema", "last_epoch", "last_iter", "clip_grad_norm", "optimizer_and_scheduler",
                        "scaler", "rng"}
     assert ck["clip_grad_norm"]["last_epoch"] == 7
+
+
+@pytest.mark.parametrize("max_iterations, expected_t_max", [(None, 5 * 4), (7, 7), (100, 5 * 4)])
+def test_cosine_schedule_spans_the_run_that_actually_happens(tmp_path, max_iterations, expected_t_max):
+    sched = {"step_iteration": 1, "target": "vqdiff.engine.lr_scheduler.CosineAnnealingLRWithWarmup",
+             "params": {"min_lr": 0.0, "warmup_lr": 0.01, "warmup": 1, "T_max": 10**6}}
+    over = {"optimizers_and_schedulers": [{"name": "none", "optimizer": {"target": "torch.optim.AdamW", "params": {}},
+                                           "scheduler": sched}]}
+    if max_iterations is not None:
+        over["max_iterations"] = max_iterations
+    solver = _solver(tmp_path, _FakeModel(), **over)  # 5 epochs x 4 iterations
+    assert solver.optimizer_and_scheduler["none"]["scheduler"]["module"].T_max == expected_t_max

@@ -244,7 +244,11 @@ class Solver:
                 sp = dict(sched_cfg.get("params") or {})
                 cls = resolve_target(sched_cfg["target"], f"{kp}.scheduler.target")
                 if cls.__name__ == "CosineAnnealingLRWithWarmup":
+                    # official: the cosine spans the whole run, max_epochs x iterations per epoch; when
+                    # max_iterations (a vqdiff addition) ends the run sooner, the cosine ends with it
                     sp["T_max"] = self.max_epochs * self.train_iterations
+                    if self.max_iterations is not None:
+                        sp["T_max"] = min(sp["T_max"], self.max_iterations)
                 sched = cls(opt, **sp)
                 op_sc["scheduler"] = {"module": sched, "step_iteration": int(sched_cfg.get("step_iteration", 1))}
             if self.grad_accumulation_steps > 1 and op_sc["optimizer"]["step_iteration"] != 1:
