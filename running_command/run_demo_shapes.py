@@ -34,8 +34,8 @@ from vqdiff.utils.config import load_yaml_config, save_yaml_config  # noqa: E402
 
 PRESETS = {
     # name: VQ-VAE steps, diffusion iterations, batch, layers, width, heads, training images, samples per caption
-    "full": dict(vq_steps=400, iters=3000, batch=32, layers=4, width=128, heads=4, train_images=4000, per_caption=8, lr=1e-3),
-    "quick": dict(vq_steps=200, iters=300, batch=32, layers=2, width=128, heads=4, train_images=1000, per_caption=2, lr=1e-3),
+    "full": dict(vq_steps=1000, iters=4000, batch=32, layers=4, width=128, heads=4, train_images=4000, per_caption=8, lr=1e-3),
+    "quick": dict(vq_steps=600, iters=2000, batch=32, layers=2, width=128, heads=4, train_images=2000, per_caption=4, lr=1e-3),
 }
 
 
@@ -44,7 +44,14 @@ def log(msg: str) -> None:
 
 
 def make_random_clip(path: Path, width: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A CLIP text tower with the real 49408-token vocabulary and random weights, saved as a state dict."""
+    """A CLIP text tower with the real 49408-token vocabulary and random weights, saved as a state dict.
+
+    The token embeddings are drawn large (std 1) next to the other weights (std 0.02), so each output
+    position stays mostly its own word: with CLIP's own scale (0.02) the causal attention and MLPs of a
+    random tower mix the whole prefix into every later word, and the words said last (the position, after
+    colour and shape) come out as new vectors for every unseen colour/shape/position combination -- the
+    opposite of what a trained CLIP gives and of what the held-out test needs.
+    """
     from vqdiff.modeling.embeddings.clip_model import CLIPTextConfig, CLIPTextTransformer
 
     torch.manual_seed(seed)
@@ -56,6 +63,7 @@ def make_random_clip(path: Path, width: int = 64, layers: int = 2, seed: int = 0
             torch.nn.init.ones_(p)
         else:
             torch.nn.init.normal_(p, std=0.01)
+    torch.nn.init.normal_(model.token_embedding.weight, std=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path
@@ -148,14 +156,15 @@ def diffusion_config(codec_cfg: dict, clip_path: Path, cache_dir: Path, p: dict,
     }
 
 
-def sample_heldout(model_api, root: Path, per_caption: int, seed: int, with_text: bool) -> tuple[list, list]:
+def sample_heldout(model_api, root: Path, per_caption: int, seed: int, with_text: bool,
+                   truncation_rate: float = 0.85, guidance_scale: float = 3.0) -> tuple[list, list]:
     images, captions = [], []
     for i, spec in enumerate(heldout_combinations()):
         caption = make_caption(spec)
         prompt = caption if with_text else ""
         pil = model_api.inference_generate_sample_with_condition(
-            prompt, truncation_rate=1.0, save_root=str(root) if with_text else None, batch_size=per_caption,
-            guidance_scale=1.0, seed=seed + i,
+            prompt, truncation_rate=truncation_rate, save_root=str(root) if with_text else None,
+            batch_size=per_caption, guidance_scale=guidance_scale, seed=seed + i,
         )
         images.extend(pil)
         captions.extend([caption] * len(pil))
@@ -168,6 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="OUTPUT/demo_shapes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--truncation-rate", type=float, default=0.85,
+                        help="sampling keeps the most likely tokens up to this probability mass (official 0.85)")
+    parser.add_argument("--guidance-scale", type=float, default=3.0,
+                        help="classifier-free guidance with the learned null text (1 = off)")
     parser.add_argument("--eval-only", action="store_true",
                         help="skip training: sample and score the checkpoint already in --output "
                              "(e.g. of an interrupted run: SIGTERM/Ctrl-C saves last.pth)")
@@ -244,8 +257,10 @@ def _evaluate(out: Path, cfg_path: Path, ckpt: Path, p: dict, args: argparse.Nam
     from inference_VQ_Diffusion import VQ_Diffusion
 
     api = VQ_Diffusion(config=str(cfg_path), path=str(ckpt), device="cpu")
-    gen_text, captions = sample_heldout(api, out / "samples_text", p["per_caption"], args.seed, with_text=True)
-    gen_none, _ = sample_heldout(api, out / "samples_notext", p["per_caption"], args.seed, with_text=False)
+    kw = dict(truncation_rate=args.truncation_rate, guidance_scale=args.guidance_scale)
+    gen_text, captions = sample_heldout(api, out / "samples_text", p["per_caption"], args.seed, with_text=True, **kw)
+    # the empty caption: the model's own prior, where guidance has nothing to push towards
+    gen_none, _ = sample_heldout(api, out / "samples_notext", p["per_caption"], args.seed, with_text=False, **kw)
     timings["sampling_s"] = time.time() - t
 
     log("6/6 score with the shapes attribute classifier")
@@ -256,9 +271,13 @@ def _evaluate(out: Path, cfg_path: Path, ckpt: Path, p: dict, args: argparse.Nam
     real = ShapesDataset(len(captions), 32, split="heldout", seed=args.seed + 1)
     real_imgs = [real[i] for i in range(len(real))]
     to_tensor = lambda pil: torch.from_numpy(np.asarray(pil.convert("RGB"))).permute(2, 0, 1).float()  # noqa: E731
+    real_batch, real_caps = torch.stack([r["image"] for r in real_imgs]), [r["text"] for r in real_imgs]
+    with torch.no_grad():  # the codec's round trip bounds what any diffusion model over its tokens can draw
+        codec = api.model.content_codec
+        recon = codec.decode(codec.get_tokens(real_batch)["token"]).clamp(0, 255)
     rows = {
-        "real held-out images (classifier check)": text_following_report(
-            clf, torch.stack([r["image"] for r in real_imgs]), [r["text"] for r in real_imgs], "real")["accuracy"],
+        "real held-out images (classifier check)": text_following_report(clf, real_batch, real_caps, "real")["accuracy"],
+        "VQ-VAE reconstructions (ceiling)": text_following_report(clf, recon, real_caps, "recon")["accuracy"],
         "generated, with text": text_following_report(clf, torch.stack([to_tensor(x) for x in gen_text]), captions, "text")["accuracy"],
         "generated, empty text": text_following_report(clf, torch.stack([to_tensor(x) for x in gen_none]), captions, "none")["accuracy"],
         "chance": dict(CHANCE),
@@ -270,7 +289,7 @@ def _evaluate(out: Path, cfg_path: Path, ckpt: Path, p: dict, args: argparse.Nam
     timings["total_s"] = time.time() - t0
     trained_iters = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("last_iter", -1)) + 1
     results = {"preset": "quick" if args.quick else "full", "trained_iterations": trained_iters,
-               "planned_iterations": p["iters"], "accuracy": rows, "timings": timings,
+               "planned_iterations": p["iters"], "sampling": kw, "accuracy": rows, "timings": timings,
                "heldout_captions": [make_caption(s) for s in heldout_combinations()], "grid": str(out / "heldout_grid.png")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     log("text-following accuracy on held-out combinations (per attribute):")
