@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-images", type=int, default=48)
     parser.add_argument("--calls", type=int, default=10, help="network calls for the equal-budget comparison")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance-scale", type=float, default=3.0,
+                        help="classifier-free guidance for every sampler here (1 = off), as the demo samples")
     args = parser.parse_args(argv)
     torch.set_flush_denormal(True)
     out = Path(args.output)
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
              for c, spec_shape, spec_pos in zip(new_color, [real.spec(i).shape for i in range(len(real))],
                                                [real.spec(i).position for i in range(len(real))])]
     g = torch.Generator().manual_seed(args.seed)
-    res = inpaint_tokens(model, tokens, masks, texts, sample_type="top0.85r", generator=g)
+    res = inpaint_tokens(model, tokens, masks, texts, sample_type="top0.85r", guidance_scale=args.guidance_scale,
+                         generator=g)
     unchanged = bool((res["content_token"][~masks] == tokens[~masks]).all())
     pred = classify(clf, res["content"])
     inpaint = {
@@ -106,12 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
         hook = model.transformer.transformer.register_forward_hook(lambda *a: calls.append(1))
         t = time.time()
         out_imgs = model.generate_content(batch={"text": captions}, filter_ratio=0, replicate=1,
-                                          sample_type=sample_type, generator=torch.Generator().manual_seed(args.seed))
+                                          sample_type=sample_type, guidance_scale=args.guidance_scale,
+                                          generator=torch.Generator().manual_seed(args.seed))
         hook.remove()
         acc = attribute_accuracy(clf, out_imgs["content"], targets)
         comparison[name] = {"network_calls": len(calls), "seconds": time.time() - t, **acc}
         log(f"{name}: {comparison[name]}")
-    results = {"inpainting": inpaint, "samplers": comparison}
+    results = {"guidance_scale": args.guidance_scale, "inpainting": inpaint, "samplers": comparison}
     (out / "editing_results.json").write_text(json.dumps(results, indent=2))
     return results
 
