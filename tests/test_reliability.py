@@ -150,6 +150,9 @@ def test_checkpoint_of_another_model_reports_keys_and_shapes_summarised(tiny_cfg
                for s in rep.shape_mismatch)
     text = str(rec[0].message)
     assert f"{len(rep.shape_mismatch)} with a different shape (not loaded)" in text
+    # each mismatched key is reported once, and the cut list says how many it left out
+    assert not {s.split(":")[0] for s in rep.shape_mismatch} & set(rep.missing)
+    assert f"... and {len(rep.shape_mismatch) - 10} more" in text
     assert len(text.splitlines()) < 40 < len(rep.shape_mismatch) + len(rep.unexpected)
     # the codec (the same in both models) was loaded
     own = eng.model.state_dict()

@@ -216,6 +216,8 @@ class LoadReport:
         if self.shape_mismatch:
             lines.append(f"  {len(self.shape_mismatch)} with a different shape (not loaded):")
             lines += [f"    {s}" for s in self.shape_mismatch[:10]]
+            if len(self.shape_mismatch) > 10:
+                lines.append(f"    ... and {len(self.shape_mismatch) - 10} more (LoadReport.shape_mismatch)")
         lines += [f"  hint: {h}" for h in self.hints]
         return "\n".join(lines)
 
@@ -227,7 +229,9 @@ def _load_partial(module: nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[li
            for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     good = {k: v for k, v in sd.items() if not (k in own and tuple(v.shape) != tuple(own[k].shape))}
     res = module.load_state_dict(good, strict=False)
-    return list(res.missing_keys), list(res.unexpected_keys), bad
+    # a key with the wrong shape is reported once, as a mismatch, not also as missing
+    mismatched = {k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)}
+    return [k for k in res.missing_keys if k not in mismatched], list(res.unexpected_keys), bad
 
 
 def _learnable_cf_hints(model: nn.Module, model_sd: Mapping, ema_sd: Optional[Mapping]) -> list[str]:
