@@ -4,6 +4,7 @@ gloo torchrun step equal to one process on the same global batch."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -127,13 +128,15 @@ def _fake_config(tmp: Path, batch: int) -> Path:
 
     cfg = {
         "model": {"target": "fake_engine_model.FakeModel", "params": {"size": 16}},
-        "solver": {"base_lr": 0.05, "adjust_lr": "none", "max_epochs": 1, "save_epochs": 100, "validation_epochs": 100,
-                   "sample_iterations": -1, "max_iterations": 2,
+        "solver": {"base_lr": 0.05, "adjust_lr": "none", "max_epochs": 1, "save_epochs": 100, "validation_epochs": 1,
+                   "sample_iterations": -1, "ema": {"decay": 0.5, "update_interval": 1},
                    "clip_grad_norm": {"target": "vqdiff.engine.clip_grad_norm.ClipGradNorm", "params": {"max_norm": 0.5}},
                    "optimizers_and_schedulers": [{"name": "none", "optimizer": {"target": "torch.optim.AdamW",
                                                                              "params": {"weight_decay": 0.01}}}]},
         "dataloader": {"batch_size": batch, "num_workers": 0, "train_datasets": [
-            {"target": "vqdiff.data.synthetic.ShapesDataset", "params": {"num_samples": 16, "resolution": 16}}]},
+            {"target": "vqdiff.data.synthetic.ShapesDataset", "params": {"num_samples": 16, "resolution": 16}}],
+            "validation_datasets": [{"target": "vqdiff.data.synthetic.ShapesDataset",
+                                     "params": {"num_samples": 8, "resolution": 16, "split": "heldout"}}]},
     }
     path = tmp / f"fake_b{batch}.yaml"
     save_yaml_config(cfg, path)
@@ -173,6 +176,19 @@ def test_two_process_gloo_step_equals_one_process(tmp_path):
     assert moved > 1e-3  # it trained
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    # validation scores the EMA weights on both ranks (rank 0 broadcasts them): the summed loss over the
+    # two shards equals the one-process loss (rank 1 used to score its raw weights)
+    def val_loss(out):
+        found = re.findall(r"validation epoch 0: loss ([0-9.]+) \((\d+) items\)", out)
+        assert found, out[-2000:]
+        return float(found[-1][0]), int(found[-1][1])
+
+    loss_one, n_one = val_loss(one.stdout + one.stderr)
+    loss_two, n_two = val_loss(two.stdout + two.stderr)
+    assert n_one == n_two == 8
+    assert loss_two == pytest.approx(loss_one, rel=1e-3)
+    torch.testing.assert_close(a["ema"], b["ema"], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a["ema"]["weight"], a["model"]["lin.weight"])  # EMA differs from the raw weights
 
 
 @pytest.mark.parametrize("name,script", [("coco", "coco"), ("cub200", "cub"), ("imagenet", "imagenet"), ("ffhq", "ffhq")])

@@ -16,6 +16,7 @@ Checkpoint layout (official keys first): ``model``, ``ema``, ``last_epoch`` (las
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -185,6 +186,7 @@ class Solver:
 
         # EMA of the trained network, primary rank only, built before the device move (official)
         ema_cfg = sc.get("ema")
+        self.has_ema = ema_cfg is not None  # on every rank; self.ema exists on the primary only
         self.ema: Optional[EMA] = None
         if ema_cfg is not None and self.is_primary:
             ema_cfg = dict(ema_cfg)
@@ -463,9 +465,8 @@ class Solver:
         was_training = model.training
         model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        ctx = self.ema.swapped() if self.ema is not None else _nullcontext()
         try:
-            with ctx:
+            with self._validation_weights():
                 for batch in loader:
                     batch = _to_device(batch, self.device)
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
@@ -481,6 +482,32 @@ class Solver:
         if self.tb_writer is not None:
             self.tb_writer.add_scalar("val/loss", mean, self.last_iter)
         return mean
+
+    @contextlib.contextmanager
+    def _validation_weights(self) -> Iterator[None]:
+        """Within the block every rank's network holds the EMA weights (the raw ones without EMA).
+
+        Only the primary rank keeps an EMA (official), so in a distributed run it swaps the EMA in and
+        broadcasts it to the other ranks: every shard of the validation set is scored with the same
+        weights before the losses are summed over ranks. The weights are restored on leaving.
+        """
+        if not self.distributed or not self.has_ema:
+            with self.ema.swapped() if self.ema is not None else _nullcontext():
+                yield
+            return
+        target = self.raw_model.get_ema_model()
+        backup = None if self.is_primary else {k: v.detach().clone() for k, v in target.state_dict().items()}
+        with self.ema.swapped() if self.ema is not None else _nullcontext():
+            try:
+                with torch.no_grad():
+                    for v in target.state_dict().values():
+                        torch.distributed.broadcast(v, src=0)
+                yield
+            finally:
+                if backup is not None:
+                    with torch.no_grad():
+                        for k, v in target.state_dict().items():
+                            v.copy_(backup[k])
 
     @torch.no_grad()
     def sample(self, batch: Mapping, max_items: int = 4) -> list:
