@@ -275,3 +275,25 @@ def test_cosine_schedule_spans_the_run_that_actually_happens(tmp_path, max_itera
         over["max_iterations"] = max_iterations
     solver = _solver(tmp_path, _FakeModel(), **over)  # 5 epochs x 4 iterations
     assert solver.optimizer_and_scheduler["none"]["scheduler"]["module"].T_max == expected_t_max
+
+
+class _InfGradModel(_FakeModel):
+    """Finite loss, infinite gradient: d sqrt(z) / dz at z = 0 (what an fp16 overflow looks like)."""
+
+    def __init__(self):
+        super().__init__()
+        self.z = nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch, return_loss=True, step=0, **kw):
+        return {"loss": super().forward(batch)["loss"] + torch.sqrt(self.z)}
+
+
+def test_fp16_loss_scale_overflows_are_not_counted_as_divergence(tmp_path):
+    torch.manual_seed(0)
+    solver = _solver(tmp_path, _InfGradModel(), max_epochs=3, max_nonfinite_steps=3)
+    solver.scaler = torch.amp.GradScaler("cpu", init_scale=16.0)  # what CUDA fp16 training runs with
+    with pytest.raises(TrainingStopped, match="3 non-finite steps in a row"):
+        solver.train()
+    # scales 16, 8, 4, 2 overflow and halve (skipped, not counted); at scale 1 the gradient is truly non-finite
+    assert solver.overflow_steps == 4 and solver.nonfinite_total == 3 and solver.last_iter == 6
+    assert solver.scaler.get_scale() < 1.0

@@ -182,6 +182,7 @@ class Solver:
         self.batches_done = 0  # in the current epoch
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
+        self.overflow_steps = 0  # fp16 GradScaler overflows (skipped steps that lower the loss scale)
         self._stop_signal: Optional[int] = None
 
         # EMA of the trained network, primary rank only, built before the device move (official)
@@ -326,7 +327,16 @@ class Solver:
                 norm = _total_norm(params)
             if not torch.isfinite(norm):
                 opt.zero_grad(set_to_none=True)
+                scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 0.0
                 self.scaler.update()
+                if scale > 1.0:
+                    # fp16 loss-scale overflow: GradScaler skips the step and halves the scale, the normal
+                    # way it finds its scale; not a divergence unless the scale has nowhere left to go
+                    self.overflow_steps += 1
+                    logs["overflow"] = scale
+                    self.logger.info(f"iteration {self.last_iter}: fp16 gradient overflow at loss scale {scale:g}, "
+                                     f"step skipped, scale now {float(self.scaler.get_scale()):g}")
+                    return logs
                 return self._nonfinite(name, "gradient", logs)
             self.scaler.step(opt)
             self.scaler.update()
