@@ -110,6 +110,38 @@ class TokenModelMixin:
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.content_codec.decode(tokens)
 
+    def _start_tokens(self, batch: Optional[Mapping], filter_ratio: float, replicate: int) -> Optional[torch.Tensor]:
+        """The tokens partial noising starts from (``filter_ratio > 0``), each row ``replicate`` times
+        ``(B * replicate, N)``; None when sampling starts from all [MASK]."""
+        if filter_ratio <= 0:
+            return None
+        return self.prepare_content(batch or {})["content_token"].repeat(replicate, 1)
+
+    def _sample_and_decode(
+        self,
+        *,
+        sample_type: Optional[str],
+        guidance_scale: Any,
+        prior_rule: Optional[int],
+        prior_weight: Optional[float],
+        choice_temperature: Optional[float],
+        **sample_kwargs: Any,
+    ) -> dict:
+        """The half of ``generate_content`` every model shares: the request's sampler arguments, one
+        ``DiffusionTransformer.sample`` call, pixels.
+
+        ``sample_kwargs`` are the model-specific keywords of ``DiffusionTransformer.sample`` (condition
+        tokens or embeddings, ``uncond_emb``, ``content_token``, ``filter_ratio``, ``generator``, ...).
+        Returns ``{'content': (B, 3, H, W) in [0, 255], 'content_token': (B, N)}``.
+        """
+        kw = sampling_arguments(self.transformer, sample_type, guidance_scale=guidance_scale,
+                                prior_rule=prior_rule, prior_weight=prior_weight,
+                                choice_temperature=choice_temperature)
+        if kw["skip_step"] > 0:
+            kw["prior_rule"] = 0  # skip-step sampling is the v1 rule (the official sample_fast)
+        tokens = self.transformer.sample(**sample_kwargs, **kw)["content_token"]
+        return {"content": self._decode(tokens), "content_token": tokens}
+
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
         """Eval mode for the duration of a sampling call, then back to the caller's mode."""

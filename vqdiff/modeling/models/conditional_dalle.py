@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ._common import TokenModelMixin, build_part, guidance_is_on, sampling_arguments, to_device
+from ._common import TokenModelMixin, build_part, guidance_is_on
 from .consistency import check_class_labels, check_model_consistency
 
 __all__ = ["C_DALLE"]
@@ -91,11 +91,6 @@ class C_DALLE(TokenModelMixin, nn.Module):
         with self._eval_mode():
             labels = self.prepare_condition(batch, condition)["condition_token"].repeat(replicate)
             scale = self.guidance_scale if guidance_scale is None else guidance_scale
-            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=scale,
-                                    prior_rule=prior_rule, prior_weight=prior_weight,
-                                    choice_temperature=choice_temperature)
-            if kw["skip_step"] > 0:
-                kw["prior_rule"] = 0
             uncond = None
             if guidance_is_on(self.transformer, scale):
                 uncond = torch.full_like(labels, self.null_label)
@@ -103,15 +98,12 @@ class C_DALLE(TokenModelMixin, nn.Module):
                     neg = torch.as_tensor(negative_prompt, device=labels.device).long().reshape(-1)
                     check_class_labels(neg, self.null_label, what="negative_prompt class label")
                     uncond = neg.expand_as(labels).clone() if neg.numel() == 1 else neg
-            content_token = None
-            if filter_ratio > 0:
-                content_token = self.prepare_content(batch)["content_token"].repeat(replicate, 1)
-            trans_out = self.transformer.sample(
-                condition_token=labels, content_token=content_token, filter_ratio=filter_ratio,
-                uncond_emb=uncond, generator=generator, callback=callback, fixed=fixed, **kw,
+            return self._sample_and_decode(
+                sample_type=sample_type, guidance_scale=scale, prior_rule=prior_rule, prior_weight=prior_weight,
+                choice_temperature=choice_temperature, condition_token=labels, uncond_emb=uncond,
+                content_token=self._start_tokens(batch, filter_ratio, replicate), filter_ratio=filter_ratio,
+                temperature=temperature, generator=generator, callback=callback, fixed=fixed,
             )
-            content = self._decode(trans_out["content_token"])
-        return {"content": content, "content_token": trans_out["content_token"]}
 
     @torch.no_grad()
     def sample(

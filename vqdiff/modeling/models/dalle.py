@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ._common import TokenModelMixin, build_part, guidance_is_on, sampling_arguments, to_device
+from ._common import TokenModelMixin, build_part, guidance_is_on, to_device
 from .consistency import check_model_consistency
 
 __all__ = ["DALLE"]
@@ -141,35 +141,18 @@ class DALLE(TokenModelMixin, nn.Module):
                 cond = {k: torch.cat([v] * replicate, 0) if torch.is_tensor(v) else v for k, v in cond.items()}
             B = cond["condition_token"].shape[0]
             scale = self.guidance_scale if guidance_scale is None else guidance_scale
-            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=scale,
-                                    prior_rule=prior_rule, prior_weight=prior_weight,
-                                    choice_temperature=choice_temperature)
             uncond = None
             if guidance_is_on(self.transformer, scale):
                 uncond = (self._uncond_embedding(B) if negative_prompt is None
                           else self.negative_embedding(negative_prompt, B))
-            content_token = None
-            if filter_ratio > 0:
-                content_token = self.prepare_content(batch)["content_token"]
-                if replicate != 1:
-                    content_token = torch.cat([content_token] * replicate, 0)
-            if kw["skip_step"] > 0:
-                kw["prior_rule"] = 0  # skip-step sampling is the v1 rule (the official sample_fast)
-            trans_out = self.transformer.sample(
-                condition_token=cond["condition_token"],
-                condition_mask=cond.get("condition_mask"),
-                condition_embed=cond.get("condition_embed_token"),
-                content_token=content_token,
-                filter_ratio=filter_ratio,
-                temperature=temperature,
-                uncond_emb=uncond,
-                generator=generator,
-                callback=callback,
-                fixed=fixed,
-                **kw,
+            return self._sample_and_decode(
+                sample_type=sample_type, guidance_scale=scale, prior_rule=prior_rule, prior_weight=prior_weight,
+                choice_temperature=choice_temperature,
+                condition_token=cond["condition_token"], condition_mask=cond.get("condition_mask"),
+                condition_embed=cond.get("condition_embed_token"), uncond_emb=uncond,
+                content_token=self._start_tokens(batch, filter_ratio, replicate), filter_ratio=filter_ratio,
+                temperature=temperature, generator=generator, callback=callback, fixed=fixed,
             )
-            content = self._decode(trans_out["content_token"])
-        return {"content": content, "content_token": trans_out["content_token"]}
 
     @torch.no_grad()
     def sample(

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ._common import TokenModelMixin, build_part, sampling_arguments
+from ._common import TokenModelMixin, build_part
 from .consistency import check_model_consistency
 
 __all__ = ["UC_DALLE"]
@@ -54,20 +54,12 @@ class UC_DALLE(TokenModelMixin, nn.Module):
     ) -> dict:
         """Generate ``replicate`` images (times the batch's images when ``filter_ratio > 0``)."""
         with self._eval_mode():
-            kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0,
-                                    prior_rule=prior_rule, prior_weight=prior_weight,
-                                    choice_temperature=kwargs.get("choice_temperature"))
-            if kw["skip_step"] > 0:
-                kw["prior_rule"] = 0
-            content_token = None
-            if filter_ratio > 0:
-                content_token = self.prepare_content(batch or {})["content_token"].repeat(replicate, 1)
-            trans_out = self.transformer.sample(
-                condition_token=None, content_token=content_token, filter_ratio=filter_ratio,
-                batch_size=replicate, generator=generator, callback=callback, fixed=fixed, **kw,
+            return self._sample_and_decode(
+                sample_type=sample_type, guidance_scale=1.0, prior_rule=prior_rule, prior_weight=prior_weight,
+                choice_temperature=kwargs.get("choice_temperature"), condition_token=None,
+                content_token=self._start_tokens(batch, filter_ratio, replicate), filter_ratio=filter_ratio,
+                batch_size=replicate, temperature=temperature, generator=generator, callback=callback, fixed=fixed,
             )
-            content = self._decode(trans_out["content_token"])
-        return {"content": content, "content_token": trans_out["content_token"]}
 
     @torch.no_grad()
     def sample(
