@@ -12,14 +12,12 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
-from .robust import ImageFileDataset, require_dir, require_file
+from .robust import CaptionedImageDataset, require_dir, require_file
 
 __all__ = ["CocoDataset"]
 
 
-class CocoDataset(ImageFileDataset):
+class CocoDataset(CaptionedImageDataset):
     def __init__(
         self,
         data_root: str,
@@ -28,12 +26,7 @@ class CocoDataset(ImageFileDataset):
         drop_caption_rate: float = 0.0,
         on_bad_image: str = "skip",
     ):
-        super().__init__(im_preprocessor_config, on_bad_image)
-        if not 0.0 <= float(drop_caption_rate) <= 1.0:
-            raise ValueError(f"CocoDataset: drop_caption_rate must be in [0, 1], got {drop_caption_rate}")
-        self.root = require_dir(data_root, "CocoDataset data_root")
-        self.phase = phase
-        self.drop_caption_rate = float(drop_caption_rate)
+        super().__init__(data_root, phase, im_preprocessor_config, drop_caption_rate, on_bad_image)
         ann_path = require_file(self.root / "annotations" / f"captions_{phase}2014.json",
                                 f"CocoDataset annotations for phase '{phase}'")
         self.image_folder = require_dir(self.root / f"{phase}2014" / f"{phase}2014",
@@ -54,7 +47,4 @@ class CocoDataset(ImageFileDataset):
         return self.image_folder / f"COCO_{self.phase}2014_{image_id:012d}.jpg"
 
     def make_item(self, index: int, image: Any) -> dict:
-        text = self.annotations[index][1].lower()
-        if self.phase == "train" and self.drop_caption_rate > 0 and np.random.random() < self.drop_caption_rate:
-            text = ""
-        return {"image": image, "text": text}
+        return self.caption_item(image, self.annotations[index][1])

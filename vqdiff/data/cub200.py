@@ -14,12 +14,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .robust import ImageFileDataset, require_dir, require_file
+from .robust import CaptionedImageDataset, require_dir, require_file
 
 __all__ = ["Cub200Dataset"]
 
 
-class Cub200Dataset(ImageFileDataset):
+class Cub200Dataset(CaptionedImageDataset):
     def __init__(
         self,
         data_root: str,
@@ -28,12 +28,7 @@ class Cub200Dataset(ImageFileDataset):
         drop_caption_rate: float = 0.0,
         on_bad_image: str = "skip",
     ):
-        super().__init__(im_preprocessor_config, on_bad_image)
-        if not 0.0 <= float(drop_caption_rate) <= 1.0:
-            raise ValueError(f"Cub200Dataset: drop_caption_rate must be in [0, 1], got {drop_caption_rate}")
-        self.root = require_dir(data_root, "Cub200Dataset data_root")
-        self.phase = phase
-        self.drop_caption_rate = float(drop_caption_rate)
+        super().__init__(data_root, phase, im_preprocessor_config, drop_caption_rate, on_bad_image)
         split = require_file(self.root / phase / "filenames.pickle", f"Cub200Dataset split file for phase '{phase}'")
         self.image_folder = require_dir(self.root / "images", "Cub200Dataset image folder")
         text_folder = require_dir(self.root / "text" / "text", "Cub200Dataset caption folder")
@@ -59,7 +54,4 @@ class Cub200Dataset(ImageFileDataset):
 
     def make_item(self, index: int, image: Any) -> dict:
         lines = self.captions[self.names[index]]
-        text = lines[int(np.random.randint(len(lines)))].lower()
-        if self.phase == "train" and self.drop_caption_rate > 0 and np.random.random() < self.drop_caption_rate:
-            text = ""
-        return {"image": image, "text": text}
+        return self.caption_item(image, lines[int(np.random.randint(len(lines)))])
