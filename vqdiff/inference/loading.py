@@ -225,12 +225,10 @@ class LoadReport:
 def _load_partial(module: nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
     """Load the keys that exist with the same shape; return (missing, unexpected, shape mismatches)."""
     own = module.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    good = {k: v for k, v in sd.items() if not (k in own and tuple(v.shape) != tuple(own[k].shape))}
-    res = module.load_state_dict(good, strict=False)
-    # a key with the wrong shape is reported once, as a mismatch, not also as missing
     mismatched = {k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)}
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in mismatched]
+    res = module.load_state_dict({k: v for k, v in sd.items() if k not in mismatched}, strict=False)
+    # a key with the wrong shape is reported once, as a mismatch, not also as missing
     return [k for k in res.missing_keys if k not in mismatched], list(res.unexpected_keys), bad
 
 
