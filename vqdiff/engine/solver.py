@@ -501,17 +501,16 @@ class Solver:
         broadcasts it to the other ranks: every shard of the validation set is scored with the same
         weights before the losses are summed over ranks. The weights are restored on leaving.
         """
-        if not self.distributed or not self.has_ema:
-            with self.ema.swapped() if self.ema is not None else _nullcontext():
-                yield
-            return
-        target = self.raw_model.get_ema_model()
-        backup = None if self.is_primary else {k: v.detach().clone() for k, v in target.state_dict().items()}
+        share = self.distributed and self.has_ema
+        target = self.raw_model.get_ema_model() if share else None
+        backup = ({k: v.detach().clone() for k, v in target.state_dict().items()}
+                  if share and not self.is_primary else None)
         with self.ema.swapped() if self.ema is not None else _nullcontext():
             try:
-                with torch.no_grad():
-                    for v in target.state_dict().values():
-                        torch.distributed.broadcast(v, src=0)
+                if share:
+                    with torch.no_grad():
+                        for v in target.state_dict().values():
+                            torch.distributed.broadcast(v, src=0)
                 yield
             finally:
                 if backup is not None:
