@@ -156,8 +156,8 @@ def diffusion_config(codec_cfg: dict, clip_path: Path, cache_dir: Path, p: dict,
     }
 
 
-def sample_heldout(model_api, root: Path, per_caption: int, seed: int, with_text: bool,
-                   truncation_rate: float = 0.85, guidance_scale: float = 3.0) -> tuple[list, list]:
+def sample_heldout(model_api, root: Path, per_caption: int, seed: int, with_text: bool, *,
+                   truncation_rate: float, guidance_scale: float) -> tuple[list, list]:
     images, captions = [], []
     for i, spec in enumerate(heldout_combinations()):
         caption = make_caption(spec)
