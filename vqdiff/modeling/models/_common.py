@@ -92,14 +92,19 @@ class TokenModelMixin:
     @torch.no_grad()
     def prepare_content(self, batch: Mapping, with_mask: bool = False) -> dict:
         """``{'content_token': (B, N)}`` from ``batch['content_token']`` (a token cache) or by encoding
-        ``batch[content_info['key']]`` images (B, 3, H, W) in [0, 255] with the frozen codec."""
+        ``batch[content_info['key']]`` images (B, 3, H, W) in [0, 255] with the frozen codec.
+
+        In training mode the codec is asked for its training encoding (``for_training=True``: the Gumbel
+        codecs then sample codes as the official training did); in eval mode (validation, sampling,
+        editing) it encodes with its default, deterministic mode."""
         if batch.get("content_token") is not None:
             return {"content_token": batch["content_token"].to(self.device).long()}
         key = self.content_info["key"]
         if batch.get(key) is None:
             raise KeyError(f"batch has neither 'content_token' nor '{key}' (images) to take the content from")
         with torch.autocast(self.device.type, enabled=False):
-            cont = self.content_codec.get_tokens(to_device(batch[key], self.device))
+            extra = {"for_training": True} if self.training else {}
+            cont = self.content_codec.get_tokens(to_device(batch[key], self.device), **extra)
         return {"content_" + k: to_device(v, self.device) for k, v in cont.items()}
 
     @torch.no_grad()

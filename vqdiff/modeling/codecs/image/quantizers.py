@@ -102,8 +102,8 @@ class GumbelQuantize(nn.Module):
     ``kl_weight * KL(softmax(logits) || Uniform(n_embed))`` averaged over positions.
 
     Encoding (:meth:`get_indices`) is deterministic, ``argmax logits``, unless ``sample=True`` is asked,
-    which draws ``argmax(logits + Gumbel noise)`` (the official encoder always samples, see
-    OFFICIAL.md "Official bugs not to copy").
+    which draws as the official encoder does (it adds Gumbel noise even in eval mode; the codec wrappers
+    choose per use: sampled for training, argmax otherwise).
     """
 
     def __init__(
@@ -132,12 +132,22 @@ class GumbelQuantize(nn.Module):
 
     def get_indices(self, z: torch.Tensor, sample: bool = False,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """``z (B, C, H, W) -> indices (B, H, W)``: ``argmax_n logits`` (or with Gumbel noise if ``sample``)."""
+        """``z (B, C, H, W) -> indices (B, H, W)``: ``argmax_n logits``, or with ``sample`` a Gumbel-max draw.
+
+        Sampling draws exactly as the official encoder (taming's ``GumbelQuantize.forward`` in eval mode,
+        ``F.gumbel_softmax(logits, tau=temperature, dim=1, hard=True)`` then the argmax): one random call,
+        ``torch.empty_like(logits).exponential_(generator=generator)`` (the global RNG of the logits' device
+        when ``generator`` is None), ``g = -log(e)``, and the index of the largest
+        ``softmax((logits + g) / tau)``. So ``P(index = n) = softmax(logits)_n`` (Gumbel-max trick,
+        arXiv 1611.01144, Eq. 1), and with the same RNG state the tokens equal the official ones.
+        """
         logits = self.proj(z)
-        if sample:
-            u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-            logits = logits - torch.log(-torch.log(u + 1e-20) + 1e-20)
-        return logits.argmax(dim=1)
+        if not sample:
+            return logits.argmax(dim=1)
+        expo = torch.empty_like(logits, memory_format=torch.legacy_contiguous_format)
+        gumbels = -expo.exponential_(generator=generator).log()
+        y_soft = ((logits + gumbels) / self.temperature).softmax(dim=1)
+        return y_soft.max(dim=1)[1]
 
     def forward(self, z: torch.Tensor, temp: float | None = None):
         hard = self.straight_through if self.training else True

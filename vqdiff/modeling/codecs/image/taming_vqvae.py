@@ -9,6 +9,13 @@ Module tree (as the official checkpoints store it under ``content_codec.``)::
 
 Images are float ``(B, 3, H, W)`` in ``[0, 255]``; tokens are LongTensor ``(B, N)``, ``N = h * w`` in
 row-major order, in ``0 .. K-1`` with ``K = quantize_number`` (remapped) or ``num_tokens``.
+
+Encoding modes (Gumbel codecs only; nearest-code quantizers are deterministic): ``'argmax'`` takes the
+most likely code, ``'sample'`` draws it as the official encoder does (Gumbel noise even in eval mode).
+``encode_mode`` (default ``'argmax'``) serves every ``get_tokens`` call (inference, editing, evaluation,
+token caches for evaluation); ``train_encode_mode`` (default ``'sample'`` for ``TamingGumbelVQVAE``, as the
+released models were trained) serves ``get_tokens(..., for_training=True)``, which the models ask for
+when they encode images for a training step (``model.train()``).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,7 +36,11 @@ from .quantizers import GumbelQuantize
 from .token_mapping import invert_token_mapping, load_token_mapping
 from .vqgan import Net2NetFirstStage, build_first_stage_from_yaml
 
-__all__ = ["CodecEncoder", "CodecDecoder", "TamingCodec", "TamingVQVAE", "TamingGumbelVQVAE", "TamingFFHQVQVAE"]
+__all__ = ["CodecEncoder", "CodecDecoder", "TamingCodec", "TamingVQVAE", "TamingGumbelVQVAE", "TamingFFHQVQVAE",
+           "ENCODE_MODES"]
+
+EncodeMode = Literal["argmax", "sample"]
+ENCODE_MODES: tuple[str, ...] = ("argmax", "sample")
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +98,10 @@ class TamingCodec(BaseCodec):
         quantize_number: size of the compact vocabulary, 0 for none.
         mapping_path: LongTensor file ``(num_tokens,)`` mapping codes to compact ids.
         allow_unsafe_pickle: allow reading a checkpoint that needs full unpickling (trusted files only).
-        sample_tokens: Gumbel codecs only: encode by sampling (the official behaviour) instead of argmax.
+        encode_mode: ``'argmax'`` or ``'sample'`` (Gumbel only): how ``get_tokens`` encodes by default.
+        train_encode_mode: the same, for ``get_tokens(..., for_training=True)`` (training steps).
+        sample_tokens: legacy switch: True sets both modes to ``'sample'`` (the official code everywhere),
+            False both to ``'argmax'``; None (default) keeps the two modes.
     """
 
     def __init__(
@@ -100,7 +114,9 @@ class TamingCodec(BaseCodec):
         quantize_number: int = 0,
         mapping_path: str | None = None,
         allow_unsafe_pickle: bool = False,
-        sample_tokens: bool = False,
+        sample_tokens: bool | None = None,
+        encode_mode: EncodeMode = "argmax",
+        train_encode_mode: EncodeMode = "argmax",
     ):
         super().__init__()
         if config_path is None:
@@ -116,7 +132,10 @@ class TamingCodec(BaseCodec):
             raise ConfigError(f"{type(self).__name__}: num_tokens is {self.num_tokens} but the model in "
                               f"'{config_path}' has {model_codes} codes")
         self.quantize_number = int(quantize_number or 0)
-        self.sample_tokens = bool(sample_tokens)
+        if sample_tokens is not None:
+            encode_mode = train_encode_mode = "sample" if sample_tokens else "argmax"
+        self.encode_mode = self._check_mode("encode_mode", encode_mode)
+        self.train_encode_mode = self._check_mode("train_encode_mode", train_encode_mode)
         self.full_to_quantize: torch.Tensor | None = None
         self.quantize_to_full: torch.Tensor | None = None
         mapping_path = _none_like(mapping_path)
@@ -134,6 +153,19 @@ class TamingCodec(BaseCodec):
             self.freeze()
 
     # ---- construction -------------------------------------------------------------------------------
+    def _check_mode(self, name: str, mode: str) -> str:
+        if mode not in ENCODE_MODES:
+            raise ConfigError(f"{type(self).__name__}: {name} must be one of {ENCODE_MODES}, got {mode!r}")
+        if mode == "sample" and not self.samples_codes:
+            raise ConfigError(f"{type(self).__name__}: {name} 'sample' needs a Gumbel quantizer; this model's "
+                              f"{type(self.enc.quantize).__name__} encodes deterministically")
+        return mode
+
+    @property
+    def samples_codes(self) -> bool:
+        """Whether the quantizer can draw codes (Gumbel), so that the encode modes matter."""
+        return isinstance(self.enc.quantize, GumbelQuantize)
+
     @staticmethod
     def load_model(config_path: str | Path, ckpt_path: str | Path | None,
                    allow_unsafe_pickle: bool = False) -> nn.Module:
@@ -179,17 +211,21 @@ class TamingCodec(BaseCodec):
 
     @torch.no_grad()
     def get_tokens(self, images: torch.Tensor, sample: bool | None = None,
-                   generator: torch.Generator | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+                   generator: torch.Generator | None = None, for_training: bool = False,
+                   **kwargs: Any) -> dict[str, torch.Tensor]:
         """``images (B, 3, H, W) in [0, 255] -> {'token': LongTensor (B, h*w)}`` in ``0 .. K-1``.
 
-        ``sample`` (Gumbel codecs): draw tokens with Gumbel noise instead of argmax; defaults to the
-        codec's ``sample_tokens``.
+        Gumbel codecs: ``sample`` forces a draw (True) or the argmax (False); when None the mode is
+        ``train_encode_mode`` if ``for_training`` else ``encode_mode``. ``generator`` feeds the draw
+        (see ``GumbelQuantize.get_indices`` for the one random call it makes).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
         qkw: dict[str, Any] = {}
-        if isinstance(self.enc.quantize, GumbelQuantize):
-            qkw = {"sample": self.sample_tokens if sample is None else bool(sample), "generator": generator}
+        if self.samples_codes:
+            if sample is None:
+                sample = (self.train_encode_mode if for_training else self.encode_mode) == "sample"
+            qkw = {"sample": bool(sample), "generator": generator}
         code = self.enc(self.preprocess(images), **qkw)
         if self.quantize_number != 0:
             code = self._maps(code.device)[0][code]
@@ -253,8 +289,9 @@ class TamingVQVAE(TamingCodec):
 
 
 class TamingGumbelVQVAE(TamingCodec):
-    """The OpenImages Gumbel f8 codec (8192 codes remapped to 2887), official defaults. Encodes by argmax
-    of the quantizer logits (deterministic); ``sample_tokens=True`` samples as the official code does."""
+    """The OpenImages Gumbel f8 codec (8192 codes remapped to 2887), official defaults. Training steps
+    (``for_training=True``) sample codes as the official encoder does (``train_encode_mode='sample'``);
+    every other use encodes by the argmax of the quantizer logits (``encode_mode='argmax'``)."""
 
     def __init__(
         self,
@@ -266,10 +303,12 @@ class TamingGumbelVQVAE(TamingCodec):
         quantize_number: int = 2887,
         mapping_path: str | None = "./help_folder/statistics/taming_vqvae_2887.pt",
         allow_unsafe_pickle: bool = False,
-        sample_tokens: bool = False,
+        sample_tokens: bool | None = None,
+        encode_mode: EncodeMode = "argmax",
+        train_encode_mode: EncodeMode = "sample",
     ):
         super().__init__(trainable, token_shape, config_path, ckpt_path, num_tokens, quantize_number,
-                         mapping_path, allow_unsafe_pickle, sample_tokens)
+                         mapping_path, allow_unsafe_pickle, sample_tokens, encode_mode, train_encode_mode)
 
 
 class TamingFFHQVQVAE(TamingCodec):
