@@ -11,6 +11,12 @@ in order, as one ConcatDataset), with dataloader.data_root overriding each data 
 model.params.content_codec_config (then --config still supplies the data). Trailing KEY=VALUE arguments
 override the config as train.py's opts do. Train on the cache with a dataloader entry
 {target: vqdiff.data.token_cache.TokenCacheDataset, params: {cache_dir: <out>}}.
+
+COCO, CUB-200 and ImageNet readers are encoded image by image: the centre crop plus --crops random crops
+of the official train preprocessing (default 4 for --split train, 0 for validation), every caption kept.
+--encoding train (default for --split train) encodes as training steps do (the Gumbel codecs sample
+codes, as the official training saw them); eval (default for validation) takes the argmax.
+Caption/label dropout (drop_caption_rate) is never stored: the reader applies it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from vqdiff.data.build import build_datasets  # noqa: E402
-from vqdiff.data.token_cache import write_token_cache  # noqa: E402
+from vqdiff.data.token_cache import TokenCacheDataset, write_token_cache  # noqa: E402
 from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, merge_opts_to_config  # noqa: E402
 
 
@@ -51,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--crops", type=int, default=None,
+                    help="random train crops per image besides the centre crop (default: 4 train, 0 validation)")
+    ap.add_argument("--encoding", choices=("train", "eval"), default=None,
+                    help="train: the codec's training encoding (Gumbel: sampled); eval: its default (argmax). "
+                         "Default: train for --split train, eval for validation")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the crops and the sampled codes")
     ap.add_argument("opts", nargs="*", default=[], help="config overrides KEY=VALUE")
     args = ap.parse_args(argv)
 
@@ -63,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     if dataset is None:
         raise ConfigError(f"{args.config}: 'dataloader.{key}' is empty")
     codec = instantiate_from_config(codec_node, key_path="content_codec_config")
+    train_split = args.split == "train"
+    crops = args.crops if args.crops is not None else (4 if train_split else 0)
+    encoding = args.encoding or ("train" if train_split else "eval")
     out = write_token_cache(dataset, codec, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-                            device=args.device, codec_config=codec_node, overwrite=args.overwrite)
-    print(f"wrote {len(dataset)} items x {codec.token_shape} tokens to {out}")
+                            device=args.device, codec_config=codec_node, overwrite=args.overwrite, crops=crops,
+                            for_training=encoding == "train", seed=args.seed)
+    meta = TokenCacheDataset(out).meta
+    print(f"wrote {meta['num_items']} samples of {meta['num_images']} images x {meta['num_views']} views "
+          f"({', '.join(meta['view_kinds'][:2])}{', ...' if meta['num_views'] > 2 else ''}) x {codec.token_shape} "
+          f"tokens, encoding '{meta['encoding']}', to {out}")
     return 0
 
 

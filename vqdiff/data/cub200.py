@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .image_groups import RANDOM_CAPTION, ImageGroups
 from .robust import CaptionedImageDataset, require_dir, require_file
 
 __all__ = ["Cub200Dataset"]
@@ -55,3 +56,10 @@ class Cub200Dataset(CaptionedImageDataset):
     def make_item(self, index: int, image: Any) -> dict:
         lines = self.captions[self.names[index]]
         return self.caption_item(image, lines[int(np.random.randint(len(lines)))])
+
+    def image_groups(self) -> ImageGroups:
+        """Every image with all its caption lines; one sample per image whose caption is drawn at each
+        access, as this reader does (for the token cache)."""
+        captions = [[ln.lower() for ln in self.captions[name]] for name in self.names]
+        return ImageGroups(list(range(len(self.names))), captions, None,
+                           [(i, RANDOM_CAPTION) for i in range(len(self.names))])

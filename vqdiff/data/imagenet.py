@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .image_groups import RANDOM_CAPTION, ImageGroups
 from .robust import ImageFileDataset, require_dir, require_file
 
 __all__ = ["ImageNetDataset", "load_class_index", "class_index_from_folders"]
@@ -94,3 +95,9 @@ class ImageNetDataset(ImageFileDataset):
         if self.phase == "train" and self.drop_caption_rate > 0 and np.random.random() < self.drop_caption_rate:
             label = self.null_label
         return {"image": image, "label": label}
+
+    def image_groups(self) -> ImageGroups:
+        """Every listed image with its label, one sample each (for the token cache; no label dropped)."""
+        n = len(self.entries)
+        return ImageGroups(list(range(n)), None, [label for _, label in self.entries],
+                           [(i, RANDOM_CAPTION) for i in range(n)])

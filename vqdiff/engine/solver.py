@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from vqdiff import distributed as dist_utils
+from vqdiff.data.token_cache import set_dataset_epoch
 from vqdiff.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vqdiff.engine.clip_grad_norm import ClipGradNorm
 from vqdiff.engine.ema import EMA
@@ -404,6 +405,7 @@ class Solver:
         loader = self.dataloader["train_loader"]
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
+        set_dataset_epoch(loader.dataset, epoch)  # token caches draw their crops/captions per epoch
         if self.epoch_generator is not None:
             self.epoch_generator.manual_seed(self.seed + epoch)
         return _loader_skipping(loader, self.batches_done)
