@@ -8,15 +8,31 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, DataLoader
 
+from conftest import fixtures_dir
+from vqdiff.data.build import build_datasets, collate_batch
+from vqdiff.data.coco import CocoDataset
+from vqdiff.data.cub200 import Cub200Dataset
+from vqdiff.data.imagenet import ImageNetDataset
+from vqdiff.data.layouts import write_coco, write_cub200, write_imagenet
+from vqdiff.data.synthetic import ShapesDataset
+from vqdiff.data.token_cache import TokenCacheDataset, set_dataset_epoch, write_token_cache
 from vqdiff.modeling.codecs.image.quantizers import GumbelQuantize
 from vqdiff.modeling.codecs.image.taming_vqvae import TamingGumbelVQVAE
-from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config
+from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, save_yaml_config
 
-import pytest
-
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32  # preprocessor output; the layouts' images are 40x40, so train crops vary
 
 def _official_codec(**overrides) -> TamingGumbelVQVAE:
     cfg = load_yaml_config("config_tiny_text.yaml")["model"]["params"]["content_codec_config"]
@@ -112,25 +128,7 @@ def test_the_model_samples_codes_in_training_and_takes_the_argmax_in_eval(offici
 # ------------------------------------------------------------------------------------------------
 # token cache
 # ------------------------------------------------------------------------------------------------
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-from torch.utils.data import ConcatDataset, DataLoader  # noqa: E402
-
-from vqdiff.data.build import collate_batch  # noqa: E402
-from vqdiff.data.coco import CocoDataset  # noqa: E402
-from vqdiff.data.cub200 import Cub200Dataset  # noqa: E402
-from vqdiff.data.imagenet import ImageNetDataset  # noqa: E402
-from vqdiff.data.layouts import write_coco, write_cub200, write_imagenet  # noqa: E402
-from vqdiff.data.synthetic import ShapesDataset  # noqa: E402
-from vqdiff.data.token_cache import TokenCacheDataset, set_dataset_epoch, write_token_cache  # noqa: E402
-from vqdiff.utils.config import save_yaml_config  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-SIZE = 32  # preprocessor output; the layouts' images are 40x40, so train crops vary
 
 
 def _pre(phase: str = "train") -> dict:
@@ -307,3 +305,31 @@ def test_build_script_with_crops_on_an_official_reader(tmp_path):
     cache = TokenCacheDataset(tmp_path / "c")
     assert cache.meta["encoding"] == "deterministic" and cache.drop_caption_rate == 0.1
     assert cache.tokens.shape == (3, 3, 64)
+
+
+@pytest.mark.parametrize("config", ["configs/coco.yaml", "configs/cub200.yaml", "official:configs__coco.yaml",
+                                    "official:configs__coco_tune.yaml", "official:configs__cub200.yaml"])
+def test_official_configs_train_on_sampled_codes_and_evaluate_on_the_argmax(official_tiny_text, config):
+    path = (fixtures_dir("official_configs") / config.split(":", 1)[1] if config.startswith("official:")
+            else REPO / config)
+    node = load_yaml_config(path)["model"]["params"]["content_codec_config"]
+    tiny = load_yaml_config("config_tiny_text.yaml")["model"]["params"]["content_codec_config"]["params"]
+    keep = {k: v for k, v in node["params"].items() if k not in tiny}
+    codec = instantiate_from_config({"target": node["target"], "params": {**tiny, **keep}})
+    assert isinstance(codec, TamingGumbelVQVAE)
+    assert (codec.encode_mode, codec.train_encode_mode) == ("argmax", "sample")
+
+
+def test_official_tune_config_caches_captions_undropped_and_drops_them_when_read(tmp_path):
+    cfg = load_yaml_config(fixtures_dir("official_configs") / "configs__coco_tune.yaml")
+    nodes = cfg["dataloader"]["train_datasets"]
+    assert nodes[0]["params"]["drop_caption_rate"] == 0.1
+    root = write_coco(tmp_path / "coco", num_images=6, resolution=40)
+    ds = build_datasets(nodes, str(root), "dataloader.train_datasets")
+    cache = TokenCacheDataset(_write(ds, tmp_path, crops=1))
+    assert all(c for caps in cache.items["captions"] for c in caps) and cache.drop_caption_rate == 0.1
+    drops = []
+    for epoch in range(40):
+        cache.set_epoch(epoch)
+        drops += [cache[i]["text"] == "" for i in range(len(cache))]
+    assert 0.05 < sum(drops) / len(drops) < 0.15  # 480 draws at p = 0.1 (sigma 0.014)
