@@ -333,3 +333,17 @@ def test_official_tune_config_caches_captions_undropped_and_drops_them_when_read
         cache.set_epoch(epoch)
         drops += [cache[i]["text"] == "" for i in range(len(cache))]
     assert 0.05 < sum(drops) / len(drops) < 0.15  # 480 draws at p = 0.1 (sigma 0.014)
+
+
+def test_unreadable_images_are_left_out_of_the_cache_or_raise(tmp_path):
+    from vqdiff.data.robust import BadImageError
+
+    root = write_coco(tmp_path / "coco", num_images=3, resolution=40)
+    ds = CocoDataset(str(root), "train", _pre())
+    bad = ds.image_path(2)  # the second image (annotations 2 and 3)
+    bad.write_bytes(b"not a jpeg")
+    cache = TokenCacheDataset(_write(ds, tmp_path, crops=1))
+    assert len(cache) == 4 and cache.meta["bad_images"] == [str(bad)]
+    assert np.asarray(cache.samples)[:, 0].tolist() == [0, 0, 2, 2]
+    with pytest.raises(BadImageError, match="not a jpeg|cannot read image"):
+        _write(CocoDataset(str(root), "train", _pre(), on_bad_image="raise"), tmp_path, name="strict", crops=1)

@@ -153,18 +153,21 @@ class TokenCacheDataset(Dataset):
             raise IndexError(f"index {index} out of range for {n} cached items")
         index = index % n
         image, caption = (int(v) for v in self.samples[index])
-        # three uniform draws in a fixed order (view, caption, dropout), from (seed, epoch, index) alone
-        u_view, u_caption, u_drop = np.random.default_rng([self.seed, self.epoch, index]).random(3)
         train = self.phase == TRAIN_PHASE
         n_views = self.tokens.shape[1]
-        view = 0
-        if train and n_views > 1 and self.meta["view_kinds"][0] == CENTRE_VIEW:
-            view = 1 + int(u_view * (n_views - 1))
+        pick_view = train and n_views > 1 and self.meta["view_kinds"][0] == CENTRE_VIEW
+        pick_caption = caption == RANDOM_CAPTION and "captions" in self.items
+        may_drop = train and self.drop_caption_rate > 0
+        u_view = u_caption = u_drop = 0.0
+        if pick_view or pick_caption or may_drop:
+            # three uniform draws in a fixed order (view, caption, dropout), from (seed, epoch, index) alone
+            u_view, u_caption, u_drop = np.random.default_rng([self.seed, self.epoch, index]).random(3)
+        view = 1 + int(u_view * (n_views - 1)) if pick_view else 0
         item: dict[str, Any] = {"content_token": torch.from_numpy(self.tokens[image, view].astype(np.int64))}
-        drop = train and self.drop_caption_rate > 0 and u_drop < self.drop_caption_rate
+        drop = may_drop and u_drop < self.drop_caption_rate
         if "captions" in self.items:
             captions = self.items["captions"][image]
-            if caption == RANDOM_CAPTION:
+            if pick_caption:
                 caption = int(u_caption * len(captions))
             item["text"] = "" if drop else captions[caption]
         if "labels" in self.items:

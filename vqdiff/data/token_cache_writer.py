@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -47,9 +48,17 @@ def leaf_datasets(dataset: Dataset) -> list[Dataset]:
     return [dataset]
 
 
+@dataclass
+class SourceDropout:
+    """The classifier-free-guidance dropout the source data sets would apply (the reader applies it)."""
+
+    drop_caption_rate: float
+    null_label: int | None
+
+
 @contextlib.contextmanager
-def _caption_drop_off(leaves: list[Dataset]) -> Iterator[dict]:
-    """Set every leaf's ``drop_caption_rate`` to 0 for the duration; yields the source rate and null label."""
+def _caption_drop_off(leaves: list[Dataset]) -> Iterator[SourceDropout]:
+    """Set every leaf's ``drop_caption_rate`` to 0 for the duration; yields what it was (and the null label)."""
     saved = [(d, d.drop_caption_rate) for d in leaves if float(getattr(d, "drop_caption_rate", 0.0) or 0.0) > 0]
     rates = sorted({float(r) for _, r in saved})
     if len(rates) > 1:
@@ -59,7 +68,7 @@ def _caption_drop_off(leaves: list[Dataset]) -> Iterator[dict]:
     try:
         for d, _ in saved:
             d.drop_caption_rate = 0.0
-        yield {"drop_caption_rate": rates[-1] if rates else 0.0, "null_label": nulls[0] if nulls else None}
+        yield SourceDropout(rates[-1] if rates else 0.0, nulls[0] if nulls else None)
     finally:
         for d, rate in saved:
             d.drop_caption_rate = rate
@@ -278,8 +287,8 @@ def write_token_cache(
         "dtype": dtype.name,
         "encoding": encoding,
         "seed": int(seed),
-        "drop_caption_rate": source["drop_caption_rate"],
-        "null_label": source["null_label"],
+        "drop_caption_rate": source.drop_caption_rate,
+        "null_label": source.null_label,
         "bad_images": [str(rows[r][0].image_path(rows[r][1])) if by_image else str(r) for r in sorted(bad)],
         "codec_class": type(codec).__name__,
         "codec_config_sha256": config_sha256(codec_config),
