@@ -53,7 +53,7 @@ class TokenCacheDataset(Dataset):
         null_label: the label of a dropped class; None takes the source data set's (else 1000).
         expect_codec_config: when given, its hash must equal the one stored (guards against a cache made
             with another codec).
-        seed: seeds the picks; None takes ``torch.initial_seed()`` at construction (the run's ``--seed``).
+        seed: seeds the picks; None takes ``torch.initial_seed()`` at construction (train.py: ``--seed`` + rank).
     """
 
     def __init__(
