@@ -207,7 +207,7 @@ def write_token_cache(
         codec.to(device).eval()
     kw = dict(encode_kwargs or {})
     encoding = _encoding_name(codec, for_training, kw)
-    if for_training:
+    if for_training and hasattr(codec, "train_encode_mode"):  # codecs with encode modes (taming wrappers)
         kw["for_training"] = True
     if getattr(codec, "samples_codes", False) and "generator" not in kw:
         kw["generator"] = torch.Generator(device).manual_seed(int(seed))
@@ -221,6 +221,10 @@ def write_token_cache(
             view_kinds = [CENTRE_VIEW] + [RANDOM_CROP_VIEW] * crops
         else:
             views_ds, groups, view_kinds = _ItemViews(dataset), None, [ITEM_VIEW]
+            if crops:
+                logger.info("token cache: %s is stored item by item (no image_groups() or no "
+                            "DalleTransformerPreprocessor): one view per item, crops=%d not used",
+                            type(dataset).__name__, crops)
         n_rows, n_views = len(views_ds), len(view_kinds)  # type: ignore[arg-type]
         tmp_dir = out_dir.with_name(out_dir.name + ".partial")
         if tmp_dir.exists():
