@@ -66,3 +66,26 @@ def test_cache_of_another_codec_is_refused(tmp_path):
                               progress=False)
     with pytest.raises(ValueError, match="another codec config"):
         TokenCacheDataset(cache, expect_codec_config={"target": "b"})
+
+
+def test_the_trainer_tells_the_cache_each_epoch(tmp_path, monkeypatch):
+    """The cache draws its crops, captions and dropout per (seed, epoch, index): train.py must pass the epoch."""
+    from vqdiff.data.synthetic import ShapesDataset
+    from vqdiff.data.token_cache import TokenCacheDataset, write_token_cache
+    from vqdiff.utils.config import instantiate_from_config, load_yaml_config, save_yaml_config
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_parts(tmp_path)
+    cfg = load_yaml_config(CFG)
+    codec = instantiate_from_config(cfg["model"]["params"]["content_codec_config"], key_path="content_codec_config")
+    cache = write_token_cache(ShapesDataset(8, 16, split="train"), codec, tmp_path / "cache", progress=False)
+    cfg["dataloader"]["train_datasets"] = [{"target": "vqdiff.data.token_cache.TokenCacheDataset",
+                                            "params": {"cache_dir": str(cache)}}]
+    save_yaml_config(cfg, tmp_path / "cached.yaml")
+    epochs: list[int] = []
+    original = TokenCacheDataset.set_epoch
+    monkeypatch.setattr(TokenCacheDataset, "set_epoch", lambda self, e: (epochs.append(e), original(self, e)))
+    out = train.main(["--config_file", str(tmp_path / "cached.yaml"), "--name", "epochs", "--seed", "0",
+                      "--no_progress_bar", "solver.max_epochs=3", "solver.max_iterations=5",
+                      "solver.validation_epochs=-1"])
+    assert len(out["losses"]) == 5 and epochs == [0, 1, 2]  # 8 items / batch 4: 2 steps an epoch
