@@ -2,7 +2,8 @@
 
 ``save_checkpoint`` writes to a temporary file in the destination folder, flushes and ``fsync``s it, then
 ``os.replace``s it over the destination, so a crash or a full disk mid-write never leaves a half-written
-``last.pth``: the previous file stays intact. Only the primary rank writes (``primary_only``).
+``last.pth``: the previous file stays intact. The temporary file a killed save left behind is deleted by
+the next save of the same path. Only the primary rank writes (``primary_only``).
 
 ``load_checkpoint`` reads with ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is
 refused with a message naming the opt-in flag (``allow_unsafe=True`` / ``--allow_unsafe_load``), and a
@@ -21,7 +22,7 @@ import torch
 
 from vqdiff import distributed as dist_utils
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "UNSAFE_FLAG"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "UNSAFE_FLAG"]
 
 UNSAFE_FLAG = "--allow_unsafe_load"
 
@@ -41,6 +42,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike, primary_only: bool = True
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_fn = _save_fn or torch.save
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:
@@ -69,6 +71,16 @@ def save_checkpoint(obj: Any, path: str | os.PathLike, primary_only: bool = True
     except OSError:
         pass
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a killed earlier save of ``path`` left (each as large as a
+    checkpoint). Only the run holding the output folder's lock writes there, so none is in use."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for p in stale:
+        _remove(str(p))
+    return stale
 
 
 def _remove(p: str) -> None:
