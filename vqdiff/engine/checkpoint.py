@@ -22,9 +22,27 @@ import torch
 
 from vqdiff import distributed as dist_utils
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "UNSAFE_FLAG"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "UNSAFE_FLAG",
+           "UNSAFE_PICKLE_ENV", "env_allows_unsafe_pickle"]
 
 UNSAFE_FLAG = "--allow_unsafe_load"
+UNSAFE_PICKLE_ENV = "VQDIFF_ALLOW_UNSAFE_PICKLE"
+_BLANKET_VALUES = ("1", "true", "True", "yes")
+
+
+def env_allows_unsafe_pickle(path: str | os.PathLike) -> bool:
+    """Whether ``VQDIFF_ALLOW_UNSAFE_PICKLE`` names ``path``: it holds the trusted files, separated by
+    ``os.pathsep`` (compared after resolving). A blanket ``1`` opens no file: it would also open every
+    other checkpoint read in the process (codec weights included); a warning says how to name the file."""
+    value = os.environ.get(UNSAFE_PICKLE_ENV, "")
+    if value in _BLANKET_VALUES:
+        import warnings
+
+        warnings.warn(f"{UNSAFE_PICKLE_ENV}={value} no longer allows unsafe unpickling of every file; set it to "
+                      f"the trusted file(s) instead: {UNSAFE_PICKLE_ENV}={Path(path).resolve()}", stacklevel=3)
+        return False
+    target = Path(path).resolve()
+    return any(Path(p).resolve() == target for p in value.split(os.pathsep) if p.strip())
 
 
 class CheckpointError(RuntimeError):

@@ -25,14 +25,14 @@ TOP_LEVEL_SECTIONS = ("model", "solver", "dataloader")
 class DataloaderConfig:
     """``dataloader:`` (official keys; see ``vqdiff.data.build.build_dataloader``)."""
 
-    batch_size: int
-    train_datasets: list
+    batch_size: Optional[int] = None  # required by build_dataloader, not by every user of the section
+    train_datasets: Optional[list] = None
     num_workers: int = 0
     data_root: Optional[str] = None
     validation_datasets: Optional[list] = None
 
     def __post_init__(self) -> None:
-        if self.batch_size <= 0:
+        if self.batch_size is not None and self.batch_size <= 0:
             raise ConfigError(f"'dataloader.batch_size' must be positive, got {self.batch_size}")
         if self.num_workers < 0:
             raise ConfigError(f"'dataloader.num_workers' must be >= 0, got {self.num_workers}")
