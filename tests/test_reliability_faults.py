@@ -237,3 +237,35 @@ def test_train_py_input_error_prints_two_lines(tmp_path):
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and "missing.yaml" in lines[0] and "--debug" in lines[1], out.stderr
+
+
+def test_data_warnings_reach_the_training_log(tmp_path):
+    import train
+    from vqdiff.utils.logger import get_logger
+
+    logger = get_logger("test_reliability_faults.train_log", tmp_path / "log.txt")
+    try:
+        undo = train._share_log_file(logger, "vqdiff.data")
+        logging.getLogger("vqdiff.data.robust").warning("skipping unreadable image 'x.jpg'")
+        undo()
+        logging.getLogger("vqdiff.data.robust").warning("after the run")
+    finally:
+        for h in list(logger.handlers):
+            h.close()
+            logger.removeHandler(h)
+    text = (tmp_path / "log.txt").read_text()
+    assert "skipping unreadable image 'x.jpg'" in text and "after the run" not in text
+
+
+def test_demo_exits_after_a_signal_instead_of_sampling(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "running_command"))
+    import run_demo_shapes as demo
+
+    monkeypatch.setattr(demo, "_train_all", lambda *a, **k: {"stopped_by": "signal SIGTERM", "signal": 15})
+    monkeypatch.setattr(demo, "_evaluate", lambda *a, **k: pytest.fail("sampled after SIGTERM"))
+    try:
+        with pytest.raises(SystemExit) as e:
+            demo.main(["--quick", "--output", str(tmp_path / "demo")])
+    finally:
+        torch.set_flush_denormal(False)  # demo.main turns it on for the process
+    assert e.value.code == 128 + signal.SIGTERM
