@@ -14,12 +14,13 @@ Outputs go to ``OUTPUT/<name>/{configs,logs,checkpoint,images,tensorboard}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent
 if str(REPO) not in sys.path:
@@ -190,17 +191,18 @@ def _share_log_file(logger: Any, name: str) -> Any:
     return lambda: [target.removeHandler(h) for h in handlers]
 
 
-def _output_lock(args: argparse.Namespace, rank: int) -> Any:
-    """The primary process locks OUTPUT/<name> (a second run on it refuses) and refuses to start a
-    finished run again without --auto_resume or --overwrite; other ranks take no lock."""
-    import contextlib
-
+@contextlib.contextmanager
+def _output_lock(args: argparse.Namespace, rank: int) -> Iterator[None]:
+    """The primary process locks OUTPUT/<name> (a second run on it refuses, naming the holder), then
+    refuses to start a finished run again without --auto_resume or --overwrite; other ranks take no lock."""
     from vqdiff.engine.run_lock import RunLock, refuse_overwrite
 
     if rank != 0:
-        return contextlib.nullcontext()
-    refuse_overwrite(args.save_dir, auto_resume=args.auto_resume, overwrite=args.overwrite)
-    return RunLock(args.save_dir, log=lambda msg: print(msg, file=sys.stderr))
+        yield
+        return
+    with RunLock(args.save_dir, log=lambda msg: print(msg, file=sys.stderr)):
+        refuse_overwrite(args.save_dir, auto_resume=args.auto_resume, overwrite=args.overwrite)
+        yield
 
 
 def _spawned(local_rank: int, args: argparse.Namespace, ngpus: int) -> None:
