@@ -143,6 +143,33 @@ def test_checkpoint_of_another_size_names_the_file_and_the_keys(tmp_path):
             big.resume(path, **kwargs)
 
 
+class _SignalledInValidation(_Lin):
+    """Trains normally; its first validation forward delivers SIGTERM the way the handler would."""
+
+    solver: Solver
+
+    def forward(self, batch, return_loss=True, step=0, **kw):
+        if not self.training and self.solver._stop_signal is None:
+            self.solver._stop_signal = int(signal.SIGTERM)
+        return {"loss": (self.lin(batch["x"]) ** 2).mean()}
+
+
+def test_a_signal_during_validation_stops_after_the_epoch_end_checkpoint(tmp_path):
+    data = [{"x": torch.randn(2)} for _ in range(4)]
+    loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=torch.utils.data.DistributedSampler(
+        data, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True), drop_last=True)
+    model = _SignalledInValidation(1)
+    sc = {"base_lr": 0.01, "adjust_lr": "none", "max_epochs": 3, "validation_epochs": 1, "sample_iterations": -1,
+          "optimizers_and_schedulers": [{"name": "none", "optimizer": {"target": "torch.optim.AdamW", "params": {}}}]}
+    model.solver = Solver({"solver": sc, "dataloader": {"batch_size": 2}},
+                          types.SimpleNamespace(save_dir=str(tmp_path), seed=0, progress_bar=False), model,
+                          {"train_loader": loader, "validation_loader": loader, "train_iterations": 2},
+                          logging.getLogger("test_reliability_faults"))
+    assert model.solver.train()["stopped_by"] == "signal SIGTERM"
+    ck = torch.load(tmp_path / "checkpoint" / "last.pth", weights_only=True)
+    assert (ck["last_epoch"], ck["last_iter"], ck["data_state"]["batches_done"]) == (0, 1, 0)  # no step after
+
+
 def test_a_save_removes_the_tmp_file_a_killed_save_left(tmp_path):
     stale = tmp_path / ".last.pth.abc123.tmp"
     stale.write_bytes(b"x" * 1000)
