@@ -58,6 +58,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no_progress_bar", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: a.b=1 or a.b 1")
     args = p.parse_args(argv)
+    if args.seed is not None and abs(args.seed) >= 2**62:  # torch takes 64-bit seeds; epochs and ranks are added
+        p.error(f"--seed must be between -2**62 and 2**62, got {args.seed}")
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
     if args.resume_name is not None:

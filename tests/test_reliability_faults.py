@@ -296,3 +296,12 @@ def test_demo_exits_after_a_signal_instead_of_sampling(tmp_path, monkeypatch):
     finally:
         torch.set_flush_denormal(False)  # demo.main turns it on for the process
     assert e.value.code == 128 + signal.SIGTERM
+
+
+def test_train_py_refuses_a_seed_torch_cannot_take(capsys):
+    import train
+
+    with pytest.raises(SystemExit):
+        train.get_args(["--seed", str(10**23)])
+    assert "--seed must be between -2**62 and 2**62" in capsys.readouterr().err
+    assert train.get_args(["--seed", "-5"]).seed == -5
