@@ -14,12 +14,13 @@ Outputs go to ``OUTPUT/<name>/{configs,logs,checkpoint,images,tensorboard}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent
 if str(REPO) not in sys.path:
@@ -50,10 +51,15 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cudnn_deterministic", action="store_true")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or fp16 with solver.amp_dtype)")
-    p.add_argument("--debug", action="store_true", help="name 'debug', batch size 1, no workers")
+    p.add_argument("--debug", action="store_true",
+                   help="name 'debug', batch size 1, no workers; errors show their full traceback")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start OUTPUT/<name> again from scratch even though it holds a run (its last.pth)")
     p.add_argument("--no_progress_bar", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: a.b=1 or a.b 1")
     args = p.parse_args(argv)
+    if args.seed is not None and abs(args.seed) >= 2**62:  # torch takes 64-bit seeds; epochs and ranks are added
+        p.error(f"--seed must be between -2**62 and 2**62, got {args.seed}")
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
     if args.resume_name is not None:
@@ -111,6 +117,7 @@ def main_worker(args: argparse.Namespace) -> dict:
     from vqdiff import distributed as dist_utils
     from vqdiff.engine.solver import Solver
     from vqdiff.utils.config import instantiate_from_config, load_yaml_config, merge_opts_to_config, save_yaml_config
+    from vqdiff.utils.config_sections import check_config_sections
     from vqdiff.utils.logger import get_logger
     from vqdiff.utils.seed import seed_everything
 
@@ -131,6 +138,7 @@ def main_worker(args: argparse.Namespace) -> dict:
         seed_everything(args.seed + rank, deterministic=args.cudnn_deterministic)
     config = load_yaml_config(args.config_file)
     merge_opts_to_config(config, args.opts)
+    check_config_sections(config)
     if args.debug:
         config["dataloader"]["batch_size"] = 1
         config["dataloader"]["num_workers"] = 0
@@ -143,6 +151,7 @@ def main_worker(args: argparse.Namespace) -> dict:
         (save_dir / "configs" / "args.txt").write_text(
             "\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())) + "\n", encoding="utf-8")
         logger.info(f"run {args.name}: config {args.config_file}, outputs {save_dir}")
+    data_log = _share_log_file(logger, "vqdiff.data")  # bad-image warnings into log.txt too
     tb = None
     if args.tensorboard and rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -164,12 +173,38 @@ def main_worker(args: argparse.Namespace) -> dict:
     finally:
         if tb is not None:
             tb.close()
+        data_log()
     logger.info(f"training finished ({result['stopped_by']}) at epoch {solver.last_epoch}, iteration {solver.last_iter}")
     result["last_iter"] = solver.last_iter
     result["save_dir"] = str(save_dir)
     if solver._stop_signal is not None:
         result["signal"] = solver._stop_signal
     return result
+
+
+def _share_log_file(logger: Any, name: str) -> Any:
+    """Send the records of logger ``name`` to ``logger``'s outputs (console, log.txt); returns the undo."""
+    import logging
+
+    target = logging.getLogger(name)
+    handlers = [h for h in logger.handlers if h not in target.handlers]
+    for h in handlers:
+        target.addHandler(h)
+    return lambda: [target.removeHandler(h) for h in handlers]
+
+
+@contextlib.contextmanager
+def _output_lock(args: argparse.Namespace, rank: int) -> Iterator[None]:
+    """The primary process locks OUTPUT/<name> (a second run on it refuses, naming the holder), then
+    refuses to start a finished run again without --auto_resume or --overwrite; other ranks take no lock."""
+    from vqdiff.engine.run_lock import RunLock, refuse_overwrite
+
+    if rank != 0:
+        yield
+        return
+    with RunLock(args.save_dir, log=lambda msg: print(msg, file=sys.stderr)):
+        refuse_overwrite(args.save_dir, auto_resume=args.auto_resume, overwrite=args.overwrite)
+        yield
 
 
 def _spawned(local_rank: int, args: argparse.Namespace, ngpus: int) -> None:
@@ -179,7 +214,8 @@ def _spawned(local_rank: int, args: argparse.Namespace, ngpus: int) -> None:
     host, _, port = url.rpartition(":")
     os.environ.setdefault("MASTER_ADDR", host or "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", port or "29500")
-    main_worker(args)
+    with _output_lock(args, int(os.environ["RANK"])):
+        main_worker(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -194,13 +230,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         mp.spawn(_spawned, args=(args, ngpus), nprocs=ngpus)
         return {"stopped_by": "spawned"}
     try:
-        return main_worker(args)
+        with _output_lock(args, int(os.environ.get("RANK", "0"))):
+            return main_worker(args)
     finally:
         dist_utils.cleanup_distributed()
 
 
 if __name__ == "__main__":
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
-    out = main()
+    from vqdiff.utils.cli_errors import run_cli
+
+    out = run_cli(main, None, "train.py")
     if out.get("signal"):
         sys.exit(128 + int(out["signal"]))

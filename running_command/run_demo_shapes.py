@@ -202,11 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
             raise FileNotFoundError(f"--eval-only needs a trained demo in '{out}' ({cfg_path}, {ckpt})")
         log(f"--eval-only: scoring {ckpt}")
     else:
-        _train_all(out, p, args.seed, timings)
+        trained = _train_all(out, p, args.seed, timings)
+        if trained.get("signal"):  # SIGTERM/Ctrl-C: the checkpoint is saved; do not go on to sample for minutes
+            log(f"training stopped by a signal; last.pth saved. Score it later with --eval-only --output {out}")
+            raise SystemExit(128 + int(trained["signal"]))
     return _evaluate(out, cfg_path, ckpt, p, args, timings, t0)
 
 
-def _train_all(out: Path, p: dict, seed: int, timings: dict) -> None:
+def _train_all(out: Path, p: dict, seed: int, timings: dict) -> dict:
     """Stages 1-4: CLIP, VQ-VAE, token cache, diffusion training."""
     log("1/6 tiny random CLIP text encoder")
     clip_path = make_random_clip(out / "pretrained" / "clip_tiny_random.pt", seed=seed)
@@ -245,9 +248,10 @@ def _train_all(out: Path, p: dict, seed: int, timings: dict) -> None:
     save_yaml_config(cfg, cfg_path)
     import train as train_entry
 
-    train_entry.main(["--config_file", str(cfg_path), "--name", "diffusion", "--output", str(out),
-                      "--seed", str(seed), "--log_frequency", "50"])
+    result = train_entry.main(["--config_file", str(cfg_path), "--name", "diffusion", "--output", str(out),
+                               "--seed", str(seed), "--log_frequency", "50", "--overwrite"])
     timings["diffusion_train_s"] = time.time() - t
+    return result
 
 
 def _evaluate(out: Path, cfg_path: Path, ckpt: Path, p: dict, args: argparse.Namespace, timings: dict, t0: float) -> dict:

@@ -150,8 +150,11 @@ def test_unsafe_pickle_refused_unless_opted_in(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="allow_unsafe_pickle"):
         load_codec_weights(VQModel(**params), path)
     load_codec_weights(VQModel(**params), path, allow_unsafe_pickle=True)
-    monkeypatch.setenv("VQDIFF_ALLOW_UNSAFE_PICKLE", "1")
+    monkeypatch.setenv("VQDIFF_ALLOW_UNSAFE_PICKLE", str(path))  # the variable names the trusted files
     load_codec_weights(VQModel(**params), path)
+    monkeypatch.setenv("VQDIFF_ALLOW_UNSAFE_PICKLE", "1")  # a blanket value no longer opens every file
+    with pytest.warns(UserWarning, match="no longer allows"), pytest.raises(RuntimeError, match="allow_unsafe_pickle"):
+        load_codec_weights(VQModel(**params), path)
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):

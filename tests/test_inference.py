@@ -379,7 +379,8 @@ def test_sample_type_string():
 def test_safe_name_and_grid():
     assert safe_name("a red circle / at top?") == "a red circle _ at top_"
     assert safe_name("../../etc") == "_.._etc"
-    assert safe_name("") == "empty" and safe_name(407) == "407"
+    assert safe_name("").startswith("empty_") and safe_name(407) == "407"
+    assert len({safe_name(""), safe_name(".."), safe_name("empty"), safe_name(" ")}) == 4  # no shared folder
     long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
     assert safe_name(long_a) != safe_name(long_b) and len(safe_name(long_a)) <= 120
     imgs = to_pil_images(torch.full((5, 3, 8, 6), 255.0))

@@ -2,7 +2,7 @@
 
 ``--label N`` samples a class model, neither ``--text`` nor ``--label`` an unconditional one. Images go
 to ``DIR/<condition>/000000.png`` … (plus ``grid.png`` with ``--grid``); a progress bar follows the
-diffusion steps.
+diffusion steps. An input error prints one line and a hint; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="allow a legacy checkpoint that needs full unpickling (trusted files only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="on an error, show the full traceback (default: one line)")
     return p
 
 
@@ -92,4 +93,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vqdiff.utils.cli_errors import run_cli
+
+    sys.exit(run_cli(main, None, "python -m vqdiff.sample"))

@@ -1,14 +1,14 @@
 """CUB-200 reader (official ``Cub200Dataset``).
 
 Layout under ``data_root``: ``{phase}/filenames.pickle`` (a pickled list of ``'<class>/<name>'``, bytes or
-str), ``images/<name>.jpg`` and captions ``text/text/<name>.txt`` (one caption a line). The captions are
-read once at construction; each access picks one line at random (process-global NumPy RNG).
+str; read by ``safe_index.read_name_list``, which imports nothing), ``images/<name>.jpg`` and captions
+``text/text/<name>.txt`` (one caption a line). The captions are read once at construction; each access
+picks one line at random (process-global NumPy RNG).
 Items: ``{'image': float32 (3, S, S) in [0, 255], 'text': str}`` (lower-cased, newline stripped).
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from .image_groups import RANDOM_CAPTION, ImageGroups
 from .robust import CaptionedImageDataset, require_dir, require_file
+from .safe_index import read_name_list
 
 __all__ = ["Cub200Dataset"]
 
@@ -33,9 +34,7 @@ class Cub200Dataset(CaptionedImageDataset):
         split = require_file(self.root / phase / "filenames.pickle", f"Cub200Dataset split file for phase '{phase}'")
         self.image_folder = require_dir(self.root / "images", "Cub200Dataset image folder")
         text_folder = require_dir(self.root / "text" / "text", "Cub200Dataset caption folder")
-        with open(split, "rb") as f:
-            names = pickle.load(f, encoding="bytes")
-        self.names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+        self.names = read_name_list(split)  # a restricted unpickler: a crafted file cannot run code
         if not self.names:
             raise ValueError(f"Cub200Dataset: '{split}' lists no images")
         self.captions: dict[str, list[str]] = {}

@@ -1,7 +1,7 @@
 """Shared machinery of the file-backed data sets: path checks, image loading, bad-image handling.
 
 The official readers either crash on an unreadable image or (ImageNet) return a *random* other item. Here
-an unreadable or truncated image is, with ``on_bad_image='skip'``, logged once as a warning, counted in
+an unreadable, truncated or missing (listed but absent) image is, with ``on_bad_image='skip'``, logged once as a warning, counted in
 ``bad_images`` (per process: each DataLoader worker keeps its own count) and replaced by the next readable
 index (``index + 1``, ``index + 2``, ... wrapping around), so the replacement is deterministic.
 With ``on_bad_image='raise'`` the error propagates as :class:`BadImageError` naming the file.
@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ..utils.config import instantiate_from_config
 
-__all__ = ["BadImageError", "ImageFileDataset", "CaptionedImageDataset", "require_dir", "require_file", "load_rgb",
+__all__ = ["BadImageError", "MissingImageError", "ImageFileDataset", "CaptionedImageDataset", "require_dir", "require_file", "load_rgb",
            "build_preprocessor"]
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,11 @@ ON_BAD_IMAGE = ("skip", "raise")
 
 
 class BadImageError(OSError):
-    """An image file that exists but cannot be decoded (truncated, corrupt, not an image)."""
+    """An image file that cannot be read: truncated, corrupt, not an image, or missing."""
+
+
+class MissingImageError(BadImageError, FileNotFoundError):
+    """An image the annotations list but that is not on disk (skipped like an unreadable one)."""
 
 
 def require_dir(path: str | Path, what: str) -> Path:
@@ -53,8 +57,8 @@ def load_rgb(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files fail here, not later in a worker
             return im.convert("RGB")
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as err:
+        raise MissingImageError(f"image '{path}' is listed in the annotations but does not exist") from err
     except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for broken files
         raise BadImageError(f"cannot read image '{path}': {err}") from err
 

@@ -2,7 +2,8 @@
 
 ``save_checkpoint`` writes to a temporary file in the destination folder, flushes and ``fsync``s it, then
 ``os.replace``s it over the destination, so a crash or a full disk mid-write never leaves a half-written
-``last.pth``: the previous file stays intact. Only the primary rank writes (``primary_only``).
+``last.pth``: the previous file stays intact. The temporary file a killed save left behind is deleted by
+the next save of the same path. Only the primary rank writes (``primary_only``).
 
 ``load_checkpoint`` reads with ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is
 refused with a message naming the opt-in flag (``allow_unsafe=True`` / ``--allow_unsafe_load``), and a
@@ -21,9 +22,27 @@ import torch
 
 from vqdiff import distributed as dist_utils
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "UNSAFE_FLAG"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "UNSAFE_FLAG",
+           "UNSAFE_PICKLE_ENV", "env_allows_unsafe_pickle"]
 
 UNSAFE_FLAG = "--allow_unsafe_load"
+UNSAFE_PICKLE_ENV = "VQDIFF_ALLOW_UNSAFE_PICKLE"
+_BLANKET_VALUES = ("1", "true", "True", "yes")
+
+
+def env_allows_unsafe_pickle(path: str | os.PathLike) -> bool:
+    """Whether ``VQDIFF_ALLOW_UNSAFE_PICKLE`` names ``path``: it holds the trusted files, separated by
+    ``os.pathsep`` (compared after resolving). A blanket ``1`` opens no file: it would also open every
+    other checkpoint read in the process (codec weights included); a warning says how to name the file."""
+    value = os.environ.get(UNSAFE_PICKLE_ENV, "")
+    if value in _BLANKET_VALUES:
+        import warnings
+
+        warnings.warn(f"{UNSAFE_PICKLE_ENV}={value} no longer allows unsafe unpickling of every file; set it to "
+                      f"the trusted file(s) instead: {UNSAFE_PICKLE_ENV}={Path(path).resolve()}", stacklevel=3)
+        return False
+    target = Path(path).resolve()
+    return any(Path(p).resolve() == target for p in value.split(os.pathsep) if p.strip())
 
 
 class CheckpointError(RuntimeError):
@@ -41,6 +60,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike, primary_only: bool = True
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_fn = _save_fn or torch.save
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:
@@ -69,6 +89,16 @@ def save_checkpoint(obj: Any, path: str | os.PathLike, primary_only: bool = True
     except OSError:
         pass
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a killed earlier save of ``path`` left (each as large as a
+    checkpoint). Only the run holding the output folder's lock writes there, so none is in use."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for p in stale:
+        _remove(str(p))
+    return stale
 
 
 def _remove(p: str) -> None:

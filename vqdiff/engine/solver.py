@@ -36,6 +36,7 @@ from vqdiff.engine.checkpoint import CheckpointError, load_checkpoint, save_chec
 from vqdiff.engine.clip_grad_norm import ClipGradNorm
 from vqdiff.engine.ema import EMA
 from vqdiff.engine.optim import build_optimizer
+from vqdiff.engine.state_match import require_same_shapes
 from vqdiff.utils.config import ConfigError, instantiate_from_config, resolve_target
 
 __all__ = ["Solver", "TrainingStopped", "get_rng_state", "set_rng_state"]
@@ -266,8 +267,11 @@ class Solver:
     # ---------------------------------------------------------------------------------- signals
     def _install_signal_handlers(self) -> dict:
         previous = {}
+        owner = os.getpid()
 
         def handler(signum, frame):  # noqa: ARG001
+            if os.getpid() != owner:  # a forked DataLoader worker inherited this handler: the trainer decides
+                return
             if self._stop_signal is not None:  # second signal: stop now
                 raise KeyboardInterrupt
             self._stop_signal = signum
@@ -396,8 +400,13 @@ class Solver:
                 return result
             self.last_epoch = epoch
             self.batches_done = 0
-            self.save(force=True)
+            # validation draws from the global RNG and updates the model's loss history: the epoch-end
+            # checkpoint is written after it, so that a resume from it continues the same run exactly
             self.validate_epoch(epoch)
+            self.save(force=True)
+            if self._stop_signal is not None:  # a signal during validation: the state is saved, stop
+                result["stopped_by"] = f"signal {signal.Signals(self._stop_signal).name}"
+                return result
         result["stopped_by"] = "max_epochs"
         return result
 
@@ -608,11 +617,13 @@ class Solver:
         ckpt = load_checkpoint(path, map_location="cpu", allow_unsafe=allow_unsafe)
         if not isinstance(ckpt, Mapping) or "model" not in ckpt:
             raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {list(ckpt)[:8]})")
+        require_same_shapes(self.raw_model, ckpt["model"], path)
         missing, unexpected = self.raw_model.load_state_dict(ckpt["model"], strict=False)
         if unexpected or (missing and load_others):
             raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
         if self.ema is not None and ckpt.get("ema") is not None:
+            require_same_shapes(self.ema.ema_model, ckpt["ema"], path, what="EMA model")
             self.ema.load_state_dict(ckpt["ema"])
         if self.clip_grad_norm is not None and ckpt.get("clip_grad_norm") is not None:
             self.clip_grad_norm.load_state_dict(ckpt["clip_grad_norm"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -139,6 +140,8 @@ class VQ_Diffusion:
     def _generator(self, seed: Optional[int]) -> Optional[torch.Generator]:
         if seed is None:
             return None
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2**63 <= int(seed) < 2**64:
+            raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1] (torch's generator range), got {seed!r}")
         g = torch.Generator(device=self.device)
         g.manual_seed(int(seed))
         return g
@@ -162,6 +165,20 @@ class VQ_Diffusion:
             yield
         finally:
             model.learnable_cf = before
+
+    @staticmethod
+    def _output_folder(save_root: Optional[str | os.PathLike], name: str) -> None:
+        """Create ``save_root/<name>`` before sampling, so that a folder that cannot be written fails now
+        (naming it) rather than after minutes of sampling, with the samples lost."""
+        if save_root is None:
+            return
+        folder = Path(save_root) / safe_name(name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise type(err)(f"cannot write samples to '{folder}': {err.strerror or err}") from err
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"cannot write samples to '{folder}': permission denied")
 
     def _finish(self, content: torch.Tensor, save_root: Optional[str | os.PathLike], name: str) -> list[Image.Image]:
         images = to_pil_images(content)
@@ -198,6 +215,7 @@ class VQ_Diffusion:
         """
         from vqdiff.editing import inpaint_image
 
+        self._output_folder(save_root, str(text))
         out = inpaint_image(
             self.model, image, mask, text, sample_type=f"top{truncation_rate}r", guidance_scale=guidance_scale,
             negative_prompt=negative_prompt, filter_ratio=filter_ratio, generator=self._generator(seed),
@@ -239,6 +257,7 @@ class VQ_Diffusion:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         n = self._check_batch(batch_size)
         sample_type = sample_type_string(truncation_rate, fast, infer_speed)
+        self._output_folder(save_root, text)
         with self._null_condition(learnable_cf):
             out = self.model.generate_content(
                 batch={"text": [text]}, filter_ratio=0, replicate=n, sample_type=sample_type,
@@ -270,6 +289,7 @@ class VQ_Diffusion:
             raise ValueError(f"label must be a non-negative int class index, got {label!r}")
         n = self._check_batch(batch_size)
         sample_type = sample_type_string(truncation_rate, fast, infer_speed)
+        self._output_folder(save_root, str(label))
         out = self.model.generate_content(
             batch={"label": [label]}, filter_ratio=0, replicate=n, sample_type=sample_type,
             guidance_scale=float(guidance_scale), generator=self._generator(seed), callback=callback,
@@ -291,6 +311,7 @@ class VQ_Diffusion:
         self._require(None, "inference_generate_sample_unconditional")
         n = self._check_batch(batch_size)
         sample_type = sample_type_string(truncation_rate, fast, infer_speed)
+        self._output_folder(save_root, "unconditional")
         out = self.model.generate_content(
             batch=None, filter_ratio=0, replicate=n, sample_type=sample_type,
             generator=self._generator(seed), callback=callback,

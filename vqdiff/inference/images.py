@@ -26,16 +26,17 @@ def safe_name(condition: object, max_len: int = _MAX_NAME) -> str:
 
     Characters outside letters, digits, space and ``._,()+-'`` become ``_``; leading/trailing dots and
     spaces are stripped (no ``..`` escapes, no hidden folders); names longer than ``max_len`` are cut
-    and given a short hash so that different long captions stay apart; an empty result is ``'empty'``.
+    and given a short hash so that different long captions stay apart; an empty result is ``'empty_'`` plus
+    the hash of the condition, so that ``''``, ``'..'`` and the caption ``'empty'`` get three folders.
     """
+    import hashlib
+
     text = str(condition)
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
     name = _UNSAFE.sub("_", text).strip(" .")
     if len(name) > max_len:
-        import hashlib
-
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
         name = name[: max_len - 9].rstrip(" .") + "_" + digest
-    return name or "empty"
+    return name or f"empty_{digest}"
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

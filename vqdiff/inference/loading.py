@@ -66,10 +66,8 @@ def read_checkpoint_file(path: str | Path, allow_unsafe_pickle: bool = False) ->
         FileNotFoundError: the file does not exist (the message names it and the working directory).
         RuntimeError: the file needs full unpickling and the caller did not opt in (the message names
             the ``allow_unsafe_pickle`` flag, the CLI's ``--allow-unsafe-pickle`` and the environment
-            variable ``VQDIFF_ALLOW_UNSAFE_PICKLE=1``).
+            variable ``VQDIFF_ALLOW_UNSAFE_PICKLE=<this file>``).
     """
-    import os
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -88,7 +86,7 @@ def read_checkpoint_file(path: str | Path, allow_unsafe_pickle: bool = False) ->
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - classified below: unsafe content vs. a damaged file
-        from vqdiff.engine.checkpoint import needs_unsafe_unpickling
+        from vqdiff.engine.checkpoint import env_allows_unsafe_pickle, needs_unsafe_unpickling
 
         text = str(e)
         if not needs_unsafe_unpickling(e):
@@ -96,14 +94,14 @@ def read_checkpoint_file(path: str | Path, allow_unsafe_pickle: bool = False) ->
                 f"'{path}' is truncated or corrupt, or not a PyTorch checkpoint: it cannot be read "
                 f"({type(e).__name__}: {text.splitlines()[0] if text else ''})"
             ) from e
-        allowed = allow_unsafe_pickle or os.environ.get(UNSAFE_PICKLE_ENV, "") in ("1", "true", "True", "yes")
+        allowed = allow_unsafe_pickle or env_allows_unsafe_pickle(path)
         if not allowed:
             first = str(e).splitlines()[0] if str(e) else ""
             raise RuntimeError(
                 f"'{path}' cannot be read with torch.load(weights_only=True): besides tensors it holds "
                 f"pickled Python objects ({type(e).__name__}: {first}). Unpickling them can run arbitrary "
                 f"code. If you trust the file, pass allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle, or "
-                f"set {UNSAFE_PICKLE_ENV}=1), or convert it once to a safe file with "
+                f"set {UNSAFE_PICKLE_ENV}={path}), or convert it once to a safe file with "
                 f"scripts/convert_official_checkpoint.py --allow-unsafe-pickle"
             ) from e
         logger.warning("reading '%s' with full unpickling (allow_unsafe_pickle): trust the file", path)

@@ -359,6 +359,9 @@ def _split_opts(opts: Iterable[str]) -> list[tuple[str, str]]:
     i = 0
     while i < len(opts):
         item = opts[i]
+        if item.startswith("--"):
+            raise ConfigError(f"'{item}' is a flag after the config overrides: flags go before overrides "
+                              f"(… {item} a.b=1, not … a.b=1 {item})")
         if "=" in item:
             key, value = item.split("=", 1)
             i += 1
@@ -366,6 +369,9 @@ def _split_opts(opts: Iterable[str]) -> list[tuple[str, str]]:
             if i + 1 >= len(opts):
                 raise ConfigError(f"override '{item}' has no value; write it as {item}=VALUE")
             key, value = item, opts[i + 1]
+            if value.startswith("--"):
+                raise ConfigError(f"'{value}' is a flag after the config overrides: flags go before overrides "
+                                  f"(… {value} {item} VALUE)")
             i += 2
         pairs.append((key.strip(), value))
     return pairs

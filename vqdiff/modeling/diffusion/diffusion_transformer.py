@@ -418,9 +418,13 @@ class DiffusionTransformer(nn.Module):
             kl_loss = is_t0 * decoder_nll + (1.0 - is_t0) * kl
 
             with torch.no_grad():
-                new_hist = 0.1 * kl_loss.detach().pow(2) + 0.9 * self.Lt_history.gather(0, t)
-                self.Lt_history.scatter_(0, t, new_hist)
-                self.Lt_count.scatter_add_(0, t, torch.ones_like(new_hist))
+                # a non-finite loss (a diverged step the solver will skip) must not reach the history:
+                # a NaN there would make every later importance draw fail (no host sync: a masked update)
+                old_hist = self.Lt_history.gather(0, t)
+                new_hist = 0.1 * kl_loss.detach().pow(2) + 0.9 * old_hist
+                finite = torch.isfinite(new_hist)
+                self.Lt_history.scatter_(0, t, torch.where(finite, new_hist, old_hist))
+                self.Lt_count.scatter_add_(0, t, finite.to(new_hist.dtype))
 
             loss = kl_loss / pt
             if self.auxiliary_loss_weight != 0 and is_train:

@@ -230,7 +230,8 @@ def guidance_number(spec) -> Optional[float]:
 
 
 def guidance_scales(spec, num_timesteps: int) -> list[float]:
-    """The guidance scale at each diffusion step ``t = 0 .. T-1`` (list index t).
+    """The guidance scale at each diffusion step ``t = 0 .. T-1`` (list index t); every scale must be
+    finite (a NaN or infinite scale would turn every sampled token into noise): ValueError otherwise.
 
     ``spec``: a number (constant); ``'constant:s'``; ``'linear:a:b'`` / ``'cosine:a:b'`` going from ``a``
     at the first, noisiest step ``t = T-1`` to ``b`` at the last step ``t = 0``, with progress
@@ -238,6 +239,14 @@ def guidance_scales(spec, num_timesteps: int) -> list[float]:
     ``{'kind', 'start', 'end'}`` (or ``'scale'`` for constant); a callable ``p -> scale``; or a sequence
     of T scales. Skip-step and MaskGIT samplers use the scale of the step ``t`` they feed the network.
     """
+    scales = _guidance_scale_list(spec, num_timesteps)
+    bad = [(t, s) for t, s in enumerate(scales) if not math.isfinite(s)]
+    if bad:
+        raise ValueError(f"guidance scale must be finite, got {bad[0][1]} (at step t={bad[0][0]}) from {spec!r}")
+    return scales
+
+
+def _guidance_scale_list(spec, num_timesteps: int) -> list[float]:
     T = int(num_timesteps)
     prog = [1.0 if T == 1 else (T - 1 - t) / (T - 1) for t in range(T)]
     if isinstance(spec, bool):

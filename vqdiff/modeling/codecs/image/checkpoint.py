@@ -3,13 +3,13 @@
 Accepted file forms: the Lightning ``.ckpt`` (``{'state_dict': …, 'optimizer_states': …, …}``), the ITHQ
 ``{'model': …}`` form, and a plain state dict. Files are read with ``torch.load(weights_only=True)``; a
 file that needs arbitrary unpickling is refused unless the caller opts in (``allow_unsafe_pickle=True``
-or the environment variable ``VQDIFF_ALLOW_UNSAFE_PICKLE=1``), because unpickling runs code from the file.
+or the environment variable ``VQDIFF_ALLOW_UNSAFE_PICKLE=<this file>``), because unpickling runs code from
+the file.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -40,8 +40,10 @@ TRAINING_ONLY_PREFIXES: tuple[str, ...] = (
 )
 
 
-def _unsafe_allowed(allow_unsafe_pickle: bool) -> bool:
-    return allow_unsafe_pickle or os.environ.get(UNSAFE_PICKLE_ENV, "") in ("1", "true", "True", "yes")
+def _unsafe_allowed(allow_unsafe_pickle: bool, path: Path) -> bool:
+    from vqdiff.engine.checkpoint import env_allows_unsafe_pickle  # the variable names the trusted files
+
+    return allow_unsafe_pickle or env_allows_unsafe_pickle(path)
 
 
 def read_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False) -> object:
@@ -60,12 +62,12 @@ def read_checkpoint(path: str | Path, allow_unsafe_pickle: bool = False) -> obje
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-        if not _unsafe_allowed(allow_unsafe_pickle):
+        if not _unsafe_allowed(allow_unsafe_pickle, path):
             raise RuntimeError(
                 f"'{path}' cannot be read with torch.load(weights_only=True): it holds pickled Python "
                 f"objects beyond tensors ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
                 f"Unpickling them can run arbitrary code; if you trust the file, pass "
-                f"allow_unsafe_pickle=True (a codec parameter) or set {UNSAFE_PICKLE_ENV}=1"
+                f"allow_unsafe_pickle=True (a codec parameter) or set {UNSAFE_PICKLE_ENV}={path}"
             ) from e
         logger.warning("loading '%s' with full unpickling (allow_unsafe_pickle): trust the file", path)
         return torch.load(path, map_location="cpu", weights_only=False)
