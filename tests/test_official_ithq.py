@@ -81,18 +81,23 @@ def test_generate_content_gives_the_official_tokens_for_the_seed(ithq, key, samp
     assert torch.equal(out["content_token"], exp[key])
 
 
-def test_guided_sampling_gives_the_official_tokens_for_the_seed(ithq):
-    """Guidance 3 with the official (fp16 CLIP) caption embedding: guidance multiplies the ~2e-4
-    fp16/fp32 embedding gap by 3, enough to flip near-tied Gumbel draws, so the sampler is checked on
-    the official embedding; the unconditional branch is our learned ``empty_text_embed``."""
+def test_guided_sampling_gives_the_official_tokens_for_the_seed(ithq, monkeypatch):
+    """Guidance 3 through ``generate_content``, with the official (fp16 CLIP) caption embedding standing in
+    for our text encoder: guidance multiplies the ~2e-4 fp16/fp32 embedding gap by 3, enough to flip
+    near-tied Gumbel draws. The unconditional branch is our learned ``empty_text_embed``."""
     exp = ithq.expected
     captions = exp["sample_captions"]
-    assert captions == exp["captions"][: len(captions)]
-    cond = exp["cond_emb"][: len(captions)]
+    rows = len(captions)
+    assert captions == exp["captions"][:rows]
+
+    def official_clip(tokens):
+        assert torch.equal(tokens, exp["condition_token"][:rows])
+        return exp["cond_emb"][:rows]
+
+    monkeypatch.setattr(ithq.diffusion.condition_emb, "forward", official_clip)
     torch.manual_seed(int(exp["sample_seed"]))
-    out = ithq.diffusion.sample(condition_embed=cond, filter_ratio=0, truncation_rate=0.85,
-                                guidance_scale=float(exp["guidance_scale"]),
-                                uncond_emb=ithq.model._uncond_embedding(len(captions)))
+    out = ithq.model.generate_content(batch={"text": captions}, filter_ratio=0, sample_type="top0.85r",
+                                      guidance_scale=float(exp["guidance_scale"]))
     assert torch.equal(out["content_token"], exp["sample_tokens_g3"])
 
 
