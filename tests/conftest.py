@@ -2,7 +2,8 @@
 
 Fixtures of the official code live outside the repository (``../shared/fixtures`` beside a checkout, or
 wherever ``VQDIFF_FIXTURES`` points). Tests that need them use :func:`fixtures_dir`, which skips with the
-reason when the folder is absent (a user's clone); CI always has it.
+reason when the folder is absent (a user's clone). CI sets ``VQDIFF_REQUIRE_FIXTURES=1`` (``.ci/run``):
+then a missing folder fails the test instead, so the official-parity evidence cannot silently vanish.
 """
 
 from __future__ import annotations
@@ -22,20 +23,35 @@ def fixtures_root() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "fixtures"
 
 
+def fixtures_required() -> bool:
+    """Whether a missing fixture folder is an error (``VQDIFF_REQUIRE_FIXTURES`` set, not ``0``/empty)."""
+    return os.environ.get("VQDIFF_REQUIRE_FIXTURES", "").strip() not in ("", "0")
+
+
 def fixtures_dir(sub: str = "") -> Path:
-    """Path of ``<fixtures>/<sub>``; skips the calling test when it does not exist."""
+    """Path of ``<fixtures>/<sub>``. When it does not exist the calling test is skipped with the reason,
+    or fails naming the path when :func:`fixtures_required` (CI)."""
     path = fixtures_root() / sub
     if not path.exists():
-        pytest.skip(f"official fixtures not found at {path} (set VQDIFF_FIXTURES to their folder)")
+        reason = f"official fixtures not found at {path} (set VQDIFF_FIXTURES to their folder)"
+        if fixtures_required():
+            pytest.fail(f"{reason}; VQDIFF_REQUIRE_FIXTURES is set, so a missing fixture is an error",
+                        pytrace=False)
+        pytest.skip(reason)
     return path
+
+
+def copy_fixture(name: str, dst_root: Path) -> Path:
+    """A private, writable copy of the fixture folder ``name`` under ``dst_root`` (its paths are relative)."""
+    dst = dst_root / name
+    shutil.copytree(fixtures_dir(name), dst)
+    return dst
 
 
 @pytest.fixture
 def official_tiny_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of ``official_tiny_text/`` as the working directory (its paths are relative)."""
-    src = fixtures_dir("official_tiny_text")
-    dst = tmp_path / "official_tiny_text"
-    shutil.copytree(src, dst)
+    dst = copy_fixture("official_tiny_text", tmp_path)
     monkeypatch.chdir(dst)
     return dst
 

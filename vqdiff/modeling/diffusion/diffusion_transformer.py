@@ -380,22 +380,27 @@ class DiffusionTransformer(nn.Module):
         return multinomial_kl(log_prob1, log_prob2)
 
     def sample_time(self, b: int, device: torch.device, method: str = "uniform", generator=None):
-        """Draw t (B,) and its probability p_t: uniform, or 'importance' ~ sqrt(E[L_t^2]) once every step
-        has been seen more than 10 times (Nichol & Dhariwal importance sampling). No host sync."""
-        uniform_t = torch.randint(0, self.num_timesteps, (b,), device=device, generator=generator)
-        uniform_pt = torch.full((b,), 1.0 / self.num_timesteps, device=device)
-        if method == "uniform":
-            return uniform_t, uniform_pt
-        if method != "importance":
+        """Draw t (B,) and its probability p_t, with the official random calls in the official order.
+
+        'uniform': one ``torch.randint``, p_t = 1/T. 'importance' (Nichol & Dhariwal importance sampling,
+        used by the loss, Eq. 8-12): the uniform draw while any step has been seen 10 times or fewer
+        (``Lt_count <= 10``); after that only one ``torch.multinomial`` over
+        ``p(t) ∝ sqrt(E[L_t^2]) + 1e-4`` (with ``p(0) := p(1)``), p_t = p(t).
+        """
+        if method not in ("uniform", "importance"):
             raise ValueError(f"unknown time sampling method {method!r} (expected 'uniform' or 'importance')")
-        Lt_sqrt = torch.sqrt(self.Lt_history + 1e-10) + 0.0001
-        Lt_sqrt = torch.cat([Lt_sqrt[1:2], Lt_sqrt[1:]])  # the decoder term takes L_1's weight
-        pt_all = Lt_sqrt / Lt_sqrt.sum()
-        imp_t = torch.multinomial(pt_all, num_samples=b, replacement=True, generator=generator)
-        ready = (self.Lt_count > 10).all()
-        t = torch.where(ready, imp_t, uniform_t)
-        pt = torch.where(ready, pt_all.gather(0, imp_t), uniform_pt)
-        return t, pt
+        # The official code makes exactly one of the two draws, chosen by Lt_count, so which random call
+        # to make needs this one boolean on the host (a device sync per training step on GPU). Drawing
+        # both and selecting on the device avoids the sync but consumes the RNG differently: the same seed
+        # then gives other t and x_t than a seeded official step (tests/test_official_*.py).
+        if method == "importance" and bool((self.Lt_count > 10).all()):
+            Lt_sqrt = torch.sqrt(self.Lt_history + 1e-10) + 0.0001
+            Lt_sqrt = torch.cat([Lt_sqrt[1:2], Lt_sqrt[1:]])  # the decoder term takes L_1's weight
+            pt_all = Lt_sqrt / Lt_sqrt.sum()
+            t = torch.multinomial(pt_all, num_samples=b, replacement=True, generator=generator)
+            return t, pt_all.gather(0, t)
+        t = torch.randint(0, self.num_timesteps, (b,), device=device, generator=generator)
+        return t, torch.full((b,), 1.0 / self.num_timesteps, device=device)
 
     def _train_loss(self, x: torch.Tensor, cond_emb: Any, is_train: bool = True, generator=None):
         """Per-sample loss (B,): ``L_t / p_t`` + the auxiliary x_0 loss (Eq. 12); also ``log p_theta``."""
