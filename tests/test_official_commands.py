@@ -196,6 +196,12 @@ def test_readme_examples_and_run_train_coco_run_with_tiny_weights(tiny_clone):
     assert sorted(p.name for p in (result / "407").iterdir()) == [f"{i:06d}.jpg" for i in range(4)]
     assert len(list((result / "493").glob("*.jpg"))) == 8
 
+    shutil.rmtree(result)
+    out = subprocess.run([sys.executable, "inference_VQ_Diffusion.py"], cwd=tiny_clone, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in (result / "teddy bear playing in the pool").iterdir()) == [f"{i:06d}.png" for i in range(4)]
+
     out = subprocess.run(
         [sys.executable, "running_command/run_train_coco.py", "--no_progress_bar", "--seed", "0",
          "solver.max_epochs=1", "solver.sample_iterations=1000", "dataloader.batch_size=2",
@@ -233,3 +239,30 @@ def test_class_method_text_keyword_rules(tiny_clone):
     counts = info["parameter"]
     assert counts["overall"]["total"] == sum(p.numel() for p in info["model"].parameters())
     assert counts["content_codec"]["trainable"] == 0 and counts["transformer"]["trainable"] > 0
+
+
+def test_launcher_help_shows_the_official_command_and_train_flags(capfd):
+    mod = _launcher(REPO, "run_tune_coco.py")
+    assert mod.launch(mod.RUN, ["--help"], mod.REPO) == 0
+    out = capfd.readouterr().out
+    assert ("python train.py --name coco_tune --config_file configs/coco_tune.yaml --num_node 1 --tensorboard "
+            "--load_path OUTPUT/pretrained_model/COCO_pretrained.pth") in out
+    assert "--auto_resume" in out and "--load_path" in out  # train.py's own help follows
+
+
+def test_tune_launcher_takes_either_case_of_the_coco_checkpoint(tmp_path, monkeypatch):
+    from vqdiff.official_runs import OFFICIAL_RUNS, build_command
+
+    run = OFFICIAL_RUNS["run_tune_coco.py"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / P).mkdir(parents=True)
+
+    def load_path():
+        cmd = build_command(run, [], REPO)
+        return cmd[cmd.index("--load_path") + 1]
+
+    assert load_path() == f"{P}/coco_pretrained.pth"  # neither: the name the download writes (and the message names)
+    (tmp_path / P / "coco_pretrained.pth").write_bytes(b"x")
+    assert load_path() == f"{P}/coco_pretrained.pth"
+    (tmp_path / P / "COCO_pretrained.pth").write_bytes(b"x")
+    assert load_path() == f"{P}/COCO_pretrained.pth"  # the official name wins when present
