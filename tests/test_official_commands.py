@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -161,8 +162,8 @@ def tiny_clone(tmp_path, monkeypatch) -> Path:
     return clone
 
 
+@pytest.mark.slow
 def test_readme_examples_and_run_train_coco_run_with_tiny_weights(tiny_clone):
-    import warnings
 
     from inference_VQ_Diffusion import VQ_Diffusion
 
@@ -196,6 +197,10 @@ def test_readme_examples_and_run_train_coco_run_with_tiny_weights(tiny_clone):
     assert sorted(p.name for p in (result / "407").iterdir()) == [f"{i:06d}.jpg" for i in range(4)]
     assert len(list((result / "493").glob("*.jpg"))) == 8
 
+    code = _python_block(REPO / "README.md", "## Inference (as the official README)")  # ours, as written
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exec(compile(code, "README.md", "exec"), {})
     shutil.rmtree(result)
     out = subprocess.run([sys.executable, "inference_VQ_Diffusion.py"], cwd=tiny_clone, env=_env(),
                          capture_output=True, text=True, timeout=300)
@@ -215,6 +220,13 @@ def test_readme_examples_and_run_train_coco_run_with_tiny_weights(tiny_clone):
     key = "transformer.transformer.to_logits.1.weight"
     assert not torch.equal(last["model"][key], start[key])  # it trained from the loaded weights ...
     assert (last["model"][key] - start[key]).abs().max() < 0.05  # ... not from a fresh initialisation
+
+
+def _python_block(doc: Path, section: str) -> str:
+    """The first ```python block after the heading ``section`` in ``doc``."""
+    text = doc.read_text(encoding="utf-8")
+    start = text.index("```python\n", text.index(section)) + len("```python\n")
+    return text[start:text.index("```", start)]
 
 
 def _coco_layout(clone: Path) -> Path:
