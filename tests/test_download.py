@@ -30,6 +30,7 @@ class _Files:
         self.blobs: dict[str, bytes] = {}
         self.ranges: list[tuple[str, str | None]] = []
         self.break_after: dict[str, int] = {}  # name -> bytes sent before the connection drops (once)
+        self.ignore_range = False  # a server without Range support answers 200 with the whole file
 
 
 def _handler(files: _Files):
@@ -41,6 +42,8 @@ def _handler(files: _Files):
             name = self.path.rsplit("/", 1)[-1]
             rng = self.headers.get("Range")
             files.ranges.append((name, rng))
+            if files.ignore_range:
+                rng = None
             if name not in files.blobs:
                 self.send_error(404)
                 return
@@ -134,6 +137,18 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
     dl.download(entry, tmp_path, base, progress=False)
     assert files.ranges[-1] == ("ithq_vqvae.pth", "bytes=1800-")
     assert dest.read_bytes() == whole and not part.exists()
+
+
+def test_server_without_range_support_restarts_the_part(server, tmp_path):
+    files, base = server
+    entry = find_released_file("ithq_vqvae")
+    whole = _serve(files, entry)
+    files.ignore_range = True
+    dest = tmp_path / "OUTPUT" / "pretrained_model" / "taming_dvae" / "ithq_vqvae.pth"
+    dest.parent.mkdir(parents=True)
+    dest.with_name("ithq_vqvae.pth.part").write_bytes(b"stale bytes")
+    dl.download(entry, tmp_path, base, progress=False)
+    assert files.ranges[-1] == ("ithq_vqvae.pth", "bytes=11-") and dest.read_bytes() == whole
 
 
 def test_manifest_hash_refuses_a_wrong_file_and_accepts_the_right_one(server, tmp_path):
