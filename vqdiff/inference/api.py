@@ -16,9 +16,8 @@ guidance scale, prior rule and batch size (the official one silently keeps the f
 when available and on the CPU otherwise; a missing checkpoint or released file raises
 ``FileNotFoundError`` naming the ``scripts/download_checkpoints.py --only …`` command; ``learnable_cf``
 defaults to the config's value (the official default False overrode it); caption folder names are made
-file-system safe (``safe_name``); files are
-read without unpickling code unless ``allow_unsafe_pickle=True``; keys that did not load are reported
-in one summary (``self.load_report``).
+file-system safe (``safe_name``); files are read without unpickling code unless
+``allow_unsafe_pickle=True``; keys that did not load are reported in one summary (``self.load_report``).
 """
 
 from __future__ import annotations
@@ -36,14 +35,14 @@ from PIL import Image
 from vqdiff.inference.images import make_grid, safe_name, save_images, to_pil_images
 from vqdiff.inference.loading import (
     LoadReport,
-    parameter_counts,
-    set_learnable_cf,
     build_model,
     choose_device,
     freeze_for_inference,
     load_model_weights,
+    parameter_counts,
     prepare_config,
     read_checkpoint_file,
+    set_learnable_cf,
     split_checkpoint,
 )
 from vqdiff.utils.released_files import check_released_files, files_needed_by_config
@@ -133,10 +132,11 @@ class VQ_Diffusion:
             set_learnable_cf(self.config, bool(learnable_cf))
         check_released_files([str(model_path)] + files_needed_by_config(self.config))
         model = build_model(self.config)
-        ckpt = read_checkpoint_file(Path(model_path), allow_unsafe_pickle=getattr(self, "allow_unsafe_pickle", False))
+        ckpt = read_checkpoint_file(Path(model_path), allow_unsafe_pickle=self.allow_unsafe_pickle)
         model_sd, ema_sd, epoch = split_checkpoint(ckpt, str(model_path))
         del ckpt
-        self.load_report: LoadReport = load_model_weights(model, model_sd, ema_sd if ema else None, str(model_path), epoch)
+        self.load_report: LoadReport = load_model_weights(model, model_sd, ema_sd if ema else None,
+                                                          str(model_path), epoch)
         if self.load_report.ok and not self.load_report.hints:
             logger.info("%s", self.load_report)
         else:
@@ -299,7 +299,8 @@ class VQ_Diffusion:
         self._require("label", "inference_generate_sample_with_class")
         if text is not None:
             if label is not None:
-                raise TypeError(f"give the class as label or as text (its official name), not both: label={label!r}, text={text!r}")
+                raise TypeError(f"give the class as label or as text (its official name), not both: "
+                                f"label={label!r}, text={text!r}")
             label = text
         for arg, value in (("label", label), ("truncation_rate", truncation_rate), ("batch_size", batch_size)):
             if value is None:
