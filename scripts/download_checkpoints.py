@@ -168,9 +168,10 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args(argv)
     if args.list:
+        width = max(len(e.path) for e in RELEASED_FILES)
         for e in RELEASED_FILES:
             state = "present" if (args.dest / e.path).is_file() else "missing"
-            print(f"{e.name:32s} {e.path:62s} {state:8s} {e.description}")
+            print(f"{e.name:31s} {e.path:{width}s} {state:8s} {e.description}")
         return 0
     try:
         chosen = [find_released_file(n) for n in args.only] if args.only else list(RELEASED_FILES)
