@@ -1,28 +1,33 @@
 #!/usr/bin/env python
-"""Train on imagenet with configs/imagenet.yaml: runs train.py (same Python) and passes every extra argument on.
+"""The official run_train_imagenet.py: ImageNet class-conditional, from scratch.
 
-    python running_command/run_train_imagenet.py                                  # one process / one GPU
-    python running_command/run_train_imagenet.py --tensorboard dataloader.data_root=/data/imagenet
-    torchrun --nproc_per_node=8 train.py --config_file configs/imagenet.yaml      # several GPUs
+    python running_command/run_train_imagenet.py                                   # as the official launcher
+    python running_command/run_train_imagenet.py dataloader.data_root=/data/x       # + config overrides
+    python running_command/run_train_imagenet.py --help                            # what it runs, train.py's flags
 
-Extra arguments are train.py flags (--amp, --auto_resume, --output ...) and config overrides.
+Run from the repository root (config paths are relative to it). Extra arguments go to train.py after the
+official ones (--amp, --auto_resume, --output …, then key=value overrides). A missing checkpoint or codec
+stops it with one line naming the scripts/download_checkpoints.py command. Several GPUs:
+torchrun --nproc_per_node=8 train.py with the same arguments (see running_command/README.md).
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vqdiff.official_runs import OFFICIAL_RUNS, build_command as _build, launch  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
+RUN = OFFICIAL_RUNS[Path(__file__).name]
 
 
 def build_command(extra: list[str]) -> list[str]:
-    cmd = [sys.executable, str(REPO / "train.py"), "--name", "imagenet", "--config_file", str(REPO / "configs" / "imagenet.yaml")]
-    if not any(a in ("--tensorboard",) for a in extra):
-        cmd.append("--tensorboard")
-    return cmd + list(extra)
+    """The train.py command this launcher runs, with ``extra`` appended."""
+    return _build(RUN, extra, REPO)
 
 
 if __name__ == "__main__":
-    sys.exit(subprocess.call(build_command(sys.argv[1:])))
+    sys.exit(launch(RUN, sys.argv[1:], REPO))

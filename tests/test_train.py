@@ -232,7 +232,7 @@ def test_dataset_configs_are_official_with_vqdiff_targets(name, script):
     assert cmd[0] == sys.executable and cmd[1].endswith("train.py")
     assert cmd[cmd.index("--config_file") + 1].endswith(f"configs/{name}.yaml") and cmd[-2:] == ["--amp", "dataloader.data_root=/x"]
     args = train.get_args(cmd[2:])
-    assert args.amp and args.opts == ["dataloader.data_root=/x"] and args.name == name
+    assert args.amp and args.opts == ["dataloader.data_root=/x"] and args.name == f"{name}_train"  # official run names
 
 
 def test_sample_grids_and_tensorboard(tiny_root, monkeypatch):

@@ -1,8 +1,9 @@
 """Command line sampling: ``python -m vqdiff.sample --config C --ckpt P --text "…" -n 8 --out DIR``.
 
 ``--label N`` samples a class model, neither ``--text`` nor ``--label`` an unconditional one. Images go
-to ``DIR/<condition>/000000.png`` … (plus ``grid.png`` with ``--grid``); a progress bar follows the
-diffusion steps. An input error prints one line and a hint; ``--debug`` shows the traceback.
+to ``DIR/<condition>/000000.png`` … (``.jpg`` for class labels, as the official API saves them; plus
+``grid.png`` with ``--grid``); a progress bar follows the diffusion steps. An input error prints one line
+and a hint; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations

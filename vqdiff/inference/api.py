@@ -13,9 +13,11 @@ Re-exported by the top-level ``inference_VQ_Diffusion.py`` and used exactly as t
 Differences from the official class (each deliberate): every call uses its own truncation rate,
 guidance scale, prior rule and batch size (the official one silently keeps the first call's); a
 ``seed`` makes a call reproducible; images are also returned as PIL images; the model runs on CUDA
-when available and on the CPU otherwise; a missing checkpoint raises ``FileNotFoundError``; files are
-read without unpickling code unless ``allow_unsafe_pickle=True``; keys that did not load are reported
-in one summary (``self.load_report``).
+when available and on the CPU otherwise; a missing checkpoint or released file raises
+``FileNotFoundError`` naming the ``scripts/download_checkpoints.py --only …`` command; ``learnable_cf``
+defaults to the config's value (the official default False overrode it); caption folder names are made
+file-system safe (``safe_name``); files are read without unpickling code unless
+``allow_unsafe_pickle=True``; keys that did not load are reported in one summary (``self.load_report``).
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ from vqdiff.inference.loading import (
     choose_device,
     freeze_for_inference,
     load_model_weights,
+    parameter_counts,
     prepare_config,
     read_checkpoint_file,
+    set_learnable_cf,
     split_checkpoint,
 )
+from vqdiff.utils.released_files import check_released_files, files_needed_by_config
 
 __all__ = ["VQ_Diffusion", "sample_type_string"]
 
@@ -96,29 +101,51 @@ class VQ_Diffusion:
         imagenet_cf: bool = False,
         device: Optional[str | torch.device] = None,
         allow_unsafe_pickle: bool = False,
+        learnable_cf: Optional[bool] = None,
     ):
-        ckpt_path = Path(path)
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint file not found: '{ckpt_path}' (working directory '{Path.cwd()}')"
-            )
         self.device = choose_device(device)
-        self.config = prepare_config(config, imagenet_cf=imagenet_cf)
+        self.allow_unsafe_pickle = bool(allow_unsafe_pickle)
         self.imagenet_cf = bool(imagenet_cf)
-        self.model = build_model(self.config)
-        ckpt = read_checkpoint_file(ckpt_path, allow_unsafe_pickle=allow_unsafe_pickle)
-        model_sd, ema_sd, self.epoch = split_checkpoint(ckpt, str(ckpt_path))
+        self.info = self.get_model(ema=True, model_path=path, config_path=config, learnable_cf=learnable_cf,
+                                   imagenet_cf=imagenet_cf)
+        self.model = self.info["model"]
+        self.epoch = self.info["epoch"]
+        self.model_name = self.info["model_name"]
+        self.model.to(self.device)
+        freeze_for_inference(self.model)
+
+    def get_model(self, ema: bool, model_path: str | os.PathLike, config_path: str | os.PathLike | Mapping,
+                  learnable_cf: Optional[bool] = None, imagenet_cf: bool = False) -> dict:
+        """Build the config's model and load ``model_path`` (the official method and its result keys):
+        ``{'model', 'epoch', 'model_name', 'parameter'}``; ``ema`` makes the checkpoint's EMA weights win.
+
+        ``learnable_cf`` True/False sets ``learnable_cf`` at ``model.params`` and at the diffusion
+        config, as the official argument does; None (our default) keeps the config's value (the official
+        default False switched off the learned null text of ``configs/ithq.yaml``). Also sets
+        ``self.config`` and ``self.load_report``.
+
+        Raises:
+            FileNotFoundError: the checkpoint or a file the config names is missing; one line naming
+                them and the ``scripts/download_checkpoints.py --only …`` command for released files.
+        """
+        self.config = prepare_config(config_path, imagenet_cf=imagenet_cf)
+        if learnable_cf is not None:
+            set_learnable_cf(self.config, bool(learnable_cf))
+        check_released_files([str(model_path)] + files_needed_by_config(self.config))
+        model = build_model(self.config)
+        ckpt = read_checkpoint_file(Path(model_path), allow_unsafe_pickle=self.allow_unsafe_pickle)
+        model_sd, ema_sd, epoch = split_checkpoint(ckpt, str(model_path))
         del ckpt
-        self.load_report: LoadReport = load_model_weights(self.model, model_sd, ema_sd, str(ckpt_path), self.epoch)
+        self.load_report: LoadReport = load_model_weights(model, model_sd, ema_sd if ema else None,
+                                                          str(model_path), epoch)
         if self.load_report.ok and not self.load_report.hints:
             logger.info("%s", self.load_report)
         else:
-            warnings.warn(str(self.load_report), stacklevel=2)
-        self.model.to(self.device)
-        freeze_for_inference(self.model)
-        parts = Path(path).parts
-        self.model_name = (parts[-3] if "OUTPUT" in parts and len(parts) >= 3
-                           else Path(config).stem if isinstance(config, (str, os.PathLike)) else "model")
+            warnings.warn(str(self.load_report), stacklevel=3)
+        parts = Path(model_path).parts
+        model_name = (parts[-3] if "OUTPUT" in parts and len(parts) >= 3
+                      else Path(config_path).stem if isinstance(config_path, (str, os.PathLike)) else "model")
+        return {"model": model, "epoch": epoch, "model_name": model_name, "parameter": parameter_counts(model)}
 
     # ---------------------------------------------------------------------------------------- helpers
     @property
@@ -180,10 +207,11 @@ class VQ_Diffusion:
         if not os.access(folder, os.W_OK):
             raise PermissionError(f"cannot write samples to '{folder}': permission denied")
 
-    def _finish(self, content: torch.Tensor, save_root: Optional[str | os.PathLike], name: str) -> list[Image.Image]:
+    def _finish(self, content: torch.Tensor, save_root: Optional[str | os.PathLike], name: str,
+                ext: str = "png") -> list[Image.Image]:
         images = to_pil_images(content)
         if save_root is not None:
-            save_images(images, Path(save_root) / safe_name(name))
+            save_images(images, Path(save_root) / safe_name(name), ext=ext)
         return images
 
     @staticmethod
@@ -269,22 +297,33 @@ class VQ_Diffusion:
     @torch.no_grad()
     def inference_generate_sample_with_class(
         self,
-        label: int,
-        truncation_rate: float,
-        save_root: Optional[str | os.PathLike],
-        batch_size: int,
+        label: Optional[int] = None,
+        truncation_rate: Optional[float] = None,
+        save_root: Optional[str | os.PathLike] = None,
+        batch_size: Optional[int] = None,
         fast: Any = False,
         infer_speed: Any = False,
         guidance_scale: float = 1.0,
         seed: Optional[int] = None,
         callback: Optional[Callable[[dict], None]] = None,
+        text: Optional[int] = None,
     ) -> list[Image.Image]:
-        """``batch_size`` images of class ``label``, saved as ``save_root/<label>/000000.png`` … and returned.
+        """``batch_size`` images of class ``label``, saved as ``save_root/<label>/000000.jpg`` … and returned.
 
-        Guidance (``guidance_scale`` != 1) uses the null label: the learned row when the model was built
-        with ``imagenet_cf=True``, else the mean class embedding (official behaviour).
+        ``text=`` is the official name of the class argument (give one of ``label`` and ``text``); the
+        images are JPEG files as the official method writes them. Guidance (``guidance_scale`` != 1) uses
+        the null label: the learned row when the model was built with ``imagenet_cf=True``, else the mean
+        class embedding (official behaviour).
         """
         self._require("label", "inference_generate_sample_with_class")
+        if text is not None:
+            if label is not None:
+                raise TypeError(f"give the class as label or as text (its official name), not both: "
+                                f"label={label!r}, text={text!r}")
+            label = text
+        for arg, value in (("label", label), ("truncation_rate", truncation_rate), ("batch_size", batch_size)):
+            if value is None:
+                raise TypeError(f"inference_generate_sample_with_class() missing required argument: '{arg}'")
         if isinstance(label, bool) or not isinstance(label, int) or label < 0:
             raise ValueError(f"label must be a non-negative int class index, got {label!r}")
         n = self._check_batch(batch_size)
@@ -294,7 +333,7 @@ class VQ_Diffusion:
             batch={"label": [label]}, filter_ratio=0, replicate=n, sample_type=sample_type,
             guidance_scale=float(guidance_scale), generator=self._generator(seed), callback=callback,
         )
-        return self._finish(out["content"], save_root, str(label))
+        return self._finish(out["content"], save_root, str(label), ext="jpg")
 
     @torch.no_grad()
     def inference_generate_sample_unconditional(

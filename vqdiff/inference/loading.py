@@ -34,6 +34,8 @@ __all__ = [
     "read_checkpoint_file",
     "split_checkpoint",
     "prepare_config",
+    "set_learnable_cf",
+    "parameter_counts",
     "build_model",
     "load_model_weights",
     "freeze_for_inference",
@@ -292,3 +294,29 @@ def freeze_for_inference(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def set_learnable_cf(config: dict, learnable_cf: bool) -> dict:
+    """Set ``learnable_cf`` at ``model.params`` and ``model.params.diffusion_config.params`` (the two
+    places the official ``VQ_Diffusion(learnable_cf=…)`` writes); a model without a diffusion config is
+    refused with the missing key named."""
+    params = config["model"].setdefault("params", {})
+    diffusion = params.get("diffusion_config")
+    if not isinstance(diffusion, Mapping):
+        raise ValueError("learnable_cf needs a config with 'model.params.diffusion_config'")
+    params["learnable_cf"] = learnable_cf
+    diffusion.setdefault("params", {})["learnable_cf"] = learnable_cf
+    return config
+
+
+def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Parameter counts per top-level part and ``'overall'``: ``{'trainable', 'non_trainable', 'total'}``
+    (the official ``get_model()['parameter']``, as numbers)."""
+    def count(module: nn.Module) -> dict[str, int]:
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in module.parameters())
+        return {"trainable": trainable, "non_trainable": total - trainable, "total": total}
+
+    out = {name: count(child) for name, child in model.named_children()}
+    out["overall"] = count(model)
+    return out
