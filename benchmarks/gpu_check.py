@@ -13,8 +13,9 @@ its checks as skipped with that reason):
    step, the loss falls (mean of the last 10 below the mean of the first 10).
 3. ``compile``: ``torch.compile`` of the network agrees with eager under bf16 autocast (probabilities
    p(x_0 | x_t), 1e-3) and its speed-up (child process, killed at the cap).
-4. ``distributed``: ``torchrun --nproc_per_node=1 train.py`` trains and checkpoints; a one-rank process
-   group (NCCL on CUDA, gloo on CPU) runs DDP steps and an all-reduce.
+4. ``distributed``: ``torchrun --nproc_per_node=1 train.py`` (fp16 ``--amp`` on CUDA) trains and
+   checkpoints; ``train.py`` forms no process group for a world of one, so a one-rank process group
+   (NCCL on CUDA, gloo on CPU) then runs DDP training steps and an all-reduce in a child process.
 5. ``paper_speed``: images/s of 100-step sampling and of training, fp16 and bf16, peak memory, for the
    paper's 24-layer/512 and 19-layer/1024 networks (32x32 tokens, random weights). ``--quick`` on CPU
    runs a small stand-in through the same code and reports the paper sizes as skipped.
@@ -67,18 +68,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def print_table(result: dict) -> None:
+def print_header(result: dict) -> None:
     m = result["machine"]
     print(f"Machine: {m.get('gpu', m.get('cpu'))}, torch {m['torch']}, device {m['device']}, "
           f"quick={result['options']['quick']}")
     print("| section | check | status | values / reason |")
-    print("|---|---|---|---|")
-    for sname, sec in result["sections"].items():
-        for c in sec["checks"]:
-            vals = ", ".join(f"{k}={_fmt(v)}" for k, v in c["values"].items()
-                             if not isinstance(v, (list, dict)) and k != "traceback")
-            text = "; ".join(x for x in (c["reason"], vals) if x)
-            print(f"| {sname} | {c['name']} | {c['status']} | {text} |")
+    print("|---|---|---|---|", flush=True)
+
+
+def print_rows(sname: str, sec: dict) -> None:
+    """The section's table rows, printed as soon as it ends (a run killed later keeps them in its log)."""
+    for c in sec["checks"]:
+        vals = ", ".join(f"{k}={_fmt(v)}" for k, v in c["values"].items()
+                         if not isinstance(v, (list, dict)) and k not in ("traceback", "output_tail"))
+        text = "; ".join(x for x in (c["reason"], vals) if x)
+        print(f"| {sname} | {c['name']} | {c['status']} | {text} |", flush=True)
+
+
+def print_summary(result: dict) -> None:
     for sname, sec in result["sections"].items():
         print(f"{sname}: {sec['status']} in {sec['seconds']:.1f} s (cap {sec['cap_s']:.0f} s)")
     print(f"overall: {result['status']} in {result['seconds']:.1f} s")
@@ -125,18 +132,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     t0 = time.monotonic()
     result: dict = {"machine": perf.machine_description(device), "sections": {},
                     "options": {"device": str(device), "quick": args.quick, "compile_backend": args.compile_backend}}
+    print_header(result)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         for name, fn in sections().items():
             if args.only and name not in args.only:
                 continue
             ctx = Context(device, args.quick, Path(tmp) / name, args.compile_backend, CAPS_S[name] * args.cap_scale)
             ctx.workdir.mkdir(parents=True)
-            print(f"[gpu_check] {name} (cap {ctx.cap_s:.0f} s) ...", flush=True)
+            print(f"[gpu_check] {name} (cap {ctx.cap_s:.0f} s) ...", file=sys.stderr, flush=True)
             result["sections"][name] = run_section(name, fn, ctx)
+            print_rows(name, result["sections"][name])
+            if args.json:  # after every section: a run killed from outside keeps what it measured
+                Path(args.json).write_text(json.dumps({**result, "status": "incomplete"}, indent=2, default=str))
     statuses = [s["status"] for s in result["sections"].values()]
     result["status"] = "fail" if "fail" in statuses else "pass"
     result["seconds"] = round(time.monotonic() - t0, 2)
-    print_table(result)
+    print_summary(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return 1 if result["status"] == "fail" else 0

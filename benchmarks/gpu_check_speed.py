@@ -109,7 +109,8 @@ def _measure(name: str, size: dict, ctx: Context, batches: dict, steps: int, war
     from vqdiff.utils import perf
 
     torch.manual_seed(0)
-    d = build_on(ctx.device, perf.build_text2image_diffusion, size).eval()
+    # parameters are made on the device; .to() moves anything a constructor made on the CPU regardless
+    d = build_on(ctx.device, perf.build_text2image_diffusion, size).to(ctx.device).eval()
     n_params = sum(p.numel() for p in d.transformer.parameters())
     checks = []
     try:

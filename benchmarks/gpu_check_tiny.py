@@ -129,7 +129,7 @@ def amp_flags(dtype: str, help_text: str) -> tuple[list[str], dict]:
     if re.search(r"--amp[_-]dtype\b", help_text):
         flag = re.search(r"--amp[_-]dtype\b", help_text).group(0)
         return ["--amp", flag, dtype], {}
-    choices = re.search(r"--amp \{([^}]*)\}", help_text)
+    choices = re.search(r"--amp \[?\{([^}]*)\}", help_text)
     if choices:
         names = [c.strip() for c in choices.group(1).split(",")]
         aliases = {"fp16": ("fp16", "float16", "half"), "bf16": ("bf16", "bfloat16")}[dtype]
