@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -201,6 +202,20 @@ def amp_training(ctx: Context) -> list[Check]:
 
 
 # ---------------------------------------------------------------------------------- child processes
+def _run_killable(cmd: list[str], env: dict, timeout: float, cwd: Path) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in its own process group, all of which is killed at ``timeout`` (a compile's
+    worker processes or torchrun's ranks would otherwise outlive their parent)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(cwd),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _child_env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
@@ -209,8 +224,7 @@ def _run_child(ctx: Context, name: str, cmd: list[str], out: Path, env: Optional
     """Run ``cmd`` (a child writing its checks to ``out``) until the section's cap; failures are checks."""
     timeout = max(5.0, ctx.time_left())
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**_child_env(), **(env or {})},
-                              timeout=timeout, cwd=str(ctx.workdir))
+        proc = _run_killable(cmd, {**_child_env(), **(env or {})}, timeout, ctx.workdir)
     except subprocess.TimeoutExpired:
         return [Check(name, "fail", f"did not finish within the section's cap ({timeout:.0f} s)")]
     if proc.returncode != 0 or not out.is_file():
@@ -296,8 +310,7 @@ def _torchrun_train(ctx: Context) -> Check:
                          "--output", str(work / "OUTPUT"), "--seed", "0", "--no_progress_bar", "--log_frequency", "1",
                          *flags]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), timeout=max(5.0, ctx.time_left()),
-                              cwd=str(work))
+        proc = _run_killable(cmd, _child_env(), max(5.0, ctx.time_left()), work)
     except subprocess.TimeoutExpired:
         return Check(name, "fail", "did not finish within the section's cap")
     run_dir = work / "OUTPUT" / "torchrun"

@@ -44,7 +44,9 @@ def test_quick_cpu_run_passes_every_section_in_time(quick_run):
     res = quick_run["json"]
     assert quick_run["rc"] == 0, quick_run["stdout"][-3000:]
     assert res["status"] == "pass" and list(res["sections"]) == SECTIONS
-    assert quick_run["seconds"] < 60
+    # the quick form takes well under a minute on 2 cores; the bound is loose because the CI machine is
+    # shared, and tight enough to catch --quick starting to run the paper-size networks
+    assert quick_run["seconds"] < 120
     for name, sec in res["sections"].items():
         assert sec["status"] in ("pass", "skipped"), (name, sec)
         assert sec["checks"], name
