@@ -1,8 +1,9 @@
 """Sections 1-4 of ``benchmarks/gpu_check.py``: device agreement, mixed-precision training,
-``torch.compile`` and the distributed launch. Each returns a list of ``gpu_check.Check``.
+``torch.compile`` and the distributed launch. Each returns a list of ``gpu_check_result.Check``.
 
-The compile check and the one-rank DDP check run in child processes (``gpu_check.py --_child NAME``):
-a compile that does not finish is killed at the section's cap, and a process group needs ``torchrun``.
+The compile check and the one-rank DDP check run in child processes (``gpu_check.py --_child NAME``): a
+compile that does not finish is killed at the section's cap, and a process group gets a process of its
+own (rank variables in its environment), so it cannot leave state behind in the parent.
 """
 
 from __future__ import annotations
@@ -292,10 +293,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun(nproc: int = 1) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-
-
 def _torchrun_train(ctx: Context) -> Check:
     from vqdiff.utils.config import save_yaml_config
 
@@ -306,9 +303,10 @@ def _torchrun_train(ctx: Context) -> Check:
     save_yaml_config(cfg, work / "config.yaml")
     name = "torchrun --nproc_per_node=1 train.py" + "".join(f" {f}" for f in flags) + "".join(
         f" (solver.{k}: {v})" for k, v in settings.items())
-    cmd = _torchrun() + [str(REPO / "train.py"), "--config_file", str(work / "config.yaml"), "--name", "torchrun",
-                         "--output", str(work / "OUTPUT"), "--seed", "0", "--no_progress_bar", "--log_frequency", "1",
-                         *flags]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    cmd = torchrun + [str(REPO / "train.py"), "--config_file", str(work / "config.yaml"), "--name", "torchrun",
+                      "--output", str(work / "OUTPUT"), "--seed", "0", "--no_progress_bar", "--log_frequency", "1",
+                      *flags]
     try:
         proc = _run_killable(cmd, _child_env(), max(5.0, ctx.time_left()), work)
     except subprocess.TimeoutExpired:
