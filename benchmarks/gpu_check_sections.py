@@ -108,10 +108,11 @@ def _loss_summary(losses: list[float]) -> dict:
             "loss_last10": last, "loss_fell": bool(last < first)}
 
 
-def _training_verdict(name: str, s: dict, extra: str = "") -> Check:
+def _training_verdict(name: str, s: dict) -> Check:
+    """Pass: all iterations ran, none non-finite, and the mean loss of the last 10 is below the first 10's."""
     ok = s["iterations"] == TRAIN_ITERS and s["nonfinite_steps"] == 0 and s["loss_fell"]
     why = (f"{s['iterations']}/{TRAIN_ITERS} iterations, {s['nonfinite_steps']} non-finite, loss "
-           f"{s['loss_first10']:.4g} -> {s['loss_last10']:.4g}{extra}")
+           f"{s['loss_first10']:.4g} -> {s['loss_last10']:.4g}")
     return check_from_values(name, ok, why, **s)
 
 

@@ -174,3 +174,25 @@ def test_amp_flags_of_this_train_py_are_accepted_by_its_parser():
     for dtype in ("fp16", "bf16"):
         flags, _ = amp_flags(dtype, train_help_text())
         assert train.get_args(["--config_file", "c.yaml", *flags]).amp
+
+
+def test_autocast_probe_sees_the_dtype_of_the_first_forward_only():
+    from gpu_check_tiny import model_autocast_probe
+
+    lin = torch.nn.Linear(2, 2)
+    handle, seen = model_autocast_probe(torch.nn.Linear)
+    try:
+        torch.nn.ReLU()(torch.ones(1))  # another module type: not recorded
+        assert seen == {}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lin(torch.ones(1, 2))
+        lin(torch.ones(1, 2))  # later forwards do not overwrite the first
+    finally:
+        handle.remove()
+    assert seen == {"enabled": True, "dtype": "bfloat16"}
+    handle, seen = model_autocast_probe(torch.nn.Linear)
+    try:
+        lin(torch.ones(1, 2))
+    finally:
+        handle.remove()
+    assert seen == {"enabled": False, "dtype": None}
