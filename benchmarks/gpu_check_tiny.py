@@ -165,12 +165,6 @@ def quick_stand_in_size() -> dict:
     return dict(layers=2, width=64, heads=4, side=8, K=64, T=10, cond_dim=64, cond_len=16, batch=1)
 
 
-def build_on(device: torch.device, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call the constructor ``fn`` with ``device`` as the default device (parameters made there)."""
-    with torch.device(device):
-        return fn(*args, **kwargs)
-
-
 def model_autocast_probe(model_type: type) -> tuple[Any, dict]:
     """A global forward pre-hook noting, at the first forward of a ``model_type`` module, whether autocast
     is on and with which dtype; returns ``(handle, seen)``. Remove the handle when done."""
