@@ -78,11 +78,10 @@ def read_tokenizer_files(folder: str | os.PathLike) -> tuple[dict[str, int], lis
         lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
     elif (folder / "tokenizer.json").is_file():
-        model = _read_json(folder / "tokenizer.json")["model"]
-        vocab = dict(model["vocab"])
-        merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-        added = _read_json(folder / "tokenizer.json").get("added_tokens") or []
-        for tok in added:  # special tokens (e.g. a pad token) may live only in the added list
+        full = _read_json(folder / "tokenizer.json")
+        vocab = dict(full["model"]["vocab"])
+        merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in full["model"]["merges"]]
+        for tok in full.get("added_tokens") or []:  # special tokens (a pad token) may only be listed here
             vocab.setdefault(tok["content"], int(tok["id"]))
     else:
         raise FileNotFoundError(
