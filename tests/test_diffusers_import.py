@@ -17,7 +17,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from inference_VQ_Diffusion import VQ_Diffusion
 from test_inference import _one_thread  # noqa: F401
-from vqdiff.inference.diffusers_import import DiffusersImportError, diffusers_model_config, load_diffusers
+from vqdiff.inference import load_diffusers  # the public name
+from vqdiff.inference.diffusers_import import DiffusersImportError, diffusers_model_config
 from vqdiff.inference.diffusers_keys import DiffusersKeyError
 from vqdiff.inference.loading import build_model
 from vqdiff.modeling.codecs.text.bpe import SimpleTokenizer
