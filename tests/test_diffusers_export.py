@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import Transformer2DModel, VQDiffusionPipeline, VQModel
+from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import LearnedClassifierFreeSamplingEmbeddings
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from conftest import fixtures_dir
@@ -49,6 +50,9 @@ def _load_checked(folder: Path) -> VQDiffusionPipeline:
         _, info = cls.from_pretrained(folder, subfolder=sub, output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"], (sub, info)
         assert not info.get("mismatched_keys"), (sub, info)
+    _, info = LearnedClassifierFreeSamplingEmbeddings.from_pretrained(
+        folder, subfolder="learned_classifier_free_sampling_embeddings", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
     return VQDiffusionPipeline.from_pretrained(folder)
 
 

@@ -78,9 +78,12 @@ def _weights(folder: Path, stems: tuple[str, ...]) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"no weights in '{folder}' (looked for {', '.join(s + '.safetensors/.bin' for s in stems)})")
 
 
-def _require(cfg: Mapping, key: str, allowed: Any, where: str) -> None:
-    value = cfg.get(key, allowed if not isinstance(allowed, tuple) else allowed[0])
+def _require(cfg: Mapping, key: str, allowed: Any, where: str, default: Any) -> None:
+    """``cfg[key]`` (``default``: the diffusers/transformers default when absent) must be ``allowed``."""
+    value = cfg.get(key, default)
     ok = value in allowed if isinstance(allowed, tuple) else value == allowed
+    if isinstance(allowed, float):
+        ok = isinstance(value, (int, float)) and math.isclose(float(value), allowed, rel_tol=1e-6)
     if not ok:
         raise DiffusersImportError(f"{where}: {key} = {value!r} is not supported (vqdiff needs {allowed!r})")
 
@@ -114,10 +117,10 @@ class DiffusersVQVAE(TamingCodec):
         folder = Path(config_path)
         cfg = _json(folder / "config.json")
         where = f"{folder / 'config.json'}"
-        _require(cfg, "act_fn", "silu", where)
-        _require(cfg, "norm_num_groups", 32, where)
-        _require(cfg, "norm_type", "group", where)
-        _require(cfg, "mid_block_add_attention", True, where)
+        _require(cfg, "act_fn", "silu", where, "silu")
+        _require(cfg, "norm_num_groups", 32, where, 32)
+        _require(cfg, "norm_type", "group", where, "group")
+        _require(cfg, "mid_block_add_attention", True, where, True)
         chans = [int(c) for c in cfg["block_out_channels"]]
         if any(c % chans[0] for c in chans):
             raise DiffusersImportError(f"{where}: block_out_channels {chans} are not multiples of the first")
@@ -158,12 +161,10 @@ class DiffusersCLIPTextEmbedding(CLIPTextEmbedding):
         folder_path = Path(folder)
         cfg = _json(folder_path / "config.json")
         where = str(folder_path / "config.json")
-        _require(cfg, "hidden_act", "quick_gelu", where)
+        _require(cfg, "hidden_act", "quick_gelu", where, "quick_gelu")
         width = int(cfg["hidden_size"])
-        if int(cfg.get("intermediate_size", 4 * width)) != 4 * width:
-            raise DiffusersImportError(f"{where}: intermediate_size {cfg['intermediate_size']} is not 4 x {width}")
-        if not math.isclose(float(cfg.get("layer_norm_eps", 1e-5)), 1e-5):
-            raise DiffusersImportError(f"{where}: layer_norm_eps {cfg['layer_norm_eps']} is not CLIP's 1e-5")
+        _require(cfg, "intermediate_size", 4 * width, where, 2048)
+        _require(cfg, "layer_norm_eps", 1e-5, where, 1e-5)
         config = CLIPTextConfig(vocab_size=int(cfg["vocab_size"]), context_length=int(cfg["max_position_embeddings"]),
                                 width=width, layers=int(cfg["num_hidden_layers"]),
                                 heads=int(cfg["num_attention_heads"]), embed_dim=width)
@@ -193,12 +194,14 @@ class DiffusersCLIPTextEmbedding(CLIPTextEmbedding):
 def _check_transformer(cfg: Mapping, where: str) -> None:
     if cfg.get("num_vector_embeds") is None:
         raise DiffusersImportError(f"{where}: not a discrete (VQ-Diffusion) Transformer2DModel: no num_vector_embeds")
-    _require(cfg, "norm_type", "ada_norm", where)
-    _require(cfg, "activation_fn", tuple(_ACTIVATIONS), where)
-    _require(cfg, "attention_bias", True, where)
+    _require(cfg, "norm_type", "ada_norm", where, "layer_norm")
+    _require(cfg, "activation_fn", tuple(_ACTIVATIONS), where, "geglu")
+    _require(cfg, "attention_bias", True, where, False)
     for key in ("only_cross_attention", "double_self_attention"):
-        _require(cfg, key, False, where)
-    _require(cfg, "norm_elementwise_affine", True, where)
+        _require(cfg, key, False, where, False)
+    _require(cfg, "norm_elementwise_affine", True, where, True)
+    _require(cfg, "norm_eps", 1e-5, where, 1e-5)
+    _require(cfg, "attention_type", "default", where, "default")
     if cfg.get("cross_attention_dim") is None:
         raise DiffusersImportError(f"{where}: no cross_attention_dim: not a text-conditional network")
 
@@ -241,7 +244,7 @@ def diffusers_model_config(folder: str | os.PathLike) -> dict:
         "attn_type": "selfcross", "n_layer": int(t["num_layers"]), "condition_seq_len": seq,
         "content_seq_len": side * side, "content_spatial_size": [side, side], "n_embd": D,
         "condition_dim": text_dim, "n_head": int(t["num_attention_heads"]), "attn_pdrop": 0.0, "resid_pdrop": 0.0,
-        "block_activate": _ACTIVATIONS[t.get("activation_fn", "geglu-approximate")],
+        "block_activate": _ACTIVATIONS[t["activation_fn"]],
         "timestep_type": "adalayernorm", "mlp_hidden_times": 4, "mlp_type": "fc",
     }
     return {"model": {"target": "vqdiff.modeling.models.dalle.DALLE", "params": {
