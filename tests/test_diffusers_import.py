@@ -111,6 +111,11 @@ def test_imported_model_trains_and_its_config_rebuilds_it(diffusers_folder, tmp_
     ours, theirs = rebuilt.state_dict(), model.state_dict()
     for prefix in ("content_codec.", "transformer.condition_emb."):
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs if k.startswith(prefix))
+    # config + a checkpoint of the (fine-tuned) model: the ordinary vqdiff loading path, every key matched
+    torch.save({"model": model.state_dict(), "last_epoch": 0}, tmp_path / "tuned.pth")
+    eng = VQ_Diffusion(str(tmp_path / "config.yaml"), str(tmp_path / "tuned.pth"), device="cpu")
+    assert eng.load_report.ok, str(eng.load_report)
+    assert all(torch.equal(v, theirs[k]) for k, v in eng.model.state_dict().items())
 
 
 def test_notebook_api_and_cli_accept_a_diffusers_folder(diffusers_folder, tmp_path, capsys):
