@@ -151,11 +151,11 @@ def clip_text_key(key: str) -> Optional[tuple[str, ...]]:
         return ("text_model." + top[key],)
     if key == "text_projection":
         return None
-    m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)", key)
-    m2 = re.fullmatch(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", key)
-    if m2:
-        i, p = m2.groups()
+    m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", key)
+    if m:  # the fused (3D, D) projection: rows [q; k; v]
+        i, p = m.groups()
         return tuple(f"text_model.encoder.layers.{i}.self_attn.{x}_proj.{p}" for x in ("q", "k", "v"))
+    m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)", key)
     if m:
         i, layer, p = m.groups()
         names = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
