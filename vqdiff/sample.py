@@ -55,10 +55,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from vqdiff.inference.api import VQ_Diffusion, sample_type_string
     from vqdiff.inference.diffusers_import import is_diffusers_folder
+    from vqdiff.inference.images import make_grid, safe_name
 
     if args.ckpt is None and not is_diffusers_folder(args.config):
         parser.error("--ckpt is required unless --config is a diffusers folder (one with model_index.json)")
-    from vqdiff.inference.images import make_grid, safe_name
 
     sample_type = sample_type_string(args.truncation, args.fast, args.infer_speed)  # validate early
     engine = VQ_Diffusion(config=args.config, path=args.ckpt, imagenet_cf=args.imagenet_cf, device=args.device,

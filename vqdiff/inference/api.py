@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import torch
 from PIL import Image
 
-from vqdiff.inference.diffusers_import import is_diffusers_folder
+from vqdiff.inference.diffusers_import import diffusers_model_config, is_diffusers_folder, load_diffusers
 from vqdiff.inference.images import make_grid, safe_name, save_images, to_pil_images
 from vqdiff.inference.loading import (
     LoadReport,
@@ -128,8 +128,6 @@ class VQ_Diffusion:
 
     def _init_from_diffusers(self, folder: str | os.PathLike, device: Optional[str | torch.device]) -> None:
         """Build the model from a diffusers ``VQDiffusionPipeline`` folder (see ``load_diffusers``)."""
-        from vqdiff.inference.diffusers_import import diffusers_model_config, load_diffusers
-
         self.device = choose_device(device)
         self.config = diffusers_model_config(folder)
         self.imagenet_cf = False
