@@ -26,6 +26,8 @@ setup(
         "dev": [
             "pytest",
             "diffusers",
+            "transformers",
+            "torch-fidelity",
             "torchmetrics",
             "scipy",
             "openai-clip==1.0.1",

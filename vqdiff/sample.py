@@ -18,8 +18,9 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vqdiff.sample", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="model YAML (official or vqdiff)")
-    p.add_argument("--ckpt", required=True, help="checkpoint (.pth official/vqdiff, or .safetensors)")
+    p.add_argument("--config", required=True, help="model YAML (official or vqdiff), or a diffusers "
+                   "VQDiffusionPipeline folder (then no --ckpt)")
+    p.add_argument("--ckpt", help="checkpoint (.pth official/vqdiff, or .safetensors)")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--text", help="caption (text-to-image models)")
     cond.add_argument("--label", type=int, help="class index (class-conditional models)")
@@ -52,9 +53,14 @@ def _total_steps(model, sample_type: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from vqdiff.inference.api import VQ_Diffusion, sample_type_string
+    from vqdiff.inference.diffusers_import import is_diffusers_folder
     from vqdiff.inference.images import make_grid, safe_name
+
+    if args.ckpt is None and not is_diffusers_folder(args.config):
+        parser.error("--ckpt is required unless --config is a diffusers folder (one with model_index.json)")
 
     sample_type = sample_type_string(args.truncation, args.fast, args.infer_speed)  # validate early
     engine = VQ_Diffusion(config=args.config, path=args.ckpt, imagenet_cf=args.imagenet_cf, device=args.device,

@@ -1,7 +1,9 @@
 """Inference helpers: building a model from a config and loading checkpoints (:mod:`.loading`), saving
-images and grids (:mod:`.images`), checkpoint conversion (:mod:`.conversion`) and the diffusers export
-(:mod:`.diffusers_export`). The notebook API is ``inference_VQ_Diffusion.VQ_Diffusion``."""
+images and grids (:mod:`.images`), checkpoint conversion (:mod:`.conversion`), the diffusers export
+(:mod:`.diffusers_export`) and import (:func:`load_diffusers`, :mod:`.diffusers_import`). The notebook
+API is ``inference_VQ_Diffusion.VQ_Diffusion``."""
 
+from .diffusers_import import load_diffusers
 from .images import make_grid, safe_name, save_images, to_pil_images
 from .loading import (
     LoadReport,
@@ -16,6 +18,7 @@ from .loading import (
 
 __all__ = [
     "LoadReport",
+    "load_diffusers",
     "build_model",
     "choose_device",
     "freeze_for_inference",

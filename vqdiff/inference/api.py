@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import torch
 from PIL import Image
 
+from vqdiff.inference.diffusers_import import diffusers_model_config, is_diffusers_folder, load_diffusers
 from vqdiff.inference.images import make_grid, safe_name, save_images, to_pil_images
 from vqdiff.inference.loading import (
     LoadReport,
@@ -83,7 +84,8 @@ class VQ_Diffusion:
         config: YAML path (official files name ``image_synthesis.…`` classes and paths relative to the
             working directory, resolved from it as the official code does) or a config mapping.
         path: checkpoint: official ``.pth`` (``model`` + ``ema`` entries), a converted vqdiff checkpoint,
-            or a ``.safetensors`` weight file.
+            or a ``.safetensors`` weight file. A diffusers ``VQDiffusionPipeline`` folder (holding
+            ``model_index.json``) may be given as ``config`` (with no ``path``) or as ``path``.
         imagenet_cf: build the class network with 1001 classes (a learned null label for classifier-free
             guidance), as the official ``imagenet_cf``.
         device: where to run; default CUDA when available, else CPU.
@@ -97,12 +99,17 @@ class VQ_Diffusion:
     def __init__(
         self,
         config: str | os.PathLike | Mapping,
-        path: str | os.PathLike,
+        path: Optional[str | os.PathLike] = None,
         imagenet_cf: bool = False,
         device: Optional[str | torch.device] = None,
         allow_unsafe_pickle: bool = False,
         learnable_cf: Optional[bool] = None,
     ):
+        if is_diffusers_folder(config) or is_diffusers_folder(path):  # a VQDiffusionPipeline folder
+            self._init_from_diffusers(config if is_diffusers_folder(config) else path, device)
+            return
+        if path is None:
+            raise TypeError(f"VQ_Diffusion needs a checkpoint 'path' for config {config!r} (or a diffusers folder)")
         self.device = choose_device(device)
         self.allow_unsafe_pickle = bool(allow_unsafe_pickle)
         self.imagenet_cf = bool(imagenet_cf)
@@ -146,6 +153,21 @@ class VQ_Diffusion:
         model_name = (parts[-3] if "OUTPUT" in parts and len(parts) >= 3
                       else Path(config_path).stem if isinstance(config_path, (str, os.PathLike)) else "model")
         return {"model": model, "epoch": epoch, "model_name": model_name, "parameter": parameter_counts(model)}
+
+    def _init_from_diffusers(self, folder: str | os.PathLike, device: Optional[str | torch.device]) -> None:
+        """Build the model from a diffusers ``VQDiffusionPipeline`` folder (see ``load_diffusers``)."""
+        self.device = choose_device(device)
+        self.config = diffusers_model_config(folder)
+        self.imagenet_cf = False
+        self.model = load_diffusers(folder)
+        self.epoch = 0
+        self.load_report = LoadReport(source=str(folder))  # load_diffusers raises on any unmatched tensor
+        self.model.to(self.device)
+        freeze_for_inference(self.model)
+        self.model_name = Path(folder).resolve().name
+        self.allow_unsafe_pickle = False
+        self.info = {"model": self.model, "epoch": 0, "model_name": self.model_name,
+                     "parameter": parameter_counts(self.model)}
 
     # ---------------------------------------------------------------------------------------- helpers
     @property
