@@ -278,3 +278,41 @@ def test_checkpoint_loads_by_the_official_resume_rules(tmp_path, with_parts):
         assert entry["scheduler"]["step_iteration"] == 4  # 'epoch' saved as iterations, as official
         assert _PLATEAU_ATTRS <= set(entry["scheduler"]["module"])
         assert math.isinf(entry["scheduler"]["module"]["mode_worse"])
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"clip_grad_norm": {"target": "vqdiff.engine.clip_grad_norm.ClipGradNorm", "params": {"max_nrom": 0.5}}},
+     "'solver.clip_grad_norm.params': vqdiff.engine.clip_grad_norm.ClipGradNorm does not accept parameter(s) 'max_nrom'"),
+    ({"clip_grad_norm": {"target": "vqdiff.engine.clip_grad_norm.ClipGradNorm", "params": {"rule": "windowed"}}},
+     "rule must be one of official, window, got 'windowed'"),
+    ({"optimizers_and_schedulers": [{"optimizer": {"target": "torch.optim.SGD"}, "scheduler": {
+        "target": "vqdiff.engine.lr_scheduler.ReduceLROnPlateauWithWarmup", "params": {"warmup_lrr": 1}}}]},
+     "'solver.optimizers_and_schedulers.0.scheduler.params' do not fit vqdiff.engine.lr_scheduler."
+     "ReduceLROnPlateauWithWarmup"),
+])
+def test_nested_solver_params_errors_name_the_key_path(tmp_path, over, message):
+    with pytest.raises(ConfigError) as info:
+        _solver(tmp_path, **over)
+    assert message in str(info.value)
+
+
+def test_fp16_grad_scaler_step_clips_the_unscaled_gradients(tmp_path):
+    """The --amp step path (fp16 autocast + GradScaler, CPU GradScaler here): with SGD lr 1 a clipped step
+    moves the weights by exactly max_norm although the loss is scaled by 16 (gradients are unscaled before
+    clipping; clipping the scaled gradients, as the official code does, would move them by max_norm / 16)."""
+    from vqdiff.engine.amp import AmpSettings
+
+    model = _Model(scale=10.0)
+    solver = _solver(tmp_path, model, base_lr=1.0, clip_grad_norm={
+        "target": "vqdiff.engine.clip_grad_norm.ClipGradNorm", "params": {"max_norm": 0.5}})
+    solver.amp = AmpSettings(True, torch.float16)
+    solver.use_amp, solver.amp_dtype = True, torch.float16
+    solver.scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    batch = next(iter(solver._set_epoch(0)))
+    solver.last_iter += 1
+    logs = solver.step(batch, 0)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert "nonfinite" not in logs and "overflow" not in logs and logs["none/grad_norm"] > 0.5
+    assert float(torch.linalg.vector_norm(after - before)) == pytest.approx(0.5, rel=1e-3)
+    assert solver.scaler.get_scale() == 16.0
