@@ -116,6 +116,19 @@ def test_official_config_clips_every_step_and_warns_about_end_iteration(tmp_path
                for r in caplog.records)
 
 
+@pytest.mark.parametrize("name", ["coco", "cub200", "imagenet", "ffhq"])
+def test_official_config_solver_section_builds_the_official_recipe(tmp_path, name):
+    """The released configs' whole solver section builds: official clipping, the plateau scheduler every
+    iteration, --amp = fp16 with a GradScaler, an EMA (validated beside the raw weights: test_engine_solver_extras)."""
+    section = load_yaml_config(REPO / "configs" / f"{name}.yaml")["solver"]
+    solver = _solver(tmp_path, **section)
+    assert solver.clip_grad_norm.rule == "official" and solver.clip_grad_norm.should_clip(10 ** 6)
+    sched = solver.optimizer_and_scheduler["none"]["scheduler"]
+    assert type(sched["module"]).__name__ == "ReduceLROnPlateauWithWarmup" and sched["step_iteration"] == 1
+    assert solver.cfg.amp_dtype == "fp16" and resolve_amp(True, solver.cfg.amp_dtype, "cuda").use_scaler
+    assert solver.has_ema and solver.cfg.ema["decay"] == 0.99
+
+
 @pytest.mark.parametrize("rule, clipped_after_end", [("official", True), ("window", False)])
 def test_clipping_rule_in_training(tmp_path, rule, clipped_after_end):
     """SGD lr 1 on a large loss: a clipped step moves the weights by at most max_norm."""
