@@ -14,8 +14,9 @@ atomic checkpoints with every rank's RNG state and the data position so that ``-
 exactly (bit for bit on CPU with ``num_workers: 0``), skipping of non-finite steps, and a checkpoint on
 SIGTERM/SIGINT.
 
-Checkpoint layout (official keys first): ``model``, ``ema``, ``last_epoch`` (last finished epoch),
-``last_iter`` (last finished iteration), ``clip_grad_norm``, ``optimizer_and_scheduler``; added:
+Checkpoint layout (official keys first): ``model``, ``ema`` (with an EMA), ``last_epoch`` (last finished
+epoch), ``last_iter`` (last finished iteration), ``clip_grad_norm`` (with clipping), ``optimizer_and_scheduler``
+(a scheduler's ``step_iteration`` stored as iterations, ``epoch`` resolved, as official); added:
 ``scaler``, ``rng`` (list over ranks), ``data_state`` ``{epoch, batches_done}``, ``nonfinite_steps``.
 """
 
