@@ -241,7 +241,8 @@ def _official_resume_problems(ckpt: dict, has_ema: bool, has_clip: bool, op_name
     if not isinstance(ckpt.get("model"), dict) or not all(torch.is_tensor(v) for v in ckpt["model"].values()):
         problems.append("model is not a state dict")
     # "if 'ema' in state_dict and self.ema is not None: self.ema.load_state_dict(state_dict['ema'])"
-    if "ema" in ckpt and has_ema and not (isinstance(ckpt["ema"], dict) and all(torch.is_tensor(v) for v in ckpt["ema"].values())):
+    ema = ckpt.get("ema")
+    if "ema" in ckpt and has_ema and not (isinstance(ema, dict) and all(torch.is_tensor(v) for v in ema.values())):
         problems.append(f"ema is {type(ckpt['ema']).__name__}, not a state dict")
     # "if 'clip_grad_norm' in state_dict and ...: self.clip_grad_norm.load_state_dict(...)" (__dict__.update)
     if "clip_grad_norm" in ckpt and has_clip:
@@ -272,12 +273,12 @@ def _official_resume_problems(ckpt: dict, has_ema: bool, has_clip: bool, op_name
 def test_checkpoint_loads_by_the_official_resume_rules(tmp_path, with_parts):
     over = {"max_epochs": 1}
     if with_parts:
+        plateau = {"target": "vqdiff.engine.lr_scheduler.ReduceLROnPlateauWithWarmup", "step_iteration": "epoch",
+                   "params": {"warmup_lr": 0.2, "warmup": 2}}
         over.update(ema={"decay": 0.5}, clip_grad_norm={"target": "vqdiff.engine.clip_grad_norm.ClipGradNorm",
                                                         "params": {"max_norm": 0.5}},
                     optimizers_and_schedulers=[{"name": "none", "optimizer": {"target": "torch.optim.AdamW"},
-                                                "scheduler": {"target": "vqdiff.engine.lr_scheduler.ReduceLROnPlateauWithWarmup",
-                                                              "step_iteration": "epoch",
-                                                              "params": {"warmup_lr": 0.2, "warmup": 2}}}])
+                                                "scheduler": plateau}])
     solver = _solver(tmp_path, **over)
     solver.train()
     ckpt = load_checkpoint(tmp_path / "checkpoint" / "last.pth")
@@ -295,7 +296,8 @@ def test_checkpoint_loads_by_the_official_resume_rules(tmp_path, with_parts):
 
 @pytest.mark.parametrize("over, message", [
     ({"clip_grad_norm": {"target": "vqdiff.engine.clip_grad_norm.ClipGradNorm", "params": {"max_nrom": 0.5}}},
-     "'solver.clip_grad_norm.params': vqdiff.engine.clip_grad_norm.ClipGradNorm does not accept parameter(s) 'max_nrom'"),
+     "'solver.clip_grad_norm.params': vqdiff.engine.clip_grad_norm.ClipGradNorm does not accept "
+     "parameter(s) 'max_nrom'"),
     ({"clip_grad_norm": {"target": "vqdiff.engine.clip_grad_norm.ClipGradNorm", "params": {"rule": "windowed"}}},
      "rule must be one of official, window, got 'windowed'"),
     ({"optimizers_and_schedulers": [{"optimizer": {"target": "torch.optim.SGD"}, "scheduler": {

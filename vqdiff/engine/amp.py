@@ -1,7 +1,8 @@
 """Mixed precision settings for training: what ``--amp`` means on this device.
 
 Official ``--amp``: fp16 autocast with a ``GradScaler`` (``torch.cuda.amp``). Here ``--amp`` is that;
-``--amp --amp_dtype bf16`` (or ``solver.amp_dtype: bf16``) is bf16 autocast, which needs no loss scaling. On CPU training stays fp32 whatever the flag says.
+``--amp --amp_dtype bf16`` (or ``solver.amp_dtype: bf16``) is bf16 autocast, which needs no loss scaling.
+On CPU training stays fp32 whatever the flag says.
 
 One deliberate difference: the official solver clips the *scaled* gradients (it never calls
 ``scaler.unscale_``), so under fp16 its ``max_norm`` acts on ``loss_scale x grad``; here gradients are

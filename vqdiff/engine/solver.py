@@ -234,7 +234,8 @@ class Solver:
         self.amp_dtype = self.amp.dtype
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp.use_scaler)
         self.logger.info(f"lr {self.lr:.3g} (base {cfg.base_lr:.3g}, adjust {adjust}), precision {self.amp.name}, "
-                         f"{self.train_iterations} iterations/epoch, world size {self.world_size}, device {self.device}")
+                         f"{self.train_iterations} iterations/epoch, world size {self.world_size}, "
+                         f"device {self.device}")
 
     # ---------------------------------------------------------------------------------- building
     def _build_optimizers_and_schedulers(self, entries: tuple, model: nn.Module) -> dict:
