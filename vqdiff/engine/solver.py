@@ -549,7 +549,7 @@ class Solver:
         small = {k: (v[:max_items] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
         small = _to_device(small, self.device)
         ctx = self.ema.swapped() if self.ema is not None else _nullcontext()
-        with ctx:
+        with ctx, self._autocast():  # official: sampling under --amp runs in autocast too
             out = model.sample(small)
         from torchvision.utils import make_grid, save_image
 
