@@ -105,6 +105,18 @@ def test_solver_config_accepts_the_official_forms_and_every_shipped_config():
         assert parsed.max_epochs > 0, name
 
 
+@pytest.mark.parametrize("name", ["coco", "coco_tune", "cub200", "ffhq", "imagenet", "ithq"])
+def test_released_official_config_solver_sections_parse(name):
+    from conftest import fixtures_dir
+
+    section = load_yaml_config(fixtures_dir("official_configs") / f"configs__{name}.yaml")["solver"]
+    cfg = parse_solver_config(section)
+    assert cfg.base_lr == 3e-6 and cfg.clip_grad_norm["params"]["end_iteration"] == 5000
+    assert cfg.optimizers_and_schedulers[0].scheduler.target.endswith("ReduceLROnPlateauWithWarmup")
+    if name == "ithq":  # the one config with save_iterations and a numeric sample_iterations
+        assert (cfg.save_epochs, cfg.save_iterations, cfg.sample_iterations) == (1, 1000, 2000)
+
+
 def test_official_config_clips_every_step_and_warns_about_end_iteration(tmp_path, caplog):
     section = load_yaml_config(REPO / "configs" / "coco.yaml")["solver"]
     clip = instantiate_from_config(section["clip_grad_norm"], key_path="solver.clip_grad_norm")
