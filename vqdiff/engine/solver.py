@@ -37,9 +37,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from vqdiff import distributed as dist_utils
+from vqdiff.engine.amp import resolve_amp
 from vqdiff.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vqdiff.engine.clip_grad_norm import ClipGradNorm
-from vqdiff.engine.amp import resolve_amp
 from vqdiff.engine.ema import EMA
 from vqdiff.engine.lr_scheduler import ReduceLROnPlateauWithWarmup
 from vqdiff.engine.optim import build_optimizer
@@ -188,7 +188,7 @@ class Solver:
         self.nonfinite_total = 0
         self.overflow_steps = 0  # fp16 GradScaler overflows (skipped steps that lower the loss scale)
         self._stop_signal: Optional[int] = None
-        self._progress: Optional[ProgressLine] = None  # made at the first log line of this process
+        self._progress: Optional[ProgressLine] = None  # set by train() (or the first log line without it)
 
         # EMA of the trained network, primary rank only, built before the device move (official)
         ema_cfg = cfg.ema
@@ -238,7 +238,8 @@ class Solver:
                          f"device {self.device}")
 
     # ---------------------------------------------------------------------------------- building
-    def _build_optimizers_and_schedulers(self, entries: tuple, model: nn.Module) -> dict:
+    def _build_optimizers_and_schedulers(self, entries: tuple[OptimizerAndSchedulerConfig, ...],
+                                         model: nn.Module) -> dict:
         """The official ``optimizer_and_scheduler`` dict: name -> window, optimizer and scheduler entries.
 
         A cosine schedule (``CosineAnnealingLRWithWarmup`` or torch ``CosineAnnealingLR``) gets
@@ -247,7 +248,6 @@ class Solver:
         """
         out: dict = {}
         for i, entry in enumerate(entries):
-            entry: OptimizerAndSchedulerConfig
             kp = f"solver.optimizers_and_schedulers.{i}"
             name = entry.name
             params = model.parameters_to_optimize(name) if name != "none" and hasattr(model, "parameters_to_optimize") \
@@ -485,9 +485,9 @@ class Solver:
 
     @torch.no_grad()
     def validate_epoch(self, epoch: int) -> Optional[float]:
-        """Validation loss of the raw weights (official), returned and logged as ``val/none/loss``; with an
-        EMA the EMA weights' loss is logged beside it (``val/none/loss_ema``). Runs when ``validation_epochs``
-        says so for ``epoch + 1`` finished epochs."""
+        """Validation loss of the raw weights (official), returned and logged as ``val/<opt>/loss``; with an
+        EMA the EMA weights' loss is logged beside it (``val/<opt>/loss_ema``); ``<opt>`` is the first
+        optimizer's name (``none``). Runs when ``validation_epochs`` says so for ``epoch + 1`` finished epochs."""
         loader = self.dataloader.get("validation_loader")
         if loader is None or not epoch_rule_due(self.validation_epochs, epoch + 1):
             return None
@@ -508,8 +508,9 @@ class Solver:
             text += f" | EMA weights: loss {losses['loss_ema']:.4f}"
         self.logger.info(text)
         if self.tb_writer is not None:
+            name = next(iter(self.optimizer_and_scheduler))
             for k, v in losses.items():
-                self.tb_writer.add_scalar(f"val/none/{k}", v, epoch)
+                self.tb_writer.add_scalar(f"val/{name}/{k}", v, epoch)
         return mean
 
     def _autocast(self):
