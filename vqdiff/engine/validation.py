@@ -1,8 +1,8 @@
 """Validation loss of the solver: the raw weights (official) and, beside it, the EMA weights.
 
 The official solver validates the network as trained (its EMA is swapped in for sampling only), so the
-logged ``val/none/loss`` is the raw-weight loss. When an EMA is kept, the same pass is repeated with the
-EMA weights and logged as ``val/none/loss_ema``. Each value is the item-weighted mean over the whole
+logged ``val/<optimizer>/loss`` is the raw-weight loss. When an EMA is kept, the same pass is repeated with the
+EMA weights and logged as ``val/<optimizer>/loss_ema``. Each value is the item-weighted mean over the whole
 validation set, summed over ranks in distributed runs:
 ``mean = sum_r sum_b loss_b * n_b / sum_r sum_b n_b``.
 """
