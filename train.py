@@ -8,7 +8,7 @@
 Under ``torchrun`` rank and world size come from the environment (gloo on CPU, NCCL on CUDA); without
 it one process runs, or, when several local GPUs are visible (and ``--gpu`` is not given), one process
 per GPU is spawned (``--num_node``/``--node_rank``/``--dist_url`` for several machines).
-Outputs go to ``OUTPUT/<name>/{configs,logs,checkpoint,images,tensorboard}``.
+Outputs go to ``OUTPUT/<name>/{configs,logs,checkpoint,images}`` (TensorBoard event files in ``logs``, as official).
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--timestamp", action="store_true", help="prefix the run name with the start time")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cudnn_deterministic", action="store_true")
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or fp16 with solver.amp_dtype)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision on CUDA: fp16 autocast + GradScaler as official (bf16: --amp_dtype bf16)")
+    p.add_argument("--amp_dtype", choices=["fp16", "bf16"], default=None,
+                   help="autocast dtype under --amp (default: solver.amp_dtype, which defaults to fp16)")
     p.add_argument("--debug", action="store_true",
                    help="name 'debug', batch size 1, no workers; errors show their full traceback")
     p.add_argument("--overwrite", action="store_true",
@@ -156,7 +159,7 @@ def main_worker(args: argparse.Namespace) -> dict:
     if args.tensorboard and rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        tb = SummaryWriter(log_dir=str(save_dir / "tensorboard"))
+        tb = SummaryWriter(log_dir=str(save_dir / "logs"))  # official: event files beside log.txt
 
     model = instantiate_from_config(config["model"], key_path="model")
     generator = torch.Generator().manual_seed(args.seed or 0)

@@ -82,17 +82,23 @@ def test_lambda_warmup_cosine():
 # ---------------------------------------------------------------------------------------------- clipping
 def test_clip_grad_norm_window_and_official_rule():
     p = nn.Parameter(torch.zeros(4))
-    c = ClipGradNorm(start_iteration=2, end_iteration=4, max_norm=0.5)
+    c = ClipGradNorm(start_iteration=2, end_iteration=4, max_norm=0.5, rule="window")
     clipped = []
     for _ in range(6):
         p.grad = torch.full((4,), 3.0)
         c([p])
         clipped.append(bool(torch.linalg.vector_norm(p.grad) <= 0.5 + 1e-6))
     assert clipped == [False, False, True, True, False, False]
-    # official: start 0 clips forever, end has no effect
-    off = ClipGradNorm(start_iteration=0, end_iteration=2, max_norm=0.5, official_semantics=True)
-    assert all(off.should_clip(i) for i in range(10))
-    assert not ClipGradNorm(0, 2).should_clip(2) and ClipGradNorm(0, -1).should_clip(10 ** 6)
+    # official (the default): start 0 clips forever, end has no effect; 0 < end < start clips before end too
+    off = ClipGradNorm(start_iteration=0, end_iteration=2, max_norm=0.5)
+    assert off.rule == "official" and all(off.should_clip(i) for i in range(10))
+    assert off.ineffective_end_iteration()
+    late = ClipGradNorm(start_iteration=5, end_iteration=2)
+    assert [late.should_clip(i) for i in range(7)] == [True, True, False, False, False, True, True]
+    assert not late.ineffective_end_iteration() and not ClipGradNorm(0, -1).ineffective_end_iteration()
+    assert not ClipGradNorm(0, 2, rule="window").should_clip(2) and ClipGradNorm(0, -1, rule="window").should_clip(10 ** 6)
+    with pytest.raises(ValueError, match="rule must be one of official, window, got 'windowed'"):
+        ClipGradNorm(rule="windowed")
 
 
 # ---------------------------------------------------------------------------------------------- EMA

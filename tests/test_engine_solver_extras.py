@@ -1,12 +1,13 @@
-"""Solver behaviours beyond the units: gradient accumulation equals the large batch, validation and sample
-grids use the EMA weights (PNG + TensorBoard images), TensorBoard scalars (loss, lr, grad norm, throughput),
-frozen parameters untouched."""
+"""Solver behaviours beyond the units: gradient accumulation equals the large batch, validation scores the
+raw weights with the EMA loss beside it, sample grids use the EMA weights (official file names + TensorBoard
+images), TensorBoard scalars (loss, lr, grad norm, throughput), frozen parameters untouched."""
 
 from __future__ import annotations
 
 import logging
 import types
 
+import pytest
 import torch
 from torch import nn
 
@@ -83,26 +84,43 @@ def test_grad_accumulation_equals_the_large_batch_step(tmp_path):
                for p in g["params"])
 
 
-def test_validation_and_samples_use_ema_weights_and_tensorboard_records(tmp_path):
+def _mean_loss(weight, bias, data):
+    x = torch.stack([d["x"] for d in data])
+    y = torch.stack([d["y"] for d in data])
+    return float(((x @ weight.T + bias).squeeze(1) - y).pow(2).mean())
+
+
+def test_validation_scores_raw_weights_and_ema_beside_samples_use_ema_official_names(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
     model = _Model()
-    tb = SummaryWriter(log_dir=str(tmp_path / "tensorboard"))
-    solver = _solver(tmp_path, model, 4, tb=tb, val=_data(8), sample_iterations=2)
+    tb = SummaryWriter(log_dir=str(tmp_path / "logs"))
+    val = _data(8)
+    solver = _solver(tmp_path, model, 4, tb=tb, val=val, sample_iterations=2)
     solver.train()
     tb.close()
-    ema_w = solver.ema.ema_model.weight.detach()
-    assert not torch.equal(ema_w, model.lin.weight.detach())  # EMA lags the trained weights
-    assert model.seen_in_eval and all(torch.equal(w, ema_w) for w in model.seen_in_eval)  # last validation
+    ema_w, ema_b = solver.ema.ema_model.weight.detach(), solver.ema.ema_model.bias.detach()
+    raw_w, raw_b = model.lin.weight.detach(), model.lin.bias.detach()
+    assert not torch.equal(ema_w, raw_w)  # EMA lags the trained weights
+    # official: validation scores the raw weights (2 batches), then the EMA pass is logged beside it
+    assert len(model.seen_in_eval) == 4
+    assert all(torch.equal(w, raw_w) for w in model.seen_in_eval[:2])
+    assert all(torch.equal(w, ema_w) for w in model.seen_in_eval[2:])
+    assert torch.equal(model.lin.weight.detach(), raw_w)  # restored after the EMA pass
     assert len(model.seen_in_sample) == 2  # iterations 1 and 3
-    assert not torch.equal(model.seen_in_sample[-1], model.lin.weight.detach())
-    pngs = sorted(p.name for p in (tmp_path / "images").iterdir())
-    assert pngs == ["000001_cond1_cont0_fr1_image.png", "000001_input_image.png",
-                    "000003_cond1_cont0_fr1_image.png", "000003_input_image.png"]
-    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    assert not torch.equal(model.seen_in_sample[-1], raw_w)
+    files = sorted(str(p.relative_to(tmp_path / "images")) for p in (tmp_path / "images").rglob("*.jpg"))
+    assert files == [f"train/{k}/e0000000000_itr000000000{i}_rank0_ema.jpg"
+                     for k in ("cond1_cont0_fr1_image", "input_image") for i in (1, 3)]
+    acc = EventAccumulator(str(tmp_path / "logs"))
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert {"train/none/loss", "train/none/grad_norm", "train/none/lr", "train/images_per_s", "val/loss"} <= scalars
+    assert {"train/none/loss", "train/none/grad_norm", "train/none_lr", "train/images_per_s",
+            "val/none/loss", "val/none/loss_ema"} <= scalars
     assert [e.step for e in acc.Scalars("train/none/loss")] == [0, 1, 2, 3]
-    assert {"samples/input_image", "samples/cond1_cont0_fr1_image"} <= set(acc.Tags()["images"])
+    (raw_event,), (ema_event,) = acc.Scalars("val/none/loss"), acc.Scalars("val/none/loss_ema")
+    assert raw_event.step == 0 and ema_event.step == 0  # official: validation scalars at the epoch
+    assert raw_event.value == pytest.approx(_mean_loss(raw_w, raw_b, val), rel=1e-5)
+    assert ema_event.value == pytest.approx(_mean_loss(ema_w, ema_b, val), rel=1e-5)
+    assert {"train/0e_1itr/input_image", "train/0e_3itr/cond1_cont0_fr1_image"} <= set(acc.Tags()["images"])

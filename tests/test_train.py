@@ -155,14 +155,15 @@ def test_two_process_gloo_step_equals_one_process(tmp_path):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     one = subprocess.run([sys.executable, str(REPO / "train.py"), "--config_file", str(_fake_config(tmp_path, 8)),
-                          "--name", "one", "--seed", "0", "--no_progress_bar"],
+                          "--name", "one", "--seed", "0", "--no_progress_bar", "--log_frequency", "1"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stdout + one.stderr
     for _attempt in range(2):  # a port taken between _free_port() and the launch gets one retry
         two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                               f"--master_port={_free_port()}", str(REPO / "train.py"),
                               "--config_file", str(_fake_config(tmp_path, 4)), "--name", "two", "--seed", "0",
-                              "--no_progress_bar"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+                              "--no_progress_bar", "--log_frequency", "1"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
         if two.returncode == 0 or "address already in use" not in (two.stdout + two.stderr).lower():
             break
     assert two.returncode == 0, (two.stdout + two.stderr)[-4000:]
@@ -176,17 +177,24 @@ def test_two_process_gloo_step_equals_one_process(tmp_path):
     assert moved > 1e-3  # it trained
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
-    # validation scores the EMA weights on both ranks (rank 0 broadcasts them): the summed loss over the
-    # two shards equals the one-process loss (rank 1 used to score its raw weights)
+    # validation scores the raw weights (official), then the EMA weights on both ranks (rank 0 broadcasts
+    # them): each summed loss over the two shards equals the one-process loss
     def val_loss(out):
-        found = re.findall(r"validation epoch 0: loss ([0-9.]+) \((\d+) items\)", out)
+        found = re.findall(r"validation epoch 0: loss ([0-9.]+) \((\d+) items\) \| EMA weights: loss ([0-9.]+)", out)
         assert found, out[-2000:]
-        return float(found[-1][0]), int(found[-1][1])
+        return float(found[-1][0]), int(found[-1][1]), float(found[-1][2])
 
-    loss_one, n_one = val_loss(one.stdout + one.stderr)
-    loss_two, n_two = val_loss(two.stdout + two.stderr)
+    loss_one, n_one, ema_one = val_loss(one.stdout + one.stderr)
+    loss_two, n_two, ema_two = val_loss(two.stdout + two.stderr)
     assert n_one == n_two == 8
-    assert loss_two == pytest.approx(loss_one, rel=1e-3)
+    assert loss_two == pytest.approx(loss_one, rel=1e-3) and ema_two == pytest.approx(ema_one, rel=1e-3)
+    assert ema_one != pytest.approx(loss_one, rel=1e-3)  # the two passes used different weights
+    # the log line's training loss is averaged over ranks: the mean of the two 4-item means = the 8-item mean
+    def train_losses(out):
+        return [float(v) for v in re.findall(r"iter \d+/2 \| none/loss ([0-9.]+)", out)]
+
+    assert len(train_losses(one.stdout + one.stderr)) == 2
+    assert train_losses(two.stdout + two.stderr) == pytest.approx(train_losses(one.stdout + one.stderr), rel=1e-3)
     torch.testing.assert_close(a["ema"], b["ema"], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(a["ema"]["weight"], a["model"]["lin.weight"])  # EMA differs from the raw weights
 
@@ -239,7 +247,8 @@ def test_sample_grids_and_tensorboard(tiny_root, monkeypatch):
     monkeypatch.chdir(tiny_root)
     out = _run("smp", "--tensorboard", "--log_frequency", "1", "solver.sample_iterations=2", "solver.max_iterations=2")
     assert out["stopped_by"] == "max_iterations"
-    pngs = sorted(p.name for p in Path("OUTPUT/smp/images").iterdir())
-    assert "000001_reconstruction_image.png" in pngs and "000001_cond1_cont1_fr1.0_image.png" in pngs
-    events = list(Path("OUTPUT/smp/tensorboard").glob("events.out.tfevents.*"))
+    grids = sorted(str(p.relative_to("OUTPUT/smp/images")) for p in Path("OUTPUT/smp/images").rglob("*.jpg"))
+    assert {"train/reconstruction_image/e0000000000_itr0000000001_rank0_ema.jpg",
+            "train/cond1_cont1_fr1.0_image/e0000000000_itr0000000001_rank0_ema.jpg"} <= set(grids)
+    events = list(Path("OUTPUT/smp/logs").glob("events.out.tfevents.*"))  # official: beside log.txt
     assert events and events[0].stat().st_size > 0

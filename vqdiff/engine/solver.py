@@ -1,16 +1,22 @@
 """The trainer (official ``image_synthesis.engine.solver.Solver``): epochs of optimizer steps on a model
 whose ``forward(batch, return_loss=True, step=it)`` returns ``{'loss': scalar, ...}``.
 
+The official training recipe by default (docs/training.md lists each rule and its opt-in alternative):
+gradient clipping by the official rule (``clip_grad_norm.ClipGradNorm``), validation of the raw weights
+with the EMA weights' loss logged beside it, ``--amp`` = fp16 autocast with a GradScaler (bf16 an option),
+the official ``solver:`` forms (``solver_config``), official TensorBoard and sample-grid names (``train_log``).
+
 Features: DDP (the launcher wraps nothing; the solver does), optimizers/schedulers from config, warm-up,
-gradient clipping and accumulation, mixed precision (bf16 autocast, or fp16 with a GradScaler) on CUDA,
-EMA (validation and sampling use it), validation every ``validation_epochs`` (loss averaged over all
-ranks), sample grids every ``sample_iterations``, TensorBoard scalars, a tqdm bar on the primary rank,
+gradient clipping and accumulation, mixed precision on CUDA, EMA (sampling uses it), validation every
+``validation_epochs`` (loss averaged over all ranks), sample grids every ``sample_iterations``,
+TensorBoard scalars, a tqdm bar on the primary rank,
 atomic checkpoints with every rank's RNG state and the data position so that ``--auto_resume`` continues
 exactly (bit for bit on CPU with ``num_workers: 0``), skipping of non-finite steps, and a checkpoint on
 SIGTERM/SIGINT.
 
-Checkpoint layout (official keys first): ``model``, ``ema``, ``last_epoch`` (last finished epoch),
-``last_iter`` (last finished iteration), ``clip_grad_norm``, ``optimizer_and_scheduler``; added:
+Checkpoint layout (official keys first): ``model``, ``ema`` (with an EMA), ``last_epoch`` (last finished
+epoch), ``last_iter`` (last finished iteration), ``clip_grad_norm`` (with clipping), ``optimizer_and_scheduler``
+(a scheduler's ``step_iteration`` stored as iterations, ``epoch`` resolved, as official); added:
 ``scaler``, ``rng`` (list over ranks), ``data_state`` ``{epoch, batches_done}``, ``nonfinite_steps``.
 """
 
@@ -32,14 +38,23 @@ from torch.utils.data import DataLoader, Sampler
 
 from vqdiff import distributed as dist_utils
 from vqdiff.data.token_cache import set_dataset_epoch
+from vqdiff.engine.amp import resolve_amp
 from vqdiff.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vqdiff.engine.clip_grad_norm import ClipGradNorm
 from vqdiff.engine.ema import EMA
+from vqdiff.engine.lr_scheduler import ReduceLROnPlateauWithWarmup
 from vqdiff.engine.optim import build_optimizer
 from vqdiff.engine.state_match import require_same_shapes
+from vqdiff.engine.solver_config import OptimizerAndSchedulerConfig, SolverConfig, epoch_rule_due, parse_solver_config
+from vqdiff.engine.train_log import (ProgressLine, average_losses_over_ranks, sample_image_path,
+                                     sample_image_tag)
+from vqdiff.engine.validation import summed_loss
 from vqdiff.utils.config import ConfigError, instantiate_from_config, resolve_target
 
 __all__ = ["Solver", "TrainingStopped", "get_rng_state", "set_rng_state"]
+
+# schedulers whose step takes the training loss (official STEP_WITH_LOSS_SCHEDULERS)
+_STEP_WITH_LOSS = (ReduceLROnPlateauWithWarmup, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 class TrainingStopped(RuntimeError):
@@ -145,29 +160,18 @@ class Solver:
         self.tb_writer = tb_writer
         self.dataloader = dataloader
         self.epoch_generator = epoch_generator
-        sc = config.get("solver")
-        if not isinstance(sc, Mapping):
-            raise ConfigError("config has no 'solver' section")
-        self.solver_config = sc
-        for key in ("base_lr", "max_epochs", "optimizers_and_schedulers"):
-            if key not in sc:
-                raise ConfigError(f"'solver.{key}' is required")
-        self.max_epochs = int(sc["max_epochs"])
-        self.save_epochs = int(sc.get("save_epochs", -1) or -1)
-        self.save_iterations = int(sc.get("save_iterations", -1) or -1)
-        self.validation_epochs = int(sc.get("validation_epochs", 2) or -1)
+        # the solver section, checked key by key once (errors name solver.<key>)
+        self.cfg: SolverConfig = parse_solver_config(config.get("solver"))
+        cfg = self.cfg
+        self.max_epochs = cfg.max_epochs
+        self.save_epochs = cfg.save_epochs
+        self.save_iterations = cfg.save_iterations
+        self.validation_epochs = cfg.validation_epochs
         self.train_iterations = int(dataloader["train_iterations"])
-        si = sc.get("sample_iterations", "epoch")
-        self.sample_iterations = self.train_iterations if si == "epoch" else int(si if si is not None else -1)
-        self.max_iterations = sc.get("max_iterations")
-        self.max_iterations = int(self.max_iterations) if self.max_iterations not in (None, -1) else None
-        self.grad_accumulation_steps = int(sc.get("grad_accumulation_steps", 1) or 1)
-        if self.grad_accumulation_steps < 1:
-            raise ConfigError(f"'solver.grad_accumulation_steps' must be >= 1, got {self.grad_accumulation_steps}")
-        self.max_nonfinite_steps = int(sc.get("max_nonfinite_steps", 10))
-        self.amp_dtype_name = str(sc.get("amp_dtype", "bf16"))
-        if self.amp_dtype_name not in ("bf16", "fp16"):
-            raise ConfigError(f"'solver.amp_dtype' must be 'bf16' or 'fp16', got {self.amp_dtype_name!r}")
+        self.sample_iterations = cfg.sample_every(self.train_iterations)
+        self.max_iterations = cfg.max_iterations
+        self.grad_accumulation_steps = cfg.grad_accumulation_steps
+        self.max_nonfinite_steps = cfg.max_nonfinite_steps
 
         self.save_dir = Path(args.save_dir)
         self.ckpt_dir = self.save_dir / "checkpoint"
@@ -186,9 +190,10 @@ class Solver:
         self.nonfinite_total = 0
         self.overflow_steps = 0  # fp16 GradScaler overflows (skipped steps that lower the loss scale)
         self._stop_signal: Optional[int] = None
+        self._progress: Optional[ProgressLine] = None  # set by train() (or the first log line without it)
 
         # EMA of the trained network, primary rank only, built before the device move (official)
-        ema_cfg = sc.get("ema")
+        ema_cfg = cfg.ema
         self.has_ema = ema_cfg is not None  # on every rank; self.ema exists on the primary only
         self.ema: Optional[EMA] = None
         if ema_cfg is not None and self.is_primary:
@@ -197,21 +202,24 @@ class Solver:
             self.ema = EMA(model.get_ema_model(), decay=float(ema_cfg.get("decay", 0.99)),
                            update_interval=int(ema_cfg.get("update_interval", 1)), device=ema_cfg["device"])
 
-        cg = sc.get("clip_grad_norm")
+        cg = cfg.clip_grad_norm
         self.clip_grad_norm: Optional[ClipGradNorm] = instantiate_from_config(cg, key_path="solver.clip_grad_norm") \
             if cg is not None else None
+        if isinstance(self.clip_grad_norm, ClipGradNorm) and self.clip_grad_norm.ineffective_end_iteration():
+            self.logger.warning(
+                f"solver.clip_grad_norm.params.end_iteration={self.clip_grad_norm.end_iteration} has no effect: "
+                f"under the official rule (the default) gradients are clipped on every step from iteration 0; "
+                f"set solver.clip_grad_norm.params.rule: window to stop clipping at end_iteration")
 
         # lr
-        adjust = str(sc.get("adjust_lr", "sqrt"))
+        adjust = cfg.adjust_lr
         bs = int(config.get("dataloader", {}).get("batch_size", 1))
         scale = {"none": 1.0, "sqrt": math.sqrt(self.world_size * bs), "linear": float(self.world_size * bs)}
-        if adjust not in scale:
-            raise ConfigError(f"'solver.adjust_lr' must be none, sqrt or linear, got {adjust!r}")
-        self.lr = float(sc["base_lr"]) * scale[adjust]
+        self.lr = cfg.base_lr * scale[adjust]
 
         model = model.to(self.device)
         self.raw_model = model
-        self.optimizer_and_scheduler = self._build_optimizers_and_schedulers(sc["optimizers_and_schedulers"], model)
+        self.optimizer_and_scheduler = self._build_optimizers_and_schedulers(cfg.optimizers_and_schedulers, model)
         if self.distributed:
             if getattr(args, "sync_bn", False):
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -219,45 +227,51 @@ class Solver:
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
         self.model = model
 
-        self.use_amp = bool(getattr(args, "amp", False)) and self.device.type == "cuda"
-        if getattr(args, "amp", False) and not self.use_amp:
-            self.logger.info("--amp is ignored on CPU: training stays in fp32")
-        self.amp_dtype = torch.bfloat16 if self.amp_dtype_name == "bf16" else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.logger.info(f"lr {self.lr:.3g} (base {float(sc['base_lr']):.3g}, adjust {adjust}), "
-                         f"{self.train_iterations} iterations/epoch, world size {self.world_size}, device {self.device}")
+        # official --amp: fp16 autocast + GradScaler; --amp_dtype bf16 (or solver.amp_dtype: bf16) an option
+        self.amp = resolve_amp(getattr(args, "amp", False), getattr(args, "amp_dtype", None) or cfg.amp_dtype,
+                               self.device)
+        if self.amp.note:
+            self.logger.info(self.amp.note)
+        self.use_amp = self.amp.enabled
+        self.amp_dtype = self.amp.dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp.use_scaler)
+        self.logger.info(f"lr {self.lr:.3g} (base {cfg.base_lr:.3g}, adjust {adjust}), precision {self.amp.name}, "
+                         f"{self.train_iterations} iterations/epoch, world size {self.world_size}, "
+                         f"device {self.device}")
 
     # ---------------------------------------------------------------------------------- building
-    def _build_optimizers_and_schedulers(self, entries: Any, model: nn.Module) -> dict:
-        if not isinstance(entries, list) or not entries:
-            raise ConfigError("'solver.optimizers_and_schedulers' must be a non-empty list")
+    def _build_optimizers_and_schedulers(self, entries: tuple[OptimizerAndSchedulerConfig, ...],
+                                         model: nn.Module) -> dict:
+        """The official ``optimizer_and_scheduler`` dict: name -> window, optimizer and scheduler entries.
+
+        A cosine schedule (``CosineAnnealingLRWithWarmup`` or torch ``CosineAnnealingLR``) gets
+        ``T_max = max_epochs x iterations per epoch`` (official), or ``max_iterations`` when that ends the
+        run sooner; a scheduler ``step_iteration: epoch`` steps once per epoch (official).
+        """
         out: dict = {}
         for i, entry in enumerate(entries):
             kp = f"solver.optimizers_and_schedulers.{i}"
-            name = str(entry.get("name", "none"))
+            name = entry.name
             params = model.parameters_to_optimize(name) if name != "none" and hasattr(model, "parameters_to_optimize") \
                 and _accepts_name(model.parameters_to_optimize) else None
-            opt = build_optimizer(entry["optimizer"], model, self.lr, params=params, key_path=f"{kp}.optimizer")
+            opt_cfg = {"target": entry.optimizer.target, "params": dict(entry.optimizer.params)}
+            opt = build_optimizer(opt_cfg, model, self.lr, params=params, key_path=f"{kp}.optimizer")
             op_sc: dict = {
-                "name": name,
-                "start_epoch": int(entry.get("start_epoch", 0)), "end_epoch": int(entry.get("end_epoch", -1)),
-                "start_iteration": int(entry.get("start_iteration", 0)), "end_iteration": int(entry.get("end_iteration", -1)),
-                "optimizer": {"module": opt, "step_iteration": int(entry["optimizer"].get("step_iteration", 1))},
+                "name": name, "start_epoch": entry.start_epoch, "end_epoch": entry.end_epoch,
+                "start_iteration": entry.start_iteration, "end_iteration": entry.end_iteration,
+                "optimizer": {"module": opt, "step_iteration": entry.optimizer.step_iteration},
             }
-            sched_cfg = entry.get("scheduler")
-            if sched_cfg is not None:
-                sp = dict(sched_cfg.get("params") or {})
-                cls = resolve_target(sched_cfg["target"], f"{kp}.scheduler.target")
-                if cls.__name__ == "CosineAnnealingLRWithWarmup":
-                    # official: the cosine spans the whole run, max_epochs x iterations per epoch; when
-                    # max_iterations (a vqdiff addition) ends the run sooner, the cosine ends with it
-                    sp["T_max"] = self.max_epochs * self.train_iterations
-                    if self.max_iterations is not None:
-                        sp["T_max"] = min(sp["T_max"], self.max_iterations)
-                sched = cls(opt, **sp)
-                op_sc["scheduler"] = {"module": sched, "step_iteration": int(sched_cfg.get("step_iteration", 1))}
-            if self.grad_accumulation_steps > 1 and op_sc["optimizer"]["step_iteration"] != 1:
-                raise ConfigError(f"'{kp}.optimizer.step_iteration' must be 1 with grad_accumulation_steps > 1")
+            if entry.scheduler is not None:
+                sp = dict(entry.scheduler.params)
+                cls = resolve_target(entry.scheduler.target, f"{kp}.scheduler.target")
+                if cls.__name__ in ("CosineAnnealingLRWithWarmup", "CosineAnnealingLR"):
+                    sp["T_max"] = self.cfg.total_iterations(self.train_iterations)
+                try:
+                    sched = cls(opt, **sp)
+                except TypeError as e:
+                    raise ConfigError(f"'{kp}.scheduler.params' do not fit {entry.scheduler.target}: {e}") from e
+                op_sc["scheduler"] = {"module": sched,
+                                      "step_iteration": entry.scheduler.step_every(self.train_iterations)}
             out[name] = op_sc
         return out
 
@@ -350,7 +364,7 @@ class Solver:
             self.nonfinite_in_row = 0
             sched = op_sc.get("scheduler")
             if sched is not None and (it + 1) % sched["step_iteration"] == 0:
-                if type(sched["module"]).__name__ == "ReduceLROnPlateauWithWarmup":
+                if isinstance(sched["module"], _STEP_WITH_LOSS):  # official: plateau schedulers see the loss
                     sched["module"].step(logs[f"{name}/loss"])
                 else:
                     sched["module"].step()
@@ -370,6 +384,8 @@ class Solver:
     def train(self) -> dict:
         """Run until ``max_epochs`` (or ``max_iterations``, a signal, or too many non-finite steps)."""
         previous = self._install_signal_handlers()
+        self._progress = ProgressLine(self.cfg.total_iterations(self.train_iterations), self.max_epochs,
+                                      start_iter=self.last_iter)
         try:
             return self._train()
         finally:
@@ -463,46 +479,53 @@ class Solver:
         return stop
 
     def _log(self, epoch: int, logs: Mapping, images_per_s: float) -> None:
+        """The progress line (losses averaged over ranks, s/iter, ETA) and the official TensorBoard scalars."""
+        logs = average_losses_over_ranks(logs, self.distributed)
         lrs = self._lrs()
-        parts = [f"epoch {epoch}", f"iter {self.last_iter + 1}/{self.train_iterations * self.max_epochs}"]
-        parts += [f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float)]
-        parts += [f"lr[{n}] {v:.3e}" for n, v in lrs.items()]
-        parts.append(f"{images_per_s:.1f} img/s")
-        self.logger.info(" | ".join(parts))
+        if self._progress is None:
+            self._progress = ProgressLine(self.cfg.total_iterations(self.train_iterations), self.max_epochs,
+                                          start_iter=self.last_iter - 1)
+        self.logger.info(self._progress.format(epoch, self.last_iter, logs, lrs, images_per_s))
         if self.tb_writer is not None:
             for k, v in logs.items():
                 if isinstance(v, float):
                     self.tb_writer.add_scalar(f"train/{k}", v, self.last_iter)
             for n, v in lrs.items():
-                self.tb_writer.add_scalar(f"train/{n}/lr", v, self.last_iter)
+                self.tb_writer.add_scalar(f"train/{n}_lr", v, self.last_iter)
             self.tb_writer.add_scalar("train/images_per_s", images_per_s, self.last_iter)
 
     @torch.no_grad()
     def validate_epoch(self, epoch: int) -> Optional[float]:
+        """Validation loss of the raw weights (official), returned and logged as ``val/<opt>/loss``; with an
+        EMA the EMA weights' loss is logged beside it (``val/<opt>/loss_ema``); ``<opt>`` is the first
+        optimizer's name (``none``). Runs when ``validation_epochs`` says so for ``epoch + 1`` finished epochs."""
         loader = self.dataloader.get("validation_loader")
-        if loader is None or self.validation_epochs <= 0 or (epoch + 1) % self.validation_epochs != 0:
+        if loader is None or not epoch_rule_due(self.validation_epochs, epoch + 1):
             return None
-        model = self.raw_model
-        was_training = model.training
-        model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        try:
+
+        def run() -> tuple[float, int]:
+            total = summed_loss(self.raw_model, loader, lambda b: _to_device(b, self.device), _batch_size,
+                                self._autocast, self.last_iter, self.device)
+            if self.distributed:
+                dist_utils.all_reduce(total, "sum")
+            return float(total[0] / total[1].clamp_min(1)), int(total[1])
+
+        mean, items = run()
+        text = f"validation epoch {epoch}: loss {mean:.4f} ({items} items)"
+        losses = {"loss": mean}
+        if self.has_ema:
             with self._validation_weights():
-                for batch in loader:
-                    batch = _to_device(batch, self.device)
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                        loss = model(batch, return_loss=True, step=self.last_iter)["loss"]
-                    total[0] += float(loss) * _batch_size(batch)
-                    total[1] += _batch_size(batch)
-        finally:
-            model.train(was_training)
-        if self.distributed:
-            dist_utils.all_reduce(total, "sum")
-        mean = float(total[0] / total[1].clamp_min(1))
-        self.logger.info(f"validation epoch {epoch}: loss {mean:.4f} ({int(total[1])} items)")
+                losses["loss_ema"], _ = run()
+            text += f" | EMA weights: loss {losses['loss_ema']:.4f}"
+        self.logger.info(text)
         if self.tb_writer is not None:
-            self.tb_writer.add_scalar("val/loss", mean, self.last_iter)
+            name = next(iter(self.optimizer_and_scheduler))
+            for k, v in losses.items():
+                self.tb_writer.add_scalar(f"val/{name}/{k}", v, epoch)
         return mean
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
     @contextlib.contextmanager
     def _validation_weights(self) -> Iterator[None]:
@@ -538,11 +561,10 @@ class Solver:
         small = {k: (v[:max_items] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
         small = _to_device(small, self.device)
         ctx = self.ema.swapped() if self.ema is not None else _nullcontext()
-        with ctx:
+        with ctx, self._autocast():  # official: sampling under --amp runs in autocast too
             out = model.sample(small)
         from torchvision.utils import make_grid, save_image
 
-        self.image_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for key, value in out.items():
             if not (torch.is_tensor(value) and value.dim() == 4 and key.endswith("image")):
@@ -551,11 +573,13 @@ class Solver:
             if im.max() > 1.5:
                 im = im / 255.0
             grid = make_grid(im.clamp(0, 1), nrow=min(4, im.shape[0]))
-            path = self.image_dir / f"{self.last_iter:06d}_{key}.png"
+            epoch, it_in_epoch = self.last_epoch + 1, self.last_iter % self.train_iterations  # official names
+            path = sample_image_path(self.image_dir, key, epoch, it_in_epoch, self.rank, ema=self.ema is not None)
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_image(grid, path)
             paths.append(path)
             if self.tb_writer is not None:
-                self.tb_writer.add_image(f"samples/{key}", grid, self.last_iter)
+                self.tb_writer.add_image(sample_image_tag(key, epoch, it_in_epoch), grid, self.last_iter)
         self.logger.info(f"saved {len(paths)} sample grids to {self.image_dir}")
         return paths
 
@@ -572,12 +596,15 @@ class Solver:
                 entry["scheduler"] = {"step_iteration": op_sc["scheduler"]["step_iteration"],
                                       "module": op_sc["scheduler"]["module"].state_dict()}
             ops[name] = entry
+        state = {"last_epoch": self.last_epoch, "last_iter": self.last_iter, "model": self.raw_model.state_dict()}
+        # official layout: 'ema' and 'clip_grad_norm' only when they exist (the official loader calls
+        # load_state_dict on any value stored under these keys, so None would break it)
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.clip_grad_norm is not None:
+            state["clip_grad_norm"] = self.clip_grad_norm.state_dict()
         return {
-            "last_epoch": self.last_epoch,
-            "last_iter": self.last_iter,
-            "model": self.raw_model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "clip_grad_norm": self.clip_grad_norm.state_dict() if self.clip_grad_norm is not None else None,
+            **state,
             "optimizer_and_scheduler": ops,
             "scaler": self.scaler.state_dict(),
             "rng": rng,
@@ -594,7 +621,7 @@ class Solver:
             return written
         periodic = False
         if self.batches_done == 0:  # epoch end
-            if self.save_epochs > 0 and (self.last_epoch + 1) % self.save_epochs == 0:
+            if epoch_rule_due(self.save_epochs, self.last_epoch + 1):
                 periodic = True
             if self.save_iterations > 0 and (self.last_iter + 1) % self.save_iterations == 0:
                 periodic = True
