@@ -278,3 +278,30 @@ def test_tune_launcher_takes_either_case_of_the_coco_checkpoint(tmp_path, monkey
     assert load_path() == f"{P}/coco_pretrained.pth"
     (tmp_path / P / "COCO_pretrained.pth").write_bytes(b"x")
     assert load_path() == f"{P}/COCO_pretrained.pth"  # the official name wins when present
+
+
+@pytest.mark.slow
+def test_run_tune_coco_fine_tunes_a_checkpoint_without_the_learned_null_text(tiny_clone):
+    """The tune recipe adds ``empty_text_embed`` (learnable cf) to a model whose pretrained checkpoint has
+    none: the official single-GPU resume loads strictly and fails (OFFICIAL.md, "Fix"); ours keeps the new
+    tensor as initialised, in the model and in the EMA, and says so in the log."""
+    from vqdiff.utils.config import load_yaml_config, save_yaml_config
+
+    tune = _tiny_model_config(tiny_clone, "configs/coco_tune.yaml")
+    for node in tune["dataloader"]["train_datasets"] + tune["dataloader"]["validation_datasets"]:
+        node["params"]["im_preprocessor_config"]["params"]["size"] = 16
+    save_yaml_config(tune, tiny_clone / "configs/coco_tune.yaml")
+    pretrained = tiny_clone / P / "coco_pretrained.pth"
+    shutil.copy(tiny_clone / P / "CC_pretrained.pth", pretrained)
+    assert "transformer.empty_text_embed" not in torch.load(pretrained, map_location="cpu", weights_only=True)["model"]
+    out = subprocess.run(
+        [sys.executable, "running_command/run_tune_coco.py", "--no_progress_bar", "--seed", "0",
+         "solver.max_epochs=1", "solver.sample_iterations=1000", "dataloader.batch_size=2",
+         "dataloader.num_workers=0", f"dataloader.data_root={_coco_layout(tiny_clone)}"],
+        cwd=tiny_clone, env=_env(), capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "transformer.empty_text_embed" in out.stdout  # named as kept at its initial value
+    last = torch.load(tiny_clone / "OUTPUT" / "coco_tune" / "checkpoint" / "last.pth", map_location="cpu",
+                      weights_only=True)
+    assert last["model"]["transformer.empty_text_embed"].shape == last["ema"]["empty_text_embed"].shape
+    assert load_yaml_config(tiny_clone / "OUTPUT" / "coco_tune" / "configs" / "config.yaml")  # the run's config saved

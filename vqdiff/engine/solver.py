@@ -633,6 +633,20 @@ class Solver:
             self.logger.info(f"saved checkpoint {p}")
         return written
 
+    def _check_loaded(self, path: str | os.PathLike, what: str, missing: list, unexpected: list,
+                      resuming: bool) -> None:
+        """A resumed run must match its checkpoint exactly. A pretrained checkpoint (``--load_path``) may lack
+        tensors the config adds (the tune recipe's learnable null text, ``empty_text_embed``): they keep
+        their initial value, and the log names them (the official single-GPU resume loads strictly and
+        stops there; OFFICIAL.md, "Fix")."""
+        if unexpected or (missing and resuming):
+            raise CheckpointError(f"checkpoint {path} does not match the {what}: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
+        if missing:
+            self.logger.warning(f"checkpoint {path} has no {len(missing)} tensor(s) of the {what}, kept as "
+                                f"initialised: {', '.join(missing[:5])}"
+                                + (" ..." if len(missing) > 5 else ""))
+
     def resume(self, path: Optional[str | os.PathLike] = None, load_optimizer_and_scheduler: bool = True,
                load_others: bool = True, allow_unsafe: bool = False) -> bool:
         """Load ``path`` (default ``last.pth``); returns False when the default file does not exist."""
@@ -646,12 +660,11 @@ class Solver:
             raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {list(ckpt)[:8]})")
         require_same_shapes(self.raw_model, ckpt["model"], path)
         missing, unexpected = self.raw_model.load_state_dict(ckpt["model"], strict=False)
-        if unexpected or (missing and load_others):
-            raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
+        self._check_loaded(path, "model", missing, unexpected, load_others)
         if self.ema is not None and ckpt.get("ema") is not None:
             require_same_shapes(self.ema.ema_model, ckpt["ema"], path, what="EMA model")
-            self.ema.load_state_dict(ckpt["ema"])
+            missing, unexpected = self.ema.load_state_dict(ckpt["ema"], strict=False)
+            self._check_loaded(path, "EMA model", missing, unexpected, load_others)
         if self.clip_grad_norm is not None and ckpt.get("clip_grad_norm") is not None:
             self.clip_grad_norm.load_state_dict(ckpt["clip_grad_norm"])
         if load_optimizer_and_scheduler:
