@@ -226,3 +226,22 @@ def test_clip_loads_torchscript_archive(tmp_path):
     images, tokens = torch.rand(2, 3, 16, 16) * 255, _tiny_tokenizer(["a", "b"])
     torch.testing.assert_close(clip_score(loaded, images, tokens), clip_score(model, images, tokens))
 
+
+
+def test_clip_score_text_tower_is_the_models_tower(tmp_path):
+    # the CLIP score reads text with the project's CLIPTextTransformer (the conditioning tower), not a copy:
+    # the same file loaded as the models load it gives the same features and end-of-text embedding
+    from vqdiff.modeling.embeddings.clip_model import CLIPTextTransformer
+    from vqdiff.modeling.embeddings.clip_model import load_clip_state_dict as load_text_weights
+
+    model = _tiny_clip()
+    assert isinstance(model, CLIPTextTransformer)
+    path = tmp_path / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    tower = CLIPTextTransformer.from_state_dict(load_text_weights(path)).eval()
+    tokens = _tiny_tokenizer(["red", "a blue square"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_features(tokens), tower(tokens))
+        torch.testing.assert_close(model.encode_text(tokens), tower.project_eot(tower(tokens), tokens))
+    with pytest.raises(ValueError, match=r"\(B, 12\)"):
+        model.text_features(tokens[:, :5])
