@@ -27,6 +27,7 @@ setup(
             "pytest",
             "diffusers",
             "torchmetrics",
+            "torch-fidelity",  # torchmetrics' FID / IS / KID run torch-fidelity's TF-FID Inception
             "scipy",
             "openai-clip==1.0.1",
         ],
