@@ -42,9 +42,9 @@ from vqdiff.utils import perf
 from vqdiff.utils.denormals import flush_denormals
 
 SIZES: dict[str, dict[str, Any]] = {
-    # the released token grid (32x32 from 256x256 images), a COCO-sized codebook and the CLIP text shape,
+    # the released token grid (32x32 from 256x256 images), the released 2887-entry codebook and the CLIP text shape,
     # with a small network: realistic tensor shapes for the sampler, small enough for a CPU
-    "tiny": dict(layers=2, width=128, heads=4, side=32, K=2886, T=100, cond_dim=512, cond_len=77, batch=1),
+    "tiny": dict(layers=2, width=128, heads=4, side=32, K=2887, T=100, cond_dim=512, cond_len=77, batch=1),
     "issue8": perf.issue8_size(),
     "quick": {**perf.issue8_size(quick=True), "T": 6},
 }

@@ -14,10 +14,10 @@
 - ``--image-size``: resize the short side (bicubic) and centre-crop every image to this size first;
   needed when the images differ in size.
 
-The paper protocol (VQ-Diffusion, arXiv 2111.14822, Sec. 4; see docs/evaluation.md): MSCOCO, 30,000
-generated 256x256 images, one per val2014 caption, against the real val2014 images short-side resized to
-256 and centre-cropped (``--image-size 256``); inside the metric every image is resized to 299x299 with the
-TF1 bilinear resize of the TF Inception graph; IS over 10 splits. ``scripts/eval_coco_protocol.py`` runs all
+The MSCOCO protocol (docs/evaluation.md, sections 2 and 4): 30,000 generated 256x256 images, one per
+val2014 caption, against the real val2014 images of those captions short-side resized to 256 (bicubic) and
+centre-cropped (``--image-size 256``); inside the metric every image is resized to 299x299 with the TF1
+bilinear resize of the TF Inception graph; IS over 10 splits. ``scripts/eval_coco_protocol.py`` runs all
 of it. Fewer images give a higher (biased) FID: compare only numbers computed on equal counts.
 """
 
