@@ -7,7 +7,8 @@
 For each size a vqdiff ``DiffusionTransformer`` (random weights, seeded) is exported with
 ``vqdiff.inference.diffusers_export.transformer_to_diffusers`` and loaded into diffusers' ``Transformer2DModel``
 (strict); the scheduler is ``VQDiffusionScheduler`` from ``scheduler_config``. Then, alternating ours / theirs
-in each repeat (median of ``--repeats`` after one warm-up each):
+in each round (medians over ``--repeats`` / ``--sampling-repeats`` rounds; the forward rows after one warm-up
+call each, the sampling rows without one, as each sampling run makes T network calls):
 
 - **network forward, both uncached**: ours ``transformer(x, cond, t)`` without the precomputed text keys/values,
   theirs ``Transformer2DModel(x, encoder_hidden_states=cond, timestep=t)`` -- the like-for-like ratio;
@@ -117,14 +118,16 @@ def diffusers_sample(theirs, scheduler, cond, uncond, truncation_rate: float, gu
     return sample
 
 
-def alternating(fns: dict[str, Callable[[], Any]], repeats: int, flush_all: bool = False) -> dict[str, dict]:
-    """One warm-up of each, then ``repeats`` rounds running every function once per round (order rotated);
-    ``flush_all``: every call inside :func:`flush_denormals`."""
+def alternating(fns: dict[str, Callable[[], Any]], repeats: int, flush_all: bool = False,
+                warmup: int = 1) -> dict[str, dict]:
+    """``warmup`` untimed calls of each, then ``repeats`` rounds running every function once per round (order
+    rotated); ``flush_all``: every call inside :func:`flush_denormals`."""
     if flush_all:
         fns = {name: (lambda f=f: _flushed(f)) for name, f in fns.items()}
     names = list(fns)
-    for name in names:
-        fns[name]()
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
@@ -189,7 +192,7 @@ def bench_size(name: str, size: dict, repeats: int, sampling_repeats: int, trunc
             "diffusers": lambda: diffusers_sample(theirs, scheduler, cond, data["uncond"], truncation_rate,
                                                   guidance_scale, g_theirs),
             "ours_uncached": ours_sample_uncached,
-        }, sampling_repeats, flush_all)
+        }, sampling_repeats, flush_all, warmup=0)  # T network calls each: the first steps warm up
     res["sampling"] = {"steps": T, "batch": B, "truncation_rate": truncation_rate, "guidance_scale": guidance_scale,
                        **{f"{k}_s_per_image": v["median_s"] / B for k, v in samp.items()}}
     res["sampling"]["ratio"] = samp["diffusers"]["median_s"] / samp["ours"]["median_s"]

@@ -60,10 +60,13 @@ def _images(seed: int, n: int, low: int = 0, high: int = 256) -> torch.Tensor:
 
 
 def test_fid_of_a_set_with_itself_is_zero(weights):
-    images = _images(0, 6).float()  # float pixels, as the project's image loaders give
+    images = _images(0, 6)
+    rng = torch.get_rng_state()
     metrics = InceptionMetrics(InceptionMetricsConfig(weights, inception_score=False))
-    for real in (True, False):
-        metrics.update_all(images.split(4), real=real)
+    assert torch.equal(torch.get_rng_state(), rng)  # building the Inception leaves the global RNG alone
+    # float pixels (as the project's image loaders give) on one side, int64 on the other: the same uint8 images
+    metrics.update_all(images.float().split(4), real=True)
+    metrics.update_all(images.long().split(4), real=False)
     out = metrics.compute()
     assert out["num_real"] == out["num_fake"] == 6
     assert out["fid"] == pytest.approx(0.0, abs=1e-4)
@@ -128,6 +131,8 @@ def test_bad_images_and_too_few_images(weights):
     metrics = InceptionMetrics(InceptionMetricsConfig(weights, is_splits=4))
     with pytest.raises(ValueError, match=r"\[0, 255\]"):
         metrics.update(torch.rand(2, 3, 8, 8) * 2 - 1, real=True)
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        metrics.update(torch.full((2, 3, 8, 8), 256), real=True)
     with pytest.raises(ValueError, match="shape"):
         metrics.update(torch.zeros(2, 1, 8, 8), real=True)
     metrics.update(_images(0, 2), real=True)

@@ -107,7 +107,9 @@ def load_tf_inception(path: str | Path | None, device: str | torch.device = "cpu
 
     path = resolve_inception_weights(path)
     try:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", list(_FEATURES), feature_extractor_weights_path=str(path))
+        with torch.random.fork_rng(devices=[]):  # its layers are randomly initialised before loading: keep the RNG
+            net = FeatureExtractorInceptionV3("inception-v3-compat", list(_FEATURES),
+                                              feature_extractor_weights_path=str(path))
     except RuntimeError as err:  # load_state_dict: missing / unexpected keys or shapes
         raise ValueError(f"{WEIGHTS_ARGUMENT}={str(path)!r} does not fit torch-fidelity's Inception: "
                          f"{str(err)[:400]}") from err
@@ -133,10 +135,10 @@ def _as_uint8(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"images must be (B, 3, H, W) in [0, 255], got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         return images
-    if images.is_floating_point() and (images.min() < 0 or images.max() > 255):
+    if images.numel() and (images.min() < 0 or images.max() > 255):
         raise ValueError(f"images must lie in [0, 255], got values in [{images.min().item():.3g}, "
                          f"{images.max().item():.3g}] (pass pixels, not [-1, 1] or [0, 1] tensors)")
-    return images.round().clamp(0, 255).to(torch.uint8)
+    return (images.round() if images.is_floating_point() else images).to(torch.uint8)
 
 
 class InceptionMetrics:
