@@ -39,6 +39,10 @@ def test_quick_run_reports_fields_and_agreement(bench, tmp_path, capsys):
     # the exported weights give the same log-probabilities in both libraries (fp32 rounding only)
     assert r["agreement"]["max_abs_diff_log_probs"] < 1e-4
     assert r["agreement"]["max_abs_diff_ours_cached_vs_uncached"] < 1e-5
+    # classifier-free guidance and one denormal setting for both sides also run
+    guided = bench.main(["--quick", "--guidance-scale", "3", "--denormals", "flush-all"])["results"][0]
+    assert guided["sampling"]["guidance_scale"] == 3.0 and guided["denormals"] == "flush-all"
+    assert guided["sampling"]["ratio"] > 0
     with pytest.raises(SystemExit, match="unknown"):
         bench.main(["--sizes", "huge"])
 
