@@ -8,9 +8,6 @@ import torch
 from vqdiff.utils import perf
 from vqdiff.utils.denormals import flush_denormal_enabled, flush_denormals
 
-pytestmark = pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush denormals")
-
-
 @pytest.fixture(scope="module")
 def diffusion():
     torch.manual_seed(0)
@@ -22,6 +19,8 @@ def diffusion():
 @pytest.fixture(autouse=True)
 def _restore_flag():
     before = flush_denormal_enabled()
+    if not torch.set_flush_denormal(before):  # returns whether the CPU supports the setting at all
+        pytest.skip("this CPU cannot flush denormals (torch.set_flush_denormal returns False)")
     yield
     torch.set_flush_denormal(before)
 
