@@ -29,6 +29,7 @@ setup(
             "transformers",
             "torch-fidelity",
             "torchmetrics",
+            "torch-fidelity",  # torchmetrics' FID / IS / KID run torch-fidelity's TF-FID Inception
             "scipy",
             "openai-clip==1.0.1",
         ],

@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance-scale", type=float, default=3.0,
                         help="classifier-free guidance for every sampler here (1 = off), as the demo samples")
     args = parser.parse_args(argv)
-    torch.set_flush_denormal(True)
     out = Path(args.output)
     cfg, ckpt = out / "configs" / "demo_text_shapes.yaml", out / "diffusion" / "checkpoint" / "last.pth"
     if not cfg.is_file() or not ckpt.is_file():

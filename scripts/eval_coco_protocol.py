@@ -9,7 +9,10 @@ Protocol (the one the VQ-Diffusion papers report; see docs/evaluation.md):
    guidance: ``--truncation-rate 1.0 --guidance-scale 3.0``, as the official README recommends for COCO).
 3. FID between the generated images and the real images of the sampled captions, both short-side resized
    to 256 and centre-cropped (the official validation preprocessing), with Inception-v3 weights from
-   ``--inception-weights``. Optionally the CLIP score (``--clip-weights``) and the Inception Score.
+   ``--inception-weights`` (torch-fidelity's port of the TensorFlow FID Inception, the one papers use; the
+   metrics are torchmetrics'); inside the metric images are resized to 299x299 with the TF1 bilinear resize.
+   The Inception Score (10 splits) of the generated images comes with it; optionally the CLIP score
+   (``--clip-weights``).
 
 Expected layout (the official one):
     COCO_ROOT/annotations/captions_val2014.json
@@ -36,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coco-root", type=Path, required=True, help="MSCOCO_Caption folder (official layout)")
     p.add_argument("--config", type=Path, required=True, help="model config, e.g. OUTPUT/pretrained_model/config_text.yaml")
     p.add_argument("--checkpoint", type=Path, required=True, help="e.g. OUTPUT/pretrained_model/coco_learnable.pth")
-    p.add_argument("--inception-weights", type=Path, required=True, help="torchvision inception_v3 state dict")
+    p.add_argument("--inception-weights", "--feature-extractor-weights-path", dest="inception_weights", type=Path,
+                   required=True, help="torch-fidelity's TF-FID Inception weights (weights-inception-2015-12-05-6726825d.pth)")
     p.add_argument("--clip-weights", type=Path, default=None, help="OpenAI-CLIP ViT weights (adds the CLIP score)")
     p.add_argument("--out-dir", type=Path, default=Path("OUTPUT/eval_coco"))
     p.add_argument("--num-captions", type=int, default=30000)
@@ -59,7 +63,7 @@ def missing_inputs(args: argparse.Namespace) -> list[str]:
         (args.coco_root / "val2014" / "val2014", "COCO val2014 images folder"),
         (args.config, "model config"),
         (args.checkpoint, "model checkpoint"),
-        (args.inception_weights, "Inception-v3 weights (torchvision state dict)"),
+        (args.inception_weights, "TF-FID Inception weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth)"),
     ]
     if args.clip_weights is not None:
         need.append((args.clip_weights, "CLIP weights"))
@@ -110,9 +114,10 @@ def main(argv=None) -> dict | None:
 
     from tqdm.auto import tqdm
 
-    from vqdiff.evaluation.fid import FeatureStatistics, InceptionFeatureExtractor, frechet_distance, inception_score
+    from vqdiff.evaluation.fid import InceptionMetrics, InceptionMetricsConfig, resolve_inception_weights
     from vqdiff.evaluation.image_folder import image_batches, list_images
 
+    resolve_inception_weights(args.inception_weights)  # a wrong weights file fails now, not after the generation
     args.out_dir.mkdir(parents=True, exist_ok=True)
     captions = sample_captions(args.coco_root / "annotations" / "captions_val2014.json", args.num_captions, args.seed)
     (args.out_dir / "captions.json").write_text(json.dumps(captions, indent=0))
@@ -139,23 +144,14 @@ def main(argv=None) -> dict | None:
     absent = [p for p in real_paths if not p.is_file()]
     if absent:
         raise FileNotFoundError(f"{len(absent)} real images missing, e.g. {absent[0]}")
-    extractor = InceptionFeatureExtractor(args.inception_weights, device=args.device)
-    real_stats, fake_stats, probs = FeatureStatistics(), FeatureStatistics(), []
-    for batch in tqdm(image_batches(real_paths, args.batch_size, args.image_size), desc="Inception (real)"):
-        real_stats.update(extractor(batch)["pool"])
-    for batch in tqdm(image_batches(fake_paths, args.batch_size, args.image_size), desc="Inception (generated)"):
-        out = extractor(batch)
-        fake_stats.update(out["pool"])
-        probs.append(out["logits"].double().softmax(-1).cpu())
-    import torch
-
-    is_mean, is_std = inception_score(torch.cat(probs), splits=min(10, fake_stats.n))
+    metrics = InceptionMetrics(InceptionMetricsConfig(feature_extractor_weights_path=args.inception_weights,
+                                                      is_splits=min(10, len(fake_paths)), device=args.device))
+    metrics.update_all(tqdm(image_batches(real_paths, args.batch_size, args.image_size), desc="Inception (real)"),
+                       real=True)
+    metrics.update_all(tqdm(image_batches(fake_paths, args.batch_size, args.image_size), desc="Inception (generated)"),
+                       real=False)
     result = {
-        "fid": frechet_distance(real_stats.mean, real_stats.cov, fake_stats.mean, fake_stats.cov),
-        "inception_score": is_mean,
-        "inception_score_std": is_std,
-        "num_real": real_stats.n,
-        "num_fake": fake_stats.n,
+        **metrics.compute(),
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
     if args.clip_weights is not None:

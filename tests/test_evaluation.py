@@ -1,4 +1,4 @@
-"""Evaluation metrics: shapes attribute classifier, FID / IS math and Inception plumbing, CLIP score plumbing."""
+"""Evaluation metrics: shapes attribute classifier and CLIP score plumbing (FID / IS / KID: test_evaluation_fid.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,14 +21,6 @@ from vqdiff.evaluation.clip_score import (
     clip_score,
     compute_clip_score,
     load_clip_state_dict,
-)
-from vqdiff.evaluation.fid import (
-    FeatureStatistics,
-    InceptionFeatureExtractor,
-    compute_fid,
-    feature_statistics,
-    frechet_distance,
-    inception_score,
 )
 from vqdiff.evaluation.shapes_classifier import (
     CHANCE,
@@ -139,106 +130,6 @@ def test_parse_caption_inverts_make_caption():
         parse_caption("two dogs in the snow")
 
 
-# ---------------------------------------------------------------- FID / IS math
-
-def test_frechet_distance_identical_is_zero():
-    rng = np.random.default_rng(0)
-    feats = rng.normal(size=(200, 16))
-    mu, sigma = feature_statistics(feats)
-    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_frechet_distance_diagonal_closed_form_and_symmetry():
-    # for diagonal covariances: ||mu1-mu2||^2 + sum (s1 + s2 - 2 sqrt(s1 s2)) = ... + sum (sqrt s1 - sqrt s2)^2
-    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
-    s1, s2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
-    d12 = frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
-    d21 = frechet_distance(mu2, np.diag(s2), mu1, np.diag(s1))
-    assert d12 == pytest.approx(expected, rel=1e-9)
-    assert d21 == pytest.approx(d12, rel=1e-9)
-
-
-def test_frechet_distance_singular_covariance_is_finite():
-    # 5 samples in 10 dims: rank-deficient covariances (the eps*I fallback / real-part rule)
-    rng = np.random.default_rng(1)
-    a, b = rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
-    d = frechet_distance(*feature_statistics(a), *feature_statistics(b))
-    assert math.isfinite(d) and d > 0
-    with pytest.raises(ValueError, match="shape"):
-        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
-
-
-def test_streaming_statistics_match_numpy():
-    rng = np.random.default_rng(2)
-    feats = rng.normal(size=(50, 6)) * 3 + 1
-    stats = FeatureStatistics()
-    for chunk in np.array_split(feats, 4):
-        stats.update(torch.from_numpy(chunk).float())
-    np.testing.assert_allclose(stats.mean, feats.mean(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(stats.cov, np.cov(feats, rowvar=False), rtol=1e-4, atol=1e-4)
-
-
-def test_inception_score_bounds():
-    uniform = torch.full((40, 10), 0.1)
-    assert inception_score(uniform, splits=4)[0] == pytest.approx(1.0)
-    confident = torch.eye(10).repeat(4, 1)  # each split of 10 rows covers all 10 classes once
-    mean, std = inception_score(confident, splits=4)
-    assert mean == pytest.approx(10.0) and std == pytest.approx(0.0, abs=1e-9)
-    # all confident on one class: no diversity -> 1
-    assert inception_score(torch.eye(10)[[3] * 20], splits=2)[0] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="softmax"):
-        inception_score(torch.randn(8, 5), splits=2)
-
-
-# ---------------------------------------------------------------- Inception plumbing
-
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    from torchvision.models import inception_v3
-
-    torch.manual_seed(0)
-    net = inception_v3(weights=None, aux_logits=True, init_weights=False)  # AuxLogits keys are dropped on load
-    path = tmp_path_factory.mktemp("inception") / "inception_random.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
-def test_inception_extractor_features(inception_weights):
-    ext = InceptionFeatureExtractor(inception_weights)
-    images = torch.rand(2, 3, 40, 40) * 255
-    out = ext(images)
-    assert out["pool"].shape == (2, 2048) and out["logits"].shape == (2, 1000)
-    assert torch.isfinite(out["pool"]).all()
-    # the logits are the fc layer applied to the pool features
-    torch.testing.assert_close(out["logits"], ext.net.fc(out["pool"]))
-
-
-def test_compute_fid_streams_batches():
-    # a stand-in extractor whose "pool" features are the mean colour: FID is then the closed form of
-    # the colour statistics, whatever the batch split (the 2048-d sqrtm is too slow for a unit test)
-    def extractor(images):
-        return {"pool": images.mean(dim=(2, 3)), "logits": torch.zeros(len(images), 3)}
-
-    torch.manual_seed(0)
-    real = torch.rand(30, 3, 4, 4) * 255
-    fake = real * 0.5 + 20
-    fid = compute_fid(list(real.split(7)), ({"image": b} for b in fake.split(4)), extractor, progress=False)
-    expected = frechet_distance(*feature_statistics(real.mean(dim=(2, 3))), *feature_statistics(fake.mean(dim=(2, 3))))
-    assert fid == pytest.approx(expected, rel=1e-6)
-    assert compute_fid([real], [real], extractor, progress=False) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_inception_missing_weights_names_path(tmp_path):
-    missing = tmp_path / "no_such_inception.pth"
-    with pytest.raises(FileNotFoundError, match="no_such_inception.pth"):
-        InceptionFeatureExtractor(missing)
-    bad = tmp_path / "bad.pth"
-    torch.save({"foo.weight": torch.zeros(2)}, bad)
-    with pytest.raises(KeyError, match="bad.pth"):
-        InceptionFeatureExtractor(bad)
-
-
 # ---------------------------------------------------------------- CLIP score plumbing
 
 def _tiny_clip(embed_dim: int = 8) -> CLIPModel:
@@ -335,3 +226,22 @@ def test_clip_loads_torchscript_archive(tmp_path):
     images, tokens = torch.rand(2, 3, 16, 16) * 255, _tiny_tokenizer(["a", "b"])
     torch.testing.assert_close(clip_score(loaded, images, tokens), clip_score(model, images, tokens))
 
+
+
+def test_clip_score_text_tower_is_the_models_tower(tmp_path):
+    # the CLIP score reads text with the project's CLIPTextTransformer (the conditioning tower), not a copy:
+    # the same file loaded as the models load it gives the same features and end-of-text embedding
+    from vqdiff.modeling.embeddings.clip_model import CLIPTextTransformer
+    from vqdiff.modeling.embeddings.clip_model import load_clip_state_dict as load_text_weights
+
+    model = _tiny_clip()
+    assert isinstance(model, CLIPTextTransformer)
+    path = tmp_path / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    tower = CLIPTextTransformer.from_state_dict(load_text_weights(path)).eval()
+    tokens = _tiny_tokenizer(["red", "a blue square"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_features(tokens), tower(tokens))
+        torch.testing.assert_close(model.encode_text(tokens), tower.project_eot(tower(tokens), tokens))
+    with pytest.raises(ValueError, match=r"\(B, 12\)"):
+        model.text_features(tokens[:, :5])

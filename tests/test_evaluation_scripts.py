@@ -1,5 +1,5 @@
 """The evaluation scripts end to end on tiny inputs (the shapes script's test lives in test_evaluation.py,
-beside the trained classifier it reuses): FID/IS between folders (a stand-in extractor: the 2048-d matrix square root is too slow for a unit test), COCO protocol
+beside the trained classifier it reuses): FID/IS between folders (random-init TF-Inception weights read from a file), COCO protocol
 input checks and caption sampling."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from test_evaluation_fid import save_random_tf_inception
 from vqdiff.data.synthetic import ShapesDataset, make_caption
 from vqdiff.evaluation.image_folder import caption_folders, image_batches, list_images, load_image
 
@@ -62,31 +62,20 @@ def test_image_folder_reading(tmp_path):
         list_images(tmp_path / "nowhere")
 
 
-def test_evaluate_fid_script(tmp_path, monkeypatch):
-    mod = _script("evaluate_fid")
-
-    class MeanColour(torch.nn.Module):  # stand-in for Inception: "features" = mean colour, 3 "classes"
-        def __init__(self, weights_path, device="cpu"):
-            super().__init__()
-            assert Path(weights_path).is_file()
-
-        def forward(self, images):
-            f = images.mean(dim=(2, 3))
-            return {"pool": f, "logits": f / 10}
-
-    monkeypatch.setattr(mod, "InceptionFeatureExtractor", MeanColour)
-    weights = tmp_path / "inception.pth"
-    torch.save({}, weights)
-    _caption_tree(tmp_path / "real", "all", 12, seed=1)
-    _caption_tree(tmp_path / "fake", "all", 12, seed=1)
-    res = mod.main(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
-                    "--inception-weights", str(weights), "--batch-size", "5", "--splits", "2",
-                    "--output", str(tmp_path / "fid.json")])
-    assert res["fid"] == pytest.approx(0.0, abs=1e-6) and res["num_real"] == res["num_fake"] == 12
+def test_evaluate_fid_script(tmp_path):
+    # random-init TF-Inception weights from a file; the same images on both sides give FID 0
+    weights = save_random_tf_inception(tmp_path / "inception.pth")
+    _caption_tree(tmp_path / "real", "all", 6, seed=1)
+    _caption_tree(tmp_path / "fake", "all", 6, seed=1)
+    res = _script("evaluate_fid").main([
+        "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
+        "--feature-extractor-weights-path", str(weights), "--batch-size", "4", "--splits", "2",
+        "--output", str(tmp_path / "fid.json")])
+    assert res["fid"] == pytest.approx(0.0, abs=1e-4) and res["num_real"] == res["num_fake"] == 6
     assert res["inception_score"] >= 1.0 and json.loads((tmp_path / "fid.json").read_text())["is_splits"] == 2
     with pytest.raises(SystemExit, match="missing_inception.pth"):
-        mod.main(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
-                  "--inception-weights", str(tmp_path / "missing_inception.pth")])
+        _script("evaluate_fid").main(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
+                                      "--inception-weights", str(tmp_path / "missing_inception.pth")])
 
 
 def test_coco_protocol_reports_missing_inputs(tmp_path, capsys):

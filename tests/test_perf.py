@@ -177,7 +177,7 @@ def test_bench_all_quick_prints_markdown_table_and_json(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench_all.py", "--quick", "--no-diffusers"])
     mod.main()
     out = capsys.readouterr().out
-    assert "| what | vqdiff (this run) | official (issue 8) | note |" in out
+    assert "| what | vqdiff (this run) | official / vqdiff (maintainers, issue 17) | note |" in out
     assert "| one full sampling step (ms) |" in out
     res = json.loads(out.split("JSON ", 1)[1])
     assert res["size"]["layers"] == 2 and res["machine"]["device"] == "cpu"

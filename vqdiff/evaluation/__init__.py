@@ -1,2 +1,3 @@
-"""Evaluation: text-following accuracy on the synthetic shapes (``shapes_classifier``), FID and Inception
-Score (``fid``) and CLIP score (``clip_score``), with Inception / CLIP weights from user-given paths."""
+"""Evaluation: text-following accuracy on the synthetic shapes (``shapes_classifier``), FID / Inception Score / KID
+through torchmetrics on the TF-FID Inception (``fid``) and CLIP score on the project's CLIP text tower
+(``clip_score``), with Inception / CLIP weights from user-given paths."""

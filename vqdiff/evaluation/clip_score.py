@@ -1,21 +1,20 @@
 """CLIP score (Hessel et al., arXiv 2104.08718, Eq. 1 with w = 100, as torchmetrics' CLIPScore):
 ``CLIPScore = 100 * mean_i max(cos(E_img(x_i), E_txt(c_i)), 0)``.
 
-The CLIP model (arXiv 2103.00020) is rebuilt here from a full OpenAI-CLIP state dict the user gives (a
-ViT visual tower + the text transformer; nothing is downloaded). Sizes are read from the tensors, as
+The CLIP model (arXiv 2103.00020) is rebuilt from a full OpenAI-CLIP state dict the user gives (nothing is
+downloaded): its text tower is the project's ``CLIPTextTransformer`` (``vqdiff.modeling.embeddings.clip_model``,
+the one tower the models condition on), with a ViT visual tower added here. Sizes are read from the tensors, as
 the released models are laid out: ``visual.conv1.weight`` (W_v, 3, P, P), ``visual.positional_embedding``
 (G*G + 1, W_v), ``token_embedding.weight`` (V, W_t), ``positional_embedding`` (L, W_t), heads = width // 64.
 The released ``ViT-B-32.pt`` is a TorchScript archive holding fp16 weights; both that and a plain state
 dict load, and everything runs in fp32.
 
 Text is turned into ``(B, L)`` token ids by a tokenizer callable; the default is the project's CLIP BPE
-tokenizer (``vqdiff.modeling.codecs.text``), falling back to the BPE file shipped with the ``openai-clip``
-package.
+tokenizer (``vqdiff.modeling.codecs.text.bpe``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -25,6 +24,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from vqdiff.modeling.codecs.text.bpe import SimpleTokenizer
+from vqdiff.modeling.embeddings.clip_model import (
+    CLIPTextConfig,
+    CLIPTextTransformer,
+    QuickGELU,
+    extract_text_state_dict,
+    infer_text_config,
+    is_torchscript_archive,
+    read_torchscript_tensors,
+)
 
 __all__ = [
     "CLIP_MEAN",
@@ -45,13 +55,9 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 
 
-class _QuickGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)  # the GELU approximation CLIP was trained with
-
-
 class ResidualAttentionBlock(nn.Module):
-    """Pre-norm block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; keys as in the CLIP release."""
+    """The visual tower's pre-norm block (bidirectional attention): ``x + attn(ln_1(x))``, then
+    ``x + mlp(ln_2(x))``; keys as in the CLIP release."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -59,24 +65,24 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.mlp = nn.Sequential()
         self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
-        self.mlp.add_module("gelu", _QuickGELU())
+        self.mlp.add_module("gelu", QuickGELU())
         self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
         self.ln_2 = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln_1(x)  # (B, L, W)
-        x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0]
+        x = x + self.attn(h, h, h, need_weights=False)[0]
         return x + self.mlp(self.ln_2(x))
 
 
-class _Transformer(nn.Module):
+class _VisualTransformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int):
         super().__init__()
         self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.resblocks:
-            x = block(x, attn_mask)
+            x = block(x)
         return x
 
 
@@ -93,7 +99,7 @@ class CLIPVisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(torch.zeros(width))
         self.positional_embedding = nn.Parameter(torch.zeros(grid * grid + 1, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = _Transformer(width, layers, heads)
+        self.transformer = _VisualTransformer(width, layers, heads)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(torch.zeros(width, embed_dim))
 
@@ -111,21 +117,16 @@ def _count_layers(sd: dict, prefix: str) -> int:
     return max(ids) + 1 if ids else 0
 
 
-class CLIPModel(nn.Module):
-    """Both CLIP towers with the released key names (``visual.*``, ``transformer.*``, ``token_embedding``...).
-
-    The text tower is causal and reads its output at the end-of-text token (the largest id in a row).
-    """
+class CLIPModel(CLIPTextTransformer):
+    """Both CLIP towers with the released key names: the project's text tower (``token_embedding``,
+    ``transformer.*``, ``ln_final``, ``text_projection``; causal, read at the end-of-text token, the largest id
+    of a row) plus ``visual.*`` and ``logit_scale``."""
 
     def __init__(self, visual: CLIPVisionTransformer, vocab: int, context_length: int, width: int, layers: int,
                  heads: int, embed_dim: int):
-        super().__init__()
+        super().__init__(CLIPTextConfig(vocab_size=vocab, context_length=context_length, width=width, layers=layers,
+                                        heads=heads, embed_dim=embed_dim))
         self.visual = visual
-        self.token_embedding = nn.Embedding(vocab, width)
-        self.positional_embedding = nn.Parameter(torch.zeros(context_length, width))
-        self.transformer = _Transformer(width, layers, heads)
-        self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Parameter(torch.zeros(width, embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     @property
@@ -133,25 +134,22 @@ class CLIPModel(nn.Module):
         return self.positional_embedding.shape[0]
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> "CLIPModel":
-        """Build with the sizes the tensors imply and load them (strict)."""
+    def from_state_dict(cls, sd: dict[str, torch.Tensor], heads: int | None = None) -> "CLIPModel":
+        """Build with the sizes the tensors imply and load them (strict; text sizes via ``infer_text_config``)."""
         if "visual.conv1.weight" not in sd:
             if "visual.layer1.0.conv1.weight" in sd:
                 raise ValueError("ResNet CLIP visual towers are not supported; use a ViT CLIP (e.g. ViT-B/32)")
             raise KeyError("state dict has no 'visual.conv1.weight'; is it a full OpenAI-CLIP state dict?")
-        for key in ("token_embedding.weight", "positional_embedding", "text_projection", "visual.proj"):
-            if key not in sd:
-                raise KeyError(f"CLIP state dict lacks {key!r}")
+        if "visual.proj" not in sd:
+            raise KeyError("CLIP state dict lacks 'visual.proj'")
+        text = infer_text_config(extract_text_state_dict(sd), heads=heads)
         v_width, _, patch, _ = sd["visual.conv1.weight"].shape
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        embed_dim = sd["text_projection"].shape[1]
-        t_width = sd["ln_final.weight"].shape[0]
         visual = CLIPVisionTransformer(grid * patch, patch, v_width, _count_layers(sd, "visual.transformer."),
-                                       max(v_width // 64, 1), embed_dim)
-        model = cls(visual, sd["token_embedding.weight"].shape[0], sd["positional_embedding"].shape[0],
-                    t_width, _count_layers(sd, "transformer."), max(t_width // 64, 1), embed_dim)
+                                       max(v_width // 64, 1), text.embed_dim)
+        model = cls(visual, text.vocab_size, text.context_length, text.width, text.layers, text.heads, text.embed_dim)
         drop = ("input_resolution", "context_length", "vocab_size")  # ints kept in the TorchScript release
-        model.load_state_dict({k: v.float() for k, v in sd.items() if k not in drop})
+        model.load_state_dict({k: v.float() for k, v in sd.items() if k not in drop and not k.endswith("attn_mask")})
         return model.eval()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -176,21 +174,16 @@ class CLIPModel(nn.Module):
         return self.visual(self.preprocess(images.to(self.text_projection.device)))
 
     def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` token ids -> per-token ``ln_final`` features ``(B, L, W)`` (causal attention)."""
+        """``(B, L)`` token ids -> per-token ``ln_final`` features ``(B, L, W)`` (the models' text tower)."""
         L = self.context_length
         if tokens.dim() != 2 or tokens.shape[1] != L:
             raise ValueError(f"tokens must be (B, {L}), got {tuple(tokens.shape)}")
-        tokens = tokens.to(self.text_projection.device)
-        causal = torch.full((L, L), float("-inf"), device=tokens.device).triu_(1)  # (L, L)
-        x = self.token_embedding(tokens) + self.positional_embedding  # (B, L, W)
-        return self.ln_final(self.transformer(x, causal))
+        return self(tokens.to(self.text_projection.device))
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` token ids -> ``(B, D)``: the features at the end-of-text token, projected."""
         tokens = tokens.to(self.text_projection.device)
-        x = self.text_features(tokens)  # (B, L, W)
-        eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # (B, W)
-        return eot @ self.text_projection  # (B, D)
+        return self.project_eot(self.text_features(tokens), tokens)
 
 
 def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -199,11 +192,7 @@ def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"CLIP weights not found at {path}; nothing is downloaded -- put an "
                                 f"OpenAI-CLIP ViT checkpoint (e.g. ViT-B-32.pt) there (see docs/evaluation.md)")
-    try:  # the project's safe TorchScript reader (runs no code from the file), when present
-        from vqdiff.modeling.embeddings.clip_model import is_torchscript_archive, read_torchscript_tensors
-    except ImportError:
-        is_torchscript_archive = read_torchscript_tensors = None
-    if is_torchscript_archive is not None and is_torchscript_archive(path):
+    if is_torchscript_archive(path):  # the project's safe reader: runs no code from the file
         sd = read_torchscript_tensors(path)
     else:
         try:
@@ -219,26 +208,9 @@ def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(sd)
 
 
-def _openai_clip_bpe_tokenizer():
-    """openai-clip's SimpleTokenizer, loaded from its file (``import clip`` itself needs pkg_resources)."""
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("neither vqdiff's CLIP tokenizer nor the openai-clip package is available")
-    file = Path(list(spec.submodule_search_locations)[0]) / "simple_tokenizer.py"
-    mod_spec = importlib.util.spec_from_file_location("_openai_clip_simple_tokenizer", file)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.SimpleTokenizer()
-
-
 def default_clip_tokenizer(context_length: int = 77) -> Tokenizer:
     """A callable ``texts -> (B, context_length)`` long ids: ``<sot> bpe(text) <eot>``, truncated, 0-padded."""
-    try:
-        from vqdiff.modeling.codecs.text.bpe import SimpleTokenizer  # the project's own BPE (when present)
-
-        bpe = SimpleTokenizer()
-    except ImportError:
-        bpe = _openai_clip_bpe_tokenizer()
+    bpe = SimpleTokenizer()
     sot, eot = bpe.encoder["<|startoftext|>"], bpe.encoder["<|endoftext|>"]
 
     def tokenize(texts: Sequence[str]) -> torch.Tensor:

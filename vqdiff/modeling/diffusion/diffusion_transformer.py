@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqdiff.utils.config import instantiate_from_config
+from vqdiff.utils.denormals import flushes_denormals_on_cpu
 
 from . import samplers as S
 from .maskgit import maskgit_timesteps, sample_maskgit
@@ -577,6 +578,7 @@ class DiffusionTransformer(nn.Module):
             )
         return self.empty_text_embed.float().unsqueeze(0).expand(batch_size, -1, -1)
 
+    @flushes_denormals_on_cpu  # all-[MASK] steps produce denormals: several times slower unless flushed
     @torch.no_grad()
     def sample(
         self,
