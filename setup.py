@@ -26,8 +26,7 @@ setup(
         "dev": [
             "pytest",
             "diffusers",
-            "transformers",
-            "torch-fidelity",
+            "transformers",  # diffusers export/import: CLIPTextModel, CLIPTokenizer
             "torchmetrics",
             "torch-fidelity",  # torchmetrics' FID / IS / KID run torch-fidelity's TF-FID Inception
             "scipy",
