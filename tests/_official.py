@@ -19,7 +19,8 @@ import torch
 
 from conftest import copy_fixture
 from vqdiff.inference.loading import LoadReport, build_model, load_model_weights
-from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.samplers import Denoiser, sample_improved
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
 from vqdiff.utils.config import load_yaml_config
 
@@ -123,10 +124,13 @@ def check_posterior_math(off: Official, cond: Any) -> None:
 
 
 def check_denoiser(off: Official, cond: Any, key: str, **options: Any) -> None:
-    """Our per-request denoiser (truncation / guidance) against the official wrapped ``cf_predict_start``."""
+    """Our per-request denoiser (truncation / guidance) against the official wrapped ``cf_predict_start``;
+    ``options``: ``uncond_emb`` and ``SamplingOptions`` fields (no truncation unless given)."""
     exp = off.expected
+    uncond = options.pop("uncond_emb", None)
+    request = SamplingOptions(**{"truncation_rate": None, **options})
     with torch.no_grad():
-        out = off.diffusion.make_denoiser(cond, **options)(exp["x_t"], exp["t"])
+        out = Denoiser(off.diffusion, cond, uncond, request)(exp["x_t"], exp["t"])
     rel_close(out, exp[key], atol=NET_ATOL, what=key)
 
 
@@ -138,14 +142,14 @@ def check_purity_prior_step(off: Official, cond: Any) -> None:
     assert int(exp["prior2_sampled_in"].sum()) == 0  # a fresh step: the whole budget is to reveal
     n_sample = [0] * d.num_timesteps
     n_sample[t_int] = int(exp["prior2_to_sample"])
-    denoise = d.make_denoiser(cond)
+    options = SamplingOptions(truncation_rate=None, prior_rule=2, prior_weight=float(exp["prior2_prior_weight"]),
+                              prior_ps=int(exp["prior2_prior_ps"]))
+    denoise = Denoiser(d, cond, None, options)
     with torch.no_grad():
         rel_close(denoise(exp["prior2_x_t"], exp["prior2_t"]), exp["prior2_log_x_recon"], atol=NET_ATOL,
                   what="prior2_log_x_recon")
     torch.manual_seed(int(exp["prior2_seed"]))
-    out = S.sample_improved(d, denoise, exp["prior2_x_t"].clone(), [t_int], prior_rule=2,
-                            prior_weight=float(exp["prior2_prior_weight"]), prior_ps=int(exp["prior2_prior_ps"]),
-                            n_sample=n_sample)
+    out = sample_improved(denoise, exp["prior2_x_t"].clone(), [t_int], options, n_sample=n_sample)
     assert torch.equal(out, exp["prior2_out"])
     revealed = ((exp["prior2_x_t"] == d.num_classes - 1) & (out != d.num_classes - 1)).sum(1)
     assert torch.equal(revealed, exp["prior2_sampled_out"] - exp["prior2_sampled_in"])

@@ -11,6 +11,8 @@ from torch import nn
 from vqdiff.modeling.diffusion import DiffusionTransformer
 from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
+from vqdiff.modeling.diffusion.samplers import Denoiser
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.modeling.diffusion.schedule import alpha_schedule
 
 
@@ -273,7 +275,7 @@ def test_guidance_formula():
     cond, uncond = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
     x = torch.randint(0, 6, (2, 6))
     t = torch.tensor([3, 3])
-    den = d.make_denoiser(cond, uncond_emb=uncond, guidance_scale=2.5)
+    den = Denoiser(d, cond, uncond, SamplingOptions(truncation_rate=None, guidance_scale=2.5))
     lc = d.predict_start_index(x, cond, t)[:, :-1]
     lu = d.predict_start_index(x, uncond, t)[:, :-1]
     ref = lu + 2.5 * (lc - lu)
@@ -292,7 +294,7 @@ def test_same_seed_same_tokens_and_per_call_arguments():
     assert torch.equal(a, b)
     assert not torch.equal(a, c) or True  # different seeds may coincide on tiny problems
     # nothing persists on the model between calls
-    assert d.prior_rule == 0 and not hasattr(d.transformer, "cf_predict_start")
+    assert not hasattr(d, "prior_rule") and not hasattr(d.transformer, "cf_predict_start")
 
 
 @pytest.mark.parametrize("rule,weight", [(1, 0.0), (2, 0.0), (2, 1.0)])
@@ -318,14 +320,14 @@ def test_official_n_sample_tables_and_sample_type_parsing():
     assert S.n_sample_table(100, 1024, 5) == [1, 6] + [11, 10, 10] * 32 + [11, 15]
     assert sum(S.n_sample_table(10, 1024, 1024)) == 1024
     assert S.calls_for_budget(11, 5) == [5, 6]
-    p = S.parse_sample_type("top0.86r,time0.5")
-    assert p["truncation_rate"] == 0.86 and p["time_ratio"] == 0.5 and p["skip_step"] == 0
-    assert S.parse_sample_type("top0.85r,time2")["skip_step"] == 1
-    assert S.parse_sample_type("top0.85r,fast3")["skip_step"] == 3
-    assert S.parse_sample_type("top5p")["top_k"] == 5
-    assert S.parse_sample_type("top0.9r,q0.5")["rerun_prob"] == 0.5
+    p = SamplingOptions.from_sample_type("top0.86r,time0.5")
+    assert p.truncation_rate == 0.86 and p.time_ratio == 0.5 and p.skip_step == 0
+    assert SamplingOptions.from_sample_type("top0.85r,time2").skip_step == 1
+    assert SamplingOptions.from_sample_type("top0.85r,fast3").skip_step == 3
+    assert SamplingOptions.from_sample_type("top5p").top_k == 5
+    assert SamplingOptions.from_sample_type("top0.9r,q0.5").rerun_prob == 0.5
     with pytest.raises(ValueError, match="unknown part"):
-        S.parse_sample_type("top0.9r,bogus")
+        SamplingOptions.from_sample_type("top0.9r,bogus")
 
 
 def test_partial_sampling_and_fixed_tokens():

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.guidance import guidance_scales
+from vqdiff.modeling.diffusion.samplers import Denoiser
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
 from _fake_parts import K, T, D, N, make_diffusion, dalle, gen
 
@@ -41,7 +43,7 @@ def test_negative_prompt_is_used_in_the_guided_formula():
     x = torch.full((1, N), K, dtype=torch.long)
     t = torch.tensor([T - 1])
     s = 2.5
-    out = d.make_denoiser(cond, uncond_emb=negv, guidance_scale=s)(x, t)
+    out = Denoiser(d, cond, negv, SamplingOptions(truncation_rate=None, guidance_scale=s))(x, t)
     lc = d.predict_start_index(x, cond, t)[:, :K]
     ln = d.predict_start_index(x, negv, t)[:, :K]
     ref = (ln + s * (lc - ln)).log_softmax(1)
@@ -50,25 +52,26 @@ def test_negative_prompt_is_used_in_the_guided_formula():
 
 # ------------------------------------------------------------------------------------------- guidance schedules
 def test_guidance_schedules_give_the_stated_scale_per_step():
-    assert S.guidance_scales(3.0, 5) == [3.0] * 5
-    assert S.guidance_scales("constant:2", 3) == [2.0] * 3
+    assert guidance_scales(3.0, 5) == [3.0] * 5
+    assert guidance_scales("constant:2", 3) == [2.0] * 3
     # index t; the first (noisiest) step t = T-1 gets the start value, t = 0 the end value
-    assert S.guidance_scales("linear:1:5", 5) == [5.0, 4.0, 3.0, 2.0, 1.0]
-    cos = S.guidance_scales({"kind": "cosine", "start": 1.0, "end": 3.0}, 5)
+    assert guidance_scales("linear:1:5", 5) == [5.0, 4.0, 3.0, 2.0, 1.0]
+    cos = guidance_scales({"kind": "cosine", "start": 1.0, "end": 3.0}, 5)
     assert cos == pytest.approx([3.0, 1 + (1 - math.cos(math.pi * 0.75)), 2.0, 1 + (1 - math.cos(math.pi * 0.25)), 1.0])
-    assert S.guidance_scales(lambda p: 1 + p, 3) == [2.0, 1.5, 1.0]
-    assert S.guidance_scales(np.float32(2.5), 2) == [2.5, 2.5] and S.guidance_scales(torch.tensor(2.0), 1) == [2.0]
-    assert S.is_guided("linear:1:1", 4) is False and S.is_guided("linear:1:2", 4) is True
+    assert guidance_scales(lambda p: 1 + p, 3) == [2.0, 1.5, 1.0]
+    assert guidance_scales(np.float32(2.5), 2) == [2.5, 2.5] and guidance_scales(torch.tensor(2.0), 1) == [2.0]
+    assert SamplingOptions(guidance_scale="linear:1:1").is_guided(4) is False
+    assert SamplingOptions(guidance_scale="linear:1:2").is_guided(4) is True
     with pytest.raises(ValueError, match="guidance schedule"):
-        S.guidance_scales("exp:1:2", 4)
+        guidance_scales("exp:1:2", 4)
     with pytest.raises(ValueError, match="one value per step"):
-        S.guidance_scales([1.0, 2.0], 4)
+        guidance_scales([1.0, 2.0], 4)
 
     # the denoiser uses s(t) at every step
     d = make_diffusion()
     cond, unc = torch.randn(1, 4, D), torch.randn(1, 4, D)
-    den = d.make_denoiser(cond, uncond_emb=unc, guidance_scale="linear:1:5")
-    table = S.guidance_scales("linear:1:5", T)
+    den = Denoiser(d, cond, unc, SamplingOptions(truncation_rate=None, guidance_scale="linear:1:5"))
+    table = guidance_scales("linear:1:5", T)
     x = torch.randint(0, K + 1, (1, N), generator=gen(0))
     for t_int in (T - 1, 4, 0):
         t = torch.tensor([t_int])

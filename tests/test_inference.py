@@ -17,6 +17,8 @@ from conftest import fixtures_dir
 from inference_VQ_Diffusion import VQ_Diffusion, sample_type_string
 from vqdiff.inference.images import make_grid, safe_name, to_pil_images
 from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion import sampling
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.utils.config import load_yaml_config, resolve_target, save_yaml_config
 
 TINY_CFG, TINY_CKPT = "config_tiny_text.yaml", "tiny_text_official.pth"
@@ -344,13 +346,13 @@ def test_learnable_cf_switch_chooses_the_null_condition(official_tiny_text, monk
     eng = VQ_Diffusion(config=str(learn), path="learn.pth")
     trans = eng.model.transformer
     seen = []
-    real = trans.make_denoiser
 
-    def spy(cond_emb, **kw):
-        seen.append(kw["uncond_emb"])
-        return real(cond_emb, **kw)
+    class Spy(sampling.Denoiser):
+        def __init__(self, diffusion, cond_emb, uncond_emb, options, fixed=None):
+            seen.append(uncond_emb)
+            super().__init__(diffusion, cond_emb, uncond_emb, options, fixed)
 
-    monkeypatch.setattr(trans, "make_denoiser", spy)
+    monkeypatch.setattr(sampling, "Denoiser", Spy)
     eng.inference_generate_sample_with_condition("x", 0.9, None, 2, fast=FAST, guidance_scale=3.0, learnable_cf=True)
     eng.inference_generate_sample_with_condition("x", 0.9, None, 2, fast=FAST, guidance_scale=3.0, learnable_cf=False)
     learned, clip_empty = seen
@@ -368,8 +370,8 @@ def test_sample_type_string():
     assert sample_type_string(0.85, fast=2) == "top0.85r,fast1"
     assert sample_type_string(1, fast=5) == "top1.0r,fast4"
     assert sample_type_string(0.86, infer_speed=0.5) == "top0.86r,time0.5"
-    assert S.parse_sample_type(sample_type_string(0.9, fast=2))["skip_step"] == 1
-    assert S.parse_sample_type(sample_type_string(0.9, infer_speed=2))["skip_step"] == 1
+    assert SamplingOptions.from_sample_type(sample_type_string(0.9, fast=2)).skip_step == 1
+    assert SamplingOptions.from_sample_type(sample_type_string(0.9, infer_speed=2)).skip_step == 1
     for bad in (dict(fast=True), dict(fast=1), dict(fast=2, infer_speed=2), dict(infer_speed=-1)):
         with pytest.raises(ValueError):
             sample_type_string(0.9, **bad)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.samplers import Denoiser
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.modeling.diffusion.maskgit import mask_ratio, maskgit_timesteps, sample_maskgit
 
 from _fake_parts import K, T, D, N, make_diffusion, dalle, gen
@@ -15,17 +16,19 @@ from _fake_parts import K, T, D, N, make_diffusion, dalle, gen
 def test_maskgit_exactly_s_calls_schedule_and_all_revealed():
     d = make_diffusion()
     calls = []
-    base = d.make_denoiser(torch.randn(2, 4, D))
 
-    def denoise(x, t):
-        calls.append(t.clone())
-        return base(x, t)
+    class CountingDenoiser(Denoiser):
+        def __call__(self, x, t):
+            calls.append(t.clone())
+            return super().__call__(x, t)
 
+    options = SamplingOptions(truncation_rate=None, maskgit_schedule="linear", generator=gen(0))
+    denoise = CountingDenoiser(d, torch.randn(2, 4, D), None, options)
     x = torch.full((2, N), K, dtype=torch.long)
     masked_after = []
     S_ = 4
     steps = maskgit_timesteps(T, S_, "linear")
-    out = sample_maskgit(d, denoise, x, steps, generator=gen(0), schedule="linear",
+    out = sample_maskgit(denoise, x, steps, options,
                          callback=lambda i: masked_after.append((i["x"] == K).sum(1).tolist()))
     assert len(calls) == S_ and steps[0] == T - 1 and steps == sorted(steps, reverse=True)
     assert masked_after == [[12, 12], [8, 8], [4, 4], [0, 0]]  # floor(16 * (1 - (i+1)/4)), hand count
@@ -51,4 +54,4 @@ def test_maskgit_from_generate_content_counts_network_calls(S_):
         assert torch.equal(cur[kept], prev[kept])
         assert int((cur == K).sum()) < int((prev == K).sum())
     with pytest.raises(ValueError, match="mask schedule"):
-        S.parse_sample_type("maskgit4:zigzag")
+        SamplingOptions.from_sample_type("maskgit4:zigzag")

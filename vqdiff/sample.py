@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE
+
 __all__ = ["build_parser", "main"]
 
 
@@ -26,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     cond.add_argument("--label", type=int, help="class index (class-conditional models)")
     p.add_argument("-n", "--num", type=int, default=4, help="number of images (default 4)")
     p.add_argument("--out", default="RESULT", help="output folder (default RESULT)")
-    p.add_argument("--truncation", type=float, default=0.86, help="truncation rate r of 'top{r}r' (default 0.86)")
+    p.add_argument("--truncation", type=float, default=DEFAULT_TRUNCATION_RATE,
+                   help=f"truncation rate r of 'top{{r}}r' (default {DEFAULT_TRUNCATION_RATE}, as the API)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
     p.add_argument("--fast", type=int, default=0, help="visit every k-th diffusion step (k >= 2)")
     p.add_argument("--infer-speed", type=float, default=0,
@@ -45,24 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _total_steps(model, sample_type: str) -> int:
-    from vqdiff.modeling.diffusion import samplers as S
+def _total_steps(model, options) -> int:
+    """The progress bar's length: the callbacks of one sampling call (one per visited step)."""
+    from vqdiff.modeling.diffusion.samplers import timesteps
 
-    opts = S.parse_sample_type(sample_type)
-    return len(S.timesteps(model.transformer.num_timesteps, opts["skip_step"]))
+    return len(timesteps(model.transformer.num_timesteps, options.skip_step))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from vqdiff.inference.api import VQ_Diffusion, sample_type_string
+    from vqdiff.inference.api import VQ_Diffusion, request_options
     from vqdiff.inference.diffusers_import import is_diffusers_folder
     from vqdiff.inference.images import make_grid, safe_name
 
     if args.ckpt is None and not is_diffusers_folder(args.config):
         parser.error("--ckpt is required unless --config is a diffusers folder (one with model_index.json)")
 
-    sample_type = sample_type_string(args.truncation, args.fast, args.infer_speed)  # validate early
+    options = request_options(args.truncation, args.fast, args.infer_speed)  # validate early
     engine = VQ_Diffusion(config=args.config, path=args.ckpt, imagenet_cf=args.imagenet_cf, device=args.device,
                           allow_unsafe_pickle=args.allow_unsafe_pickle)
     bar = None
@@ -70,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=_total_steps(engine.model, sample_type), desc="diffusion steps", unit="step")
+        bar = tqdm(total=_total_steps(engine.model, options), desc="diffusion steps", unit="step")
 
         def callback(info: dict) -> None:
             bar.update(1)

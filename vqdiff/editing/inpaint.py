@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
+
 __all__ = [
     "as_mask_tensor",
     "token_mask_from_pixel_mask",
@@ -143,16 +145,13 @@ def inpaint_tokens(
     token_mask: Any,
     text: Any = None,
     *,
-    sample_type: str = "top0.85r",
-    guidance_scale: Any = None,
+    sample_type: Optional[str] = None,
+    options: Optional[SamplingOptions] = None,
     negative_prompt: Any = None,
     filter_ratio: float = 0.0,
-    generator: Optional[torch.Generator] = None,
     callback: Optional[Callable[[dict], None]] = None,
-    prior_rule: Optional[int] = None,
-    prior_weight: Optional[float] = None,
-    choice_temperature: Optional[float] = None,
     decode: bool = True,
+    **option_fields: Any,
 ) -> dict:
     """Resample the masked tokens of ``tokens`` with the condition ``text``; the others never change.
 
@@ -162,10 +161,11 @@ def inpaint_tokens(
         token_mask: (B, N), (N,), (B, h, w) or (h, w) bool, True = repaint (see
             :func:`token_mask_from_pixel_mask` for pixel masks).
         text: caption(s) for DALLE (one or B), class label(s) for C_DALLE, None for UC_DALLE.
-        sample_type: the sampler string of ``generate_content`` (``'top0.85r'``, ``',fast{k}'``,
-            ``',maskgit{S}'``, ...).
-        guidance_scale / negative_prompt: classifier-free guidance (a number or a schedule) and the
-            negative text of its unconditional branch.
+        sample_type / options / option_fields: the request, as for ``generate_content``: a
+            ``SamplingOptions``, or the official string (``'top0.85r'``, ``',fast{k}'``, ``',maskgit{S}'``,
+            ...; None: ``'top0.85r'``) with ``SamplingOptions`` fields as keywords (``guidance_scale``,
+            ``generator``, ``prior_rule`` ...; None: the model's default).
+        negative_prompt: the negative text (or class label) of guidance's unconditional branch.
         filter_ratio: 0 = the region starts all-[MASK]; > 0 = the official partial noising limited to the
             region: its tokens are noised to step ``int(T * filter_ratio) - 1`` and denoised.
         callback: the sampler's per-step callback (``{'step', 't', 'x', 'log_x0'}``).
@@ -196,11 +196,12 @@ def inpaint_tokens(
     tokens, m = tokens.to(device), m.to(device)
     fixed = (~m, tokens)
     batch = _condition_batch(model, text, B)
-    kw: dict = dict(sample_type=sample_type, generator=generator, callback=callback, fixed=fixed,
-                    prior_rule=prior_rule, prior_weight=prior_weight, choice_temperature=choice_temperature,
-                    filter_ratio=float(filter_ratio))
+    if options is None:
+        options = model.sampling_options(sample_type, **option_fields)
+    elif sample_type is not None or option_fields:
+        raise TypeError("give the request as options= or as sample_type= and option keywords, not both")
+    kw: dict = dict(options=options, callback=callback, fixed=fixed, filter_ratio=float(filter_ratio))
     if batch is not None:
-        kw["guidance_scale"] = guidance_scale
         kw["negative_prompt"] = negative_prompt
     if filter_ratio > 0:
         batch = dict(batch or {})

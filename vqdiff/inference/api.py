@@ -22,13 +22,12 @@ file-system safe (``safe_name``); files are read without unpickling code unless
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import numbers
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -47,20 +46,20 @@ from vqdiff.inference.loading import (
     set_learnable_cf,
     split_checkpoint,
 )
+from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE, SamplingOptions
 from vqdiff.utils.released_files import check_released_files, files_needed_by_config
 
-__all__ = ["VQ_Diffusion", "sample_type_string"]
+__all__ = ["VQ_Diffusion", "request_options", "sample_type_string"]
 
 logger = logging.getLogger("vqdiff.inference")
 
 
-def sample_type_string(truncation_rate: float, fast: Any = False, infer_speed: Any = False) -> str:
-    """The official ``sample_type``: ``top{r}r``, plus ``,fast{k-1}`` for ``fast=k`` (keep one step in
-    k: k=2 halves the network calls) or ``,time{s}`` for the Improved API's ``infer_speed=s``."""
-    rate = float(truncation_rate)
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"truncation_rate must be in (0, 1], got {truncation_rate!r}")
-    out = f"top{rate}r"
+def request_options(truncation_rate: float = DEFAULT_TRUNCATION_RATE, fast: Any = False, infer_speed: Any = False,
+                    **fields: Any) -> SamplingOptions:
+    """The notebook API's arguments as ``SamplingOptions`` (parsed here, once): ``truncation_rate`` r, plus
+    ``fast=k`` (keep one step in k: k=2 halves the network calls; ``skip_step = k - 1``) or the Improved
+    API's ``infer_speed=s`` (s >= 2 skips ``int(s) - 1`` steps, s < 1 reveals s x the tokens per call);
+    ``fields``: the other ``SamplingOptions`` fields. Range errors name the argument."""
     use_fast = fast not in (False, None, 0)
     use_speed = infer_speed not in (False, None, 0)
     if use_fast and use_speed:
@@ -68,13 +67,25 @@ def sample_type_string(truncation_rate: float, fast: Any = False, infer_speed: A
     if use_fast:
         if isinstance(fast, bool) or not isinstance(fast, int) or fast < 2:
             raise ValueError(f"fast must be an int >= 2 (fast=k visits every k-th diffusion step), got {fast!r}")
-        out += f",fast{fast - 1}"
+        fields["skip_step"] = fast - 1
     elif use_speed:
         speed = float(infer_speed)
         if speed <= 0:
             raise ValueError(f"infer_speed must be > 0, got {infer_speed!r}")
-        out += f",time{speed:g}"
-    return out
+        if speed >= 2:
+            fields["skip_step"] = int(speed) - 1
+        elif speed < 1:
+            fields["time_ratio"] = speed
+    try:
+        return SamplingOptions(truncation_rate=float(truncation_rate), **fields)
+    except ValueError as err:
+        raise ValueError(str(err).replace("sampling option ", "")) from None
+
+
+def sample_type_string(truncation_rate: float, fast: Any = False, infer_speed: Any = False) -> str:
+    """The official ``sample_type`` of these API arguments (for logs): ``top{r}r`` plus ``,fast{k-1}`` or
+    ``,time{s}``; the same checks as :func:`request_options`."""
+    return str(request_options(truncation_rate, fast, infer_speed))
 
 
 class VQ_Diffusion:
@@ -201,19 +212,14 @@ class VQ_Diffusion:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         return batch_size
 
-    @contextlib.contextmanager
-    def _null_condition(self, learnable_cf: bool) -> Iterator[None]:
-        """For this call only: the learned null text (when asked for and present) or CLIP('')."""
-        model = self.model
-        has_learned = bool(getattr(model.transformer, "learnable_cf", False)) and hasattr(model.transformer, "empty_text_embed")
+    def _null_condition(self, learnable_cf: bool) -> str:
+        """The ``null_condition`` option for ``learnable_cf``: the learned null text when asked for and
+        present, else CLIP('') (the model is not touched)."""
+        trans = self.model.transformer
+        has_learned = bool(getattr(trans, "learnable_cf", False)) and hasattr(trans, "empty_text_embed")
         if learnable_cf and not has_learned:
             logger.info("learnable_cf=True but the model has no learned null text: guidance uses CLIP('')")
-        before = model.learnable_cf
-        model.learnable_cf = bool(learnable_cf) and has_learned
-        try:
-            yield
-        finally:
-            model.learnable_cf = before
+        return "learned" if learnable_cf and has_learned else "empty"
 
     @staticmethod
     def _output_folder(save_root: Optional[str | os.PathLike], name: str) -> None:
@@ -243,12 +249,35 @@ class VQ_Diffusion:
 
     # ---------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
+    def inference_generate_sample(
+        self,
+        condition: Any,
+        options: SamplingOptions,
+        save_root: Optional[str | os.PathLike],
+        batch_size: int,
+        callback: Optional[Callable[[dict], None]] = None,
+        negative_prompt: Any = None,
+    ) -> list[Image.Image]:
+        """The core of the three official methods: ``batch_size`` images of ``condition`` (a caption, a class
+        label, or None for an unconditional model) under ``options``, saved as ``save_root/<condition>/000000.png``
+        (``.jpg`` for class labels, as the official method; ``unconditional/`` without condition) and returned."""
+        n = self._check_batch(batch_size)
+        kind = self.condition_kind
+        name = "unconditional" if kind is None else str(condition)
+        batch = None if kind is None else {kind: [condition]}
+        logger.info("sampling %d image(s) of %r with %s", n, name, options)
+        self._output_folder(save_root, name)
+        out = self.model.generate_content(batch=batch, filter_ratio=0, replicate=n, options=options,
+                                          callback=callback, negative_prompt=negative_prompt)
+        return self._finish(out["content"], save_root, name, ext="jpg" if kind == "label" else "png")
+
+    @torch.no_grad()
     def inference_inpaint(
         self,
         image: Any,
         mask: Any,
         text: Any = None,
-        truncation_rate: float = 1.0,
+        truncation_rate: float = DEFAULT_TRUNCATION_RATE,
         save_root: Optional[str | os.PathLike] = None,
         guidance_scale: Any = 1.0,
         negative_prompt: Any = None,
@@ -265,11 +294,11 @@ class VQ_Diffusion:
         """
         from vqdiff.editing import inpaint_image
 
+        options = request_options(truncation_rate, guidance_scale=guidance_scale, generator=self._generator(seed))
         self._output_folder(save_root, str(text))
         out = inpaint_image(
-            self.model, image, mask, text, sample_type=f"top{truncation_rate}r", guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt, filter_ratio=filter_ratio, generator=self._generator(seed),
-            callback=callback,
+            self.model, image, mask, text, options=options, negative_prompt=negative_prompt,
+            filter_ratio=filter_ratio, callback=callback,
             save_path=None if save_root is None else str(Path(save_root) / safe_name(str(text)) / "inpaint_000000.png"),
         )
         return self._finish(out["content"], save_root, str(text))
@@ -283,7 +312,7 @@ class VQ_Diffusion:
         batch_size: int,
         fast: Any = False,
         infer_speed: Any = False,
-        guidance_scale: float = 1.0,
+        guidance_scale: Any = 1.0,
         prior_rule: int = 0,
         prior_weight: float = 0,
         learnable_cf: bool = True,
@@ -305,16 +334,11 @@ class VQ_Diffusion:
         self._require("text", "inference_generate_sample_with_condition")
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        n = self._check_batch(batch_size)
-        sample_type = sample_type_string(truncation_rate, fast, infer_speed)
-        self._output_folder(save_root, text)
-        with self._null_condition(learnable_cf):
-            out = self.model.generate_content(
-                batch={"text": [text]}, filter_ratio=0, replicate=n, sample_type=sample_type,
-                guidance_scale=guidance_scale, prior_rule=int(prior_rule), prior_weight=float(prior_weight),
-                generator=self._generator(seed), callback=callback, negative_prompt=negative_prompt,
-            )
-        return self._finish(out["content"], save_root, text)
+        self._check_batch(batch_size)
+        options = request_options(truncation_rate, fast, infer_speed, guidance_scale=guidance_scale,
+                                  null_condition=self._null_condition(learnable_cf), prior_rule=int(prior_rule),
+                                  prior_weight=float(prior_weight), generator=self._generator(seed))
+        return self.inference_generate_sample(text, options, save_root, batch_size, callback, negative_prompt)
 
     @torch.no_grad()
     def inference_generate_sample_with_class(
@@ -325,7 +349,7 @@ class VQ_Diffusion:
         batch_size: Optional[int] = None,
         fast: Any = False,
         infer_speed: Any = False,
-        guidance_scale: float = 1.0,
+        guidance_scale: Any = 1.0,
         seed: Optional[int] = None,
         callback: Optional[Callable[[dict], None]] = None,
         text: Optional[int] = None,
@@ -333,9 +357,9 @@ class VQ_Diffusion:
         """``batch_size`` images of class ``label``, saved as ``save_root/<label>/000000.jpg`` … and returned.
 
         ``text=`` is the official name of the class argument (give one of ``label`` and ``text``); the
-        images are JPEG files as the official method writes them. Guidance (``guidance_scale`` != 1) uses
-        the null label: the learned row when the model was built with ``imagenet_cf=True``, else the mean
-        class embedding (official behaviour).
+        images are JPEG files as the official method writes them. Guidance (``guidance_scale`` != 1, a
+        number or a schedule) uses the null label: the learned row when the model was built with
+        ``imagenet_cf=True``, else the mean class embedding (official behaviour).
         """
         self._require("label", "inference_generate_sample_with_class")
         if text is not None:
@@ -348,14 +372,10 @@ class VQ_Diffusion:
                 raise TypeError(f"inference_generate_sample_with_class() missing required argument: '{arg}'")
         if isinstance(label, bool) or not isinstance(label, int) or label < 0:
             raise ValueError(f"label must be a non-negative int class index, got {label!r}")
-        n = self._check_batch(batch_size)
-        sample_type = sample_type_string(truncation_rate, fast, infer_speed)
-        self._output_folder(save_root, str(label))
-        out = self.model.generate_content(
-            batch={"label": [label]}, filter_ratio=0, replicate=n, sample_type=sample_type,
-            guidance_scale=float(guidance_scale), generator=self._generator(seed), callback=callback,
-        )
-        return self._finish(out["content"], save_root, str(label), ext="jpg")
+        self._check_batch(batch_size)
+        options = request_options(truncation_rate, fast, infer_speed, guidance_scale=guidance_scale,
+                                  generator=self._generator(seed))
+        return self.inference_generate_sample(label, options, save_root, batch_size, callback)
 
     @torch.no_grad()
     def inference_generate_sample_unconditional(
@@ -370,11 +390,6 @@ class VQ_Diffusion:
     ) -> list[Image.Image]:
         """``batch_size`` images of an unconditional model (FFHQ), saved as ``save_root/unconditional/…``."""
         self._require(None, "inference_generate_sample_unconditional")
-        n = self._check_batch(batch_size)
-        sample_type = sample_type_string(truncation_rate, fast, infer_speed)
-        self._output_folder(save_root, "unconditional")
-        out = self.model.generate_content(
-            batch=None, filter_ratio=0, replicate=n, sample_type=sample_type,
-            generator=self._generator(seed), callback=callback,
-        )
-        return self._finish(out["content"], save_root, "unconditional")
+        self._check_batch(batch_size)
+        options = request_options(truncation_rate, fast, infer_speed, generator=self._generator(seed))
+        return self.inference_generate_sample(None, options, save_root, batch_size, callback)

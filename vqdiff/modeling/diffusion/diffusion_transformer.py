@@ -21,10 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqdiff.utils.config import instantiate_from_config
-from vqdiff.utils.denormals import flushes_denormals_on_cpu
-
-from . import samplers as S
-from .maskgit import maskgit_timesteps, sample_maskgit
 from .log_ops import (
     CLAMP_MIN,
     LOG_ZERO,
@@ -37,6 +33,8 @@ from .log_ops import (
     multinomial_kl,
     sample_categorical_index,
 )
+from .sampling import sample_tokens
+from .sampling_options import SamplingOptions
 from .schedule import log_schedule
 
 __all__ = ["DiffusionTransformer"]
@@ -139,22 +137,12 @@ class DiffusionTransformer(nn.Module):
                 torch.randn(self.condition_seq_len, self.condition_dim, dtype=torch.float64)
             )
 
-        # Improved VQ-Diffusion inference defaults (official attributes; per-call arguments win)
-        self.prior_rule = 0  # 0: VQ-Diffusion v1, 1: high-quality inference, 2: purity prior
-        self.prior_ps = self.content_seq_len  # most tokens revealed per network call
-        self.prior_weight = 0.0  # 'r' in Improved Eq. 11
-        self.update_n_sample()
-
     # ----------------------------------------------------------------------------------------------
     # bookkeeping
     # ----------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.log_at.device
-
-    def update_n_sample(self) -> None:
-        """Refresh ``self.n_sample`` (tokens to reveal per step) from ``prior_ps``."""
-        self.n_sample = S.n_sample_table(self.num_timesteps, self.content_seq_len, self.prior_ps)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         key = prefix + "empty_text_embed"
@@ -486,100 +474,8 @@ class DiffusionTransformer(nn.Module):
         return out
 
     # ----------------------------------------------------------------------------------------------
-    # sampling
+    # sampling: the official method names, thin shims over sampling.sample_tokens
     # ----------------------------------------------------------------------------------------------
-    def make_denoiser(
-        self,
-        cond_emb: Any,
-        *,
-        uncond_emb: Any = None,
-        guidance_scale: Any = 1.0,
-        truncation_rate: Optional[float] = None,
-        top_k: Optional[int] = None,
-    ) -> S.Denoiser:
-        """A per-request ``denoise(x_t, t) -> log p(x_0 | x_t)`` (B, K+1, N) with guidance and truncation.
-
-        Classifier-free guidance (Improved, Eq. 9-10): ``l = l_u + s (l_c - l_u)`` in log space, then
-        renormalised and clamped, from ONE batched network call on ``cat([cond, uncond])``; scale 1 makes
-        a single conditional call. The condition cache (cross-attention keys/values) is computed here once.
-        ``uncond_emb`` may be any embedding of the condition's shape: the null text, or a negative prompt.
-        ``guidance_scale`` is a number or a schedule over the steps (:func:`samplers.guidance_scales`):
-        then ``s = s(t)`` per row.
-        """
-        number = S.guidance_number(guidance_scale) is not None
-        if number:
-            guidance_scale = S.guidance_number(guidance_scale)
-            guided = abs(guidance_scale - 1.0) >= 1e-3
-            table = None
-        else:
-            table = torch.tensor(S.guidance_scales(guidance_scale, self.num_timesteps), dtype=torch.float32)
-            guided = bool((table - 1.0).abs().max() >= 1e-3)
-        if guided:
-            if uncond_emb is None:
-                raise ValueError(
-                    "guidance_scale != 1 needs an unconditional embedding (uncond_emb): the learnable "
-                    "empty_text_embed (learnable_cf: True), the embedding of '' or the null class label"
-                )
-            if torch.is_tensor(uncond_emb) and torch.is_tensor(cond_emb):
-                uncond_emb = uncond_emb.to(device=cond_emb.device, dtype=cond_emb.dtype)
-                if uncond_emb.shape[0] != cond_emb.shape[0]:
-                    uncond_emb = uncond_emb.expand(cond_emb.shape[0], *uncond_emb.shape[1:])
-            net_cond = torch.cat([cond_emb, uncond_emb], dim=0)
-        else:
-            net_cond = cond_emb
-        cache = self.precompute_condition(net_cond)
-        scale = float(guidance_scale) if number else None
-        if table is not None:
-            table = table.to(self.device)
-
-        def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if guided:
-                both = self._net_log_probs(torch.cat([x_t, x_t]), net_cond, torch.cat([t, t]), cache)
-                log_c, log_u = both.chunk(2, dim=0)
-                s = scale if table is None else table.to(t.device)[t].view(-1, 1, 1)
-                log_p = log_u + s * (log_c - log_u)
-                log_p = (log_p - torch.logsumexp(log_p, dim=1, keepdim=True)).clamp(CLAMP_MIN, 0)
-            else:
-                log_p = self._net_log_probs(x_t, net_cond, t, cache)
-            log_p = self._append_mask_row(log_p)
-            if truncation_rate is not None:
-                log_p = S.truncate_log_probs(log_p, truncation_rate)
-            if top_k is not None:
-                log_p = S.top_k_log_probs(log_p, top_k)
-            return log_p
-
-        return denoise
-
-    def _sampling_condition(self, condition_token, condition_embed) -> Any:
-        if self.condition_emb is not None and condition_token is not None:
-            with torch.no_grad():
-                cond_emb = self.condition_emb(condition_token)
-            return cond_emb.float() if torch.is_tensor(cond_emb) and cond_emb.is_floating_point() else cond_emb
-        if torch.is_tensor(condition_embed) and condition_embed.is_floating_point():
-            return condition_embed.float()
-        return condition_embed
-
-    def _batch_size(self, condition_token, condition_embed, content_token, batch_size) -> int:
-        for x in (condition_token, condition_embed, content_token):
-            if torch.is_tensor(x):
-                return x.shape[0]
-        if batch_size is None:
-            raise ValueError("unconditional sampling needs batch_size=")
-        return int(batch_size)
-
-    def unconditional_embedding(self, batch_size: int) -> Optional[torch.Tensor]:
-        """The learned null-text embedding repeated (B, 77, D), or None when ``learnable_cf`` is off."""
-        if not self.learnable_cf:
-            return None
-        if not hasattr(self, "empty_text_embed"):
-            raise ValueError(
-                "learnable_cf is True but this model has no 'empty_text_embed': build it with "
-                "'learnable_cf: True' in diffusion_config.params and load a learnable-cf checkpoint"
-            )
-        return self.empty_text_embed.float().unsqueeze(0).expand(batch_size, -1, -1)
-
-    @flushes_denormals_on_cpu  # all-[MASK] steps produce denormals: several times slower unless flushed
-    @torch.no_grad()
     def sample(
         self,
         condition_token=None,
@@ -593,116 +489,43 @@ class DiffusionTransformer(nn.Module):
         content_logits=None,
         print_log: bool = True,
         *,
+        options: Optional[SamplingOptions] = None,
         batch_size: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-        guidance_scale: Any = 1.0,
         uncond_emb: Any = None,
-        truncation_rate: Optional[float] = None,
-        top_k: Optional[int] = None,
-        prior_rule: Optional[int] = None,
-        prior_weight: Optional[float] = None,
-        prior_ps: Optional[int] = None,
-        skip_step: int = 0,
-        rerun_prob: float = 0.0,
         fixed: Optional[tuple] = None,
         callback: Optional[Callable[[dict], None]] = None,
-        maskgit_steps: Optional[int] = None,
-        maskgit_schedule: str = "cosine",
-        choice_temperature: float = 4.5,
-        **kwargs,
+        flush_denormals: bool = True,
+        **option_fields: Any,
     ) -> dict:
         """Generate tokens: ``{'content_token': (B, N)}`` (+ ``'logits'`` when ``return_logits``).
 
-        ``filter_ratio = 0``: from all-[MASK] at t = T-1 down to 0, with the v1 rule (``prior_rule`` 0, one
-        call per step, or skip ``skip_step`` steps) or the Improved rules (``prior_rule`` 1/2, ``prior_ps``
-        tokens per call, ``n_sample`` per step). ``filter_ratio > 0``: noise ``content_token`` to step
-        ``int(T * filter_ratio) - 1`` and denoise from there (partial sampling / editing).
-        ``maskgit_steps = S``: the confidence-ordered sampler (``maskgit.py``, S network calls) instead,
-        from all-[MASK] or, with ``filter_ratio > 0``, from the partly masked noised tokens.
-        ``guidance_scale`` may be a schedule (:func:`samplers.guidance_scales`); ``uncond_emb`` a negative
-        prompt's embedding. Per-request options (``generator``, ``guidance_scale``, ``uncond_emb``,
-        truncation, prior) never persist on the model.
+        The official method, over :func:`~vqdiff.modeling.diffusion.sampling.sample_tokens` (see it for
+        ``filter_ratio``, ``uncond_emb``, ``fixed``, ``callback``). The request's options are ``options`` or,
+        for notebooks, ``SamplingOptions`` fields as keywords (``truncation_rate=0.85``, ``guidance_scale=3``,
+        ``prior_rule=1``, ``generator=g`` ...; unnamed fields keep the ``SamplingOptions`` defaults, except
+        that no truncation is applied unless asked for, as in the official method).
         """
-        B = self._batch_size(condition_token, condition_embed, content_token, batch_size)
-        device = self.device
-        cond_emb = self._sampling_condition(condition_token, condition_embed)
-        if uncond_emb is None and S.is_guided(guidance_scale, self.num_timesteps):
-            uncond_emb = self.unconditional_embedding(B)
-        denoise = self.make_denoiser(
-            cond_emb, uncond_emb=uncond_emb, guidance_scale=guidance_scale, truncation_rate=truncation_rate, top_k=top_k
+        if options is None:
+            options = SamplingOptions(**{"truncation_rate": None, "temperature": temperature, **option_fields})
+        elif option_fields:
+            raise TypeError(f"give sampling options either as options= or as keywords, not both: {sorted(option_fields)}")
+        tokens = sample_tokens(
+            self, options, condition_token=condition_token, condition_embed=condition_embed, uncond_emb=uncond_emb,
+            content_token=content_token, filter_ratio=filter_ratio, batch_size=batch_size, fixed=fixed,
+            callback=callback, flush_denormals=flush_denormals,
         )
-        prior_rule = self.prior_rule if prior_rule is None else int(prior_rule)
-        prior_weight = self.prior_weight if prior_weight is None else float(prior_weight)
-        prior_ps = self.prior_ps if prior_ps is None else int(prior_ps)
-        start_step = int(self.num_timesteps * filter_ratio)
-        K, N = self.num_classes - 1, self.content_seq_len
-
-        if maskgit_steps is not None:
-            if start_step == 0:
-                x = torch.full((B, N), K, dtype=torch.long, device=device)
-                first = self.num_timesteps
-            else:
-                if content_token is None:
-                    raise ValueError(f"filter_ratio={filter_ratio} > 0 needs content_token (the tokens to start from)")
-                first = min(start_step, self.num_timesteps)
-                t = torch.full((B,), first - 1, device=device, dtype=torch.long)
-                x = self.q_sample_index(content_token.to(device), t, generator)
-            steps = maskgit_timesteps(first, int(maskgit_steps), maskgit_schedule)
-            x = sample_maskgit(
-                self, denoise, x, steps, generator=generator, callback=callback, fixed=fixed,
-                schedule=maskgit_schedule, choice_temperature=choice_temperature, temperature=temperature,
-            )
-        elif start_step == 0:
-            x = torch.full((B, N), K, dtype=torch.long, device=device)
-            steps = S.timesteps(self.num_timesteps, skip_step)
-            if prior_rule > 0:
-                n_sample = S.n_sample_table(self.num_timesteps, N, prior_ps)
-                x = S.sample_improved(
-                    self, denoise, x, steps, generator=generator, callback=callback, fixed=fixed,
-                    prior_rule=prior_rule, prior_weight=prior_weight, prior_ps=prior_ps, n_sample=n_sample,
-                    rerun_prob=rerun_prob,
-                )
-            else:
-                x = S.sample_ancestral(
-                    self, denoise, x, steps, generator=generator, callback=callback, fixed=fixed, rerun_prob=rerun_prob
-                )
-        else:
-            if content_token is None:
-                raise ValueError(f"filter_ratio={filter_ratio} > 0 needs content_token (the tokens to start from)")
-            start_step = min(start_step, self.num_timesteps)
-            t = torch.full((B,), start_step - 1, device=device, dtype=torch.long)
-            x0 = content_token.to(device)
-            x = log_onehot_to_index(self.q_sample(index_to_log_onehot(x0, self.num_classes), t, generator))
-            steps = S.timesteps(self.num_timesteps, skip_step, start=start_step)
-            x = S.sample_ancestral(
-                self, denoise, x, steps, generator=generator, callback=callback, fixed=fixed, rerun_prob=rerun_prob
-            )
-        out = {"content_token": x}
+        out = {"content_token": tokens}
         if return_logits:
-            out["logits"] = torch.exp(index_to_log_onehot(x, self.num_classes))
+            out["logits"] = torch.exp(index_to_log_onehot(tokens, self.num_classes))
         return out
 
-    @torch.no_grad()
-    def sample_fast(
-        self,
-        condition_token=None,
-        condition_mask=None,
-        condition_embed=None,
-        content_token=None,
-        filter_ratio: float = 0.5,
-        temperature: float = 1.0,
-        return_att_weight: bool = False,
-        return_logits: bool = False,
-        content_logits=None,
-        print_log: bool = True,
-        skip_step: int = 1,
-        **kwargs,
-    ) -> dict:
+    def sample_fast(self, condition_token=None, condition_mask=None, condition_embed=None, content_token=None,
+                    filter_ratio: float = 0.5, temperature: float = 1.0, return_att_weight: bool = False,
+                    return_logits: bool = False, content_logits=None, print_log: bool = True, skip_step: int = 1,
+                    **kwargs: Any) -> dict:
         """Skip-step sampling from all-[MASK]: steps ``T-1, T-2-s, ..., 0`` (one network call each)."""
         if int(self.num_timesteps * filter_ratio) != 0:
             raise ValueError(f"sample_fast starts from all-[MASK]: filter_ratio must be 0, got {filter_ratio}")
         kwargs.pop("prior_rule", None)
-        return self.sample(
-            condition_token, condition_mask, condition_embed, content_token, filter_ratio=0.0,
-            return_logits=return_logits, skip_step=skip_step, prior_rule=0, **kwargs,
-        )
+        return self.sample(condition_token, condition_mask, condition_embed, content_token, filter_ratio=0.0,
+                           temperature=temperature, return_logits=return_logits, skip_step=skip_step, **kwargs)

@@ -21,7 +21,7 @@ fraction: :func:`maskgit_timesteps`. Exactly S network calls (2S rows when guide
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -59,43 +59,29 @@ def maskgit_timesteps(num_timesteps: int, num_steps: int, schedule: str = "cosin
 
 
 @torch.no_grad()
-def sample_maskgit(
-    diffusion,
-    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    steps: Sequence[int],
-    *,
-    generator: Optional[torch.Generator] = None,
-    callback: Optional[Callable[[dict], None]] = None,
-    fixed: Optional[tuple] = None,
-    schedule: str = "cosine",
-    choice_temperature: float = 4.5,
-    temperature: float = 1.0,
-) -> torch.Tensor:
+def sample_maskgit(denoise: Any, x: torch.Tensor, steps: Sequence[int], options: Any,
+                   callback: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
     """MaskGIT decoding with the common sampler signature (see ``samplers.py``); ``len(steps)`` = S calls.
 
     Args:
-        x: (B, N) start tokens; positions equal to [MASK] = K (and not ``fixed``) are decoded.
+        denoise: the request's ``samplers.Denoiser`` (its ``fixed`` pinned tokens are never masked nor changed).
+        x: (B, N) start tokens; positions equal to [MASK] = K (and not pinned) are decoded.
         steps: the diffusion step given to the network at each step (:func:`maskgit_timesteps`).
-        fixed: ``(mask (B, N) bool, tokens (B, N) long)``: positions pinned to ``tokens`` (inpainting);
-            they are never masked nor changed.
-        schedule: the mask schedule gamma (``MASK_SCHEDULES``).
-        choice_temperature: scale of the Gumbel noise added to the confidences, annealed linearly to 0.
-        temperature: sampling temperature of the drawn tokens (``log p / temperature``).
+        options: the ``SamplingOptions``: ``maskgit_schedule`` (the mask schedule gamma, ``MASK_SCHEDULES``),
+            ``choice_temperature`` (scale of the Gumbel noise added to the confidences, annealed linearly
+            to 0), ``temperature`` (of the drawn tokens: ``log p / temperature``) and ``generator``.
 
     Returns the (B, N) tokens, no [MASK] left.
     """
+    schedule, choice_temperature = options.maskgit_schedule, options.choice_temperature
+    temperature, generator = options.temperature, options.generator
     steps = list(steps)
     S = len(steps)
     if S < 1:
         raise ValueError("sample_maskgit needs at least one step")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    mask_ratio(schedule, 0.0)  # validates the name
-    K = diffusion.num_classes - 1
+    K = denoise.num_classes - 1
     B, N = x.shape
-    if fixed is not None:
-        x = torch.where(fixed[0], fixed[1], x)
+    x = denoise.pin(x)
     masked = x == K
     m0 = masked.sum(dim=1)  # (B,) tokens to decode per image
     log_x0 = None

@@ -1,18 +1,24 @@
-"""What DALLE, C_DALLE and UC_DALLE share: building parts, device moves, and turning the official
-``sample_type`` strings into per-request sampler arguments (nothing is patched onto the model)."""
+"""What DALLE, C_DALLE and UC_DALLE share: building parts, device moves, the training input, and
+``generate_content`` / the trainer's ``sample`` written once, with one hook per model kind for its condition
+and its null condition. The official ``sample_type`` string is parsed into ``SamplingOptions`` here, at the
+model's edge; nothing is patched onto the model."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.sampling import sample_tokens
+from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE, SamplingOptions
 from vqdiff.utils.config import instantiate_from_config
 
-__all__ = ["build_part", "to_device", "sampling_arguments", "guidance_is_on", "TokenModelMixin"]
+__all__ = ["build_part", "to_device", "TokenModelMixin"]
+
+DEFAULT_SAMPLE_TYPE = f"top{DEFAULT_TRUNCATION_RATE}r"
+"""``generate_content``'s default ``sample_type`` for all three kinds (the official DALLE/UC_DALLE default)."""
 
 
 def build_part(config: Any) -> Optional[nn.Module]:
@@ -24,50 +30,6 @@ def build_part(config: Any) -> Optional[nn.Module]:
 
 def to_device(value: Any, device: torch.device) -> Any:
     return value.to(device) if torch.is_tensor(value) else value
-
-
-def sampling_arguments(
-    transformer,
-    sample_type: Optional[str],
-    *,
-    guidance_scale: Any,
-    prior_rule: Optional[int] = None,
-    prior_weight: Optional[float] = None,
-    choice_temperature: Optional[float] = None,
-) -> dict:
-    """Per-request keyword arguments of ``DiffusionTransformer.sample`` from a ``sample_type`` string.
-
-    ``time{s}`` with s < 1 reveals ``int(N // T * s)`` tokens per call with the Improved rules (rule 0
-    becomes 1), the official ``int(1024 // T * s)`` generalised to any sequence length N.
-    """
-    opts = S.parse_sample_type(sample_type)
-    rule = transformer.prior_rule if prior_rule is None else int(prior_rule)
-    kw = dict(
-        truncation_rate=opts["truncation_rate"],
-        top_k=opts["top_k"],
-        skip_step=opts["skip_step"],
-        rerun_prob=opts["rerun_prob"],
-        guidance_scale=(S.guidance_number(guidance_scale) if S.guidance_number(guidance_scale) is not None
-                        else guidance_scale),
-        prior_rule=rule,
-        prior_weight=transformer.prior_weight if prior_weight is None else float(prior_weight),
-        prior_ps=transformer.prior_ps,
-    )
-    if opts["time_ratio"] is not None:
-        N, T = transformer.content_seq_len, transformer.num_timesteps
-        kw["prior_ps"] = max(1, int(N // T * opts["time_ratio"]))
-        kw["prior_rule"] = rule if rule > 0 else 1
-    if opts["maskgit_steps"] is not None:
-        kw["maskgit_steps"] = opts["maskgit_steps"]
-        kw["maskgit_schedule"] = opts["maskgit_schedule"]
-        if choice_temperature is not None:
-            kw["choice_temperature"] = float(choice_temperature)
-    return kw
-
-
-def guidance_is_on(transformer, guidance_scale: Any) -> bool:
-    """Whether some step's guidance scale differs from 1 (a number or a schedule)."""
-    return S.is_guided(guidance_scale, transformer.num_timesteps)
 
 
 class TokenModelMixin:
@@ -122,31 +84,6 @@ class TokenModelMixin:
             return None
         return self.prepare_content(batch or {})["content_token"].repeat(replicate, 1)
 
-    def _sample_and_decode(
-        self,
-        *,
-        sample_type: Optional[str],
-        guidance_scale: Any,
-        prior_rule: Optional[int],
-        prior_weight: Optional[float],
-        choice_temperature: Optional[float],
-        **sample_kwargs: Any,
-    ) -> dict:
-        """The half of ``generate_content`` every model shares: the request's sampler arguments, one
-        ``DiffusionTransformer.sample`` call, pixels.
-
-        ``sample_kwargs`` are the model-specific keywords of ``DiffusionTransformer.sample`` (condition
-        tokens or embeddings, ``uncond_emb``, ``content_token``, ``filter_ratio``, ``generator``, ...).
-        Returns ``{'content': (B, 3, H, W) in [0, 255], 'content_token': (B, N)}``.
-        """
-        kw = sampling_arguments(self.transformer, sample_type, guidance_scale=guidance_scale,
-                                prior_rule=prior_rule, prior_weight=prior_weight,
-                                choice_temperature=choice_temperature)
-        if kw["skip_step"] > 0:
-            kw["prior_rule"] = 0  # skip-step sampling is the v1 rule (the official sample_fast)
-        tokens = self.transformer.sample(**sample_kwargs, **kw)["content_token"]
-        return {"content": self._decode(tokens), "content_token": tokens}
-
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
         """Eval mode for the duration of a sampling call, then back to the caller's mode."""
@@ -157,37 +94,122 @@ class TokenModelMixin:
         finally:
             self.train(was_training)
 
-    def _train_time_samples(
+    # ------------------------------------------------------------------------------ per-kind hooks
+    has_condition = True
+
+    def _option_defaults(self) -> dict:
+        """The model config's defaults of ``SamplingOptions`` fields (e.g. its ``guidance_scale``)."""
+        return {}
+
+    def _condition_arguments(self, batch: Optional[Mapping], condition: Any, replicate: int) -> dict:
+        """The condition keywords of ``sampling.sample_tokens`` (``condition_token`` / ``condition_embed``,
+        or ``batch_size`` for unconditional models), each row ``replicate`` times."""
+        raise NotImplementedError
+
+    def _null_condition(self, batch_size: int, options: SamplingOptions, negative_prompt: Any) -> Any:
+        """The unconditional branch of guidance (B rows): the null condition, or ``negative_prompt``'s."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------ training input
+    def prepare_input(self, batch: Mapping) -> dict:
+        """The ``DiffusionTransformer`` training input: the condition (when the model has one) and the content."""
+        inp = self.prepare_condition(batch) if self.has_condition else {}
+        inp.update(self.prepare_content(batch))
+        return inp
+
+    def forward(self, batch: Mapping, return_loss: bool = True, step: int = 0, name: str = "none", **kwargs) -> dict:
+        """Training step: ``{'loss': per-token loss, 'logits': ...}`` (the trainer's contract)."""
+        return self.transformer(self.prepare_input(batch), return_loss=return_loss, **kwargs)
+
+    # ------------------------------------------------------------------------------ sampling
+    def sampling_options(self, sample_type: Optional[str] = None, **fields: Any) -> SamplingOptions:
+        """``SamplingOptions`` from the official ``sample_type`` string (None: ``'top0.85r'``) and fields;
+        fields given as None take the model config's default (``_option_defaults``) or the dataclass's."""
+        given = {k: v for k, v in fields.items() if v is not None}
+        return SamplingOptions.from_sample_type(DEFAULT_SAMPLE_TYPE if sample_type is None else sample_type,
+                                                **{**self._option_defaults(), **given})
+
+    @torch.no_grad()
+    def generate_content(
+        self,
+        *,
+        batch: Optional[Mapping] = None,
+        condition: Any = None,
+        filter_ratio: float = 0.5,
+        temperature: float = 1.0,
+        content_ratio: float = 0.0,
+        replicate: int = 1,
+        return_att_weight: bool = False,
+        sample_type: Optional[str] = None,
+        options: Optional[SamplingOptions] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+        fixed: Optional[tuple] = None,
+        negative_prompt: Any = None,
+        **option_fields: Any,
+    ) -> dict:
+        """Generate images: ``{'content': (B, 3, H, W) in [0, 255], 'content_token': (B, N)}`` for the batch's
+        captions (``batch['text']``) or labels (``batch['label']``), each ``replicate`` times (unconditional:
+        ``replicate`` images).
+
+        The request is ``options`` (a ``SamplingOptions``) or, as in the official signature, ``sample_type``
+        (``'top{r}r'`` truncation, ``',time{s}'`` fast (s >= 2) or high-quality (s < 1) inference,
+        ``',fast{k}'``, ``'top{k}p'``, ``',q{p}'``, ``',maskgit{S}[:schedule]'``; None: ``'top0.85r'``, the
+        official default, for all three kinds) plus ``SamplingOptions`` fields as keywords
+        (``guidance_scale``, ``generator``, ``prior_rule``, ``prior_weight``, ``choice_temperature``,
+        ``null_condition`` ...; None or absent: the model config's default, e.g. its ``guidance_scale``).
+        ``negative_prompt`` (text, or class label(s), one per row after ``replicate``) replaces the
+        unconditional branch; ``''`` is ordinary guidance. ``filter_ratio > 0`` starts from the tokens of
+        ``batch['image']``/``batch['content_token']`` noised to step ``int(T * filter_ratio)``.
+        ``fixed = (mask, tokens)`` pins tokens (inpainting); ``callback(info)`` runs after every step.
+        """
+        if options is None:
+            options = self.sampling_options(sample_type, temperature=temperature, **option_fields)
+        elif sample_type is not None or option_fields:
+            raise TypeError("give the request as options= or as sample_type= and option keywords, not both")
+        with self._eval_mode():
+            cond = self._condition_arguments(batch, condition, replicate)
+            start = self._start_tokens(batch, filter_ratio, replicate)
+            B = next((v.shape[0] for v in cond.values() if torch.is_tensor(v)), None) or cond.get("batch_size")
+            uncond = None
+            if options.is_guided(self.transformer.num_timesteps):
+                uncond = self._null_condition(B, options, negative_prompt)
+            tokens = sample_tokens(self.transformer, options, uncond_emb=uncond, content_token=start,
+                                   filter_ratio=filter_ratio, fixed=fixed, callback=callback, **cond)
+            return {"content": self._decode(tokens), "content_token": tokens}
+
+    @torch.no_grad()
+    def sample(
         self,
         batch: Mapping,
-        condition: Mapping,
-        out: dict,
-        *,
-        return_rec: bool,
-        filter_ratio: Sequence[float],
-        content_ratio: Sequence[float],
-        return_logits: bool,
-        sample_type: str,
-        generator: Optional[torch.Generator],
+        clip: Any = None,
+        temperature: float = 1.0,
+        return_rec: bool = True,
+        filter_ratio: Sequence[float] = (0, 0.5, 1.0),
+        content_ratio: Sequence[float] = (1,),
+        return_att_weight: bool = False,
+        return_logits: bool = False,
+        sample_type: str = "normal",
+        generator: Optional[torch.Generator] = None,
+        **kwargs,
     ) -> dict:
-        """The trainer's periodic samples, shared by the three models: the input image, its
-        reconstruction and ``cond1_cont{cr}_fr{fr}_image`` for each filter ratio (``content_ratio`` only
-        names the keys: the whole image's tokens are used, as in the official code with its default
-        ``[1]``). ``condition`` holds the model's condition arguments of ``DiffusionTransformer.sample``."""
-        content = self.prepare_content(batch)
-        if batch.get(self.content_info["key"]) is not None:
-            out["input_image"] = batch[self.content_info["key"]]
-        if return_rec:
-            out["reconstruction_image"] = self._decode(content["content_token"])
-        kw = sampling_arguments(self.transformer, sample_type, guidance_scale=1.0)
-        kw["skip_step"] = 0
-        for fr in filter_ratio:
-            for cr in content_ratio:
-                trans_out = self.transformer.sample(
-                    content_token=content["content_token"], filter_ratio=fr, return_logits=return_logits,
-                    generator=generator, **condition, **kw,
-                )
-                out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
-                if return_logits:
-                    out["logits"] = trans_out["logits"]
-        return out
+        """The trainer's periodic samples: the input image, its reconstruction and
+        ``cond1_cont{cr}_fr{fr}_image`` for each filter ratio (``content_ratio`` only names the keys: the
+        whole image's tokens are used, as in the official code with its default ``[1]``); no guidance, no
+        step skipping."""
+        options = SamplingOptions.from_sample_type(sample_type, generator=generator).replace(skip_step=0)
+        with self._eval_mode():
+            cond = self._condition_arguments(batch, None, 1) if self.has_condition else {}
+            content = self.prepare_content(batch)
+            out = {"condition": batch.get(self.condition_info["key"])} if self.has_condition else {}
+            if batch.get(self.content_info["key"]) is not None:
+                out["input_image"] = batch[self.content_info["key"]]
+            if return_rec:
+                out["reconstruction_image"] = self._decode(content["content_token"])
+            for fr in filter_ratio:
+                for cr in content_ratio:
+                    trans_out = self.transformer.sample(content_token=content["content_token"], filter_ratio=fr,
+                                                        return_logits=return_logits, options=options, **cond)
+                    out[f"cond1_cont{cr}_fr{fr}_image"] = self._decode(trans_out["content_token"])
+                    if return_logits:
+                        out["logits"] = trans_out["logits"]
+            return out

@@ -6,12 +6,14 @@ network was built with ``class_number = 1001`` (``imagenet_cf``), else the mean 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
-from ._common import TokenModelMixin, build_part, guidance_is_on
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
+
+from ._common import TokenModelMixin, build_part
 from .consistency import check_class_labels, check_model_consistency
 
 __all__ = ["C_DALLE"]
@@ -55,76 +57,17 @@ class C_DALLE(TokenModelMixin, nn.Module):
         check_class_labels(labels, self.null_label)
         return {"condition_token": labels.to(self.device)}
 
-    def prepare_input(self, batch: Mapping) -> dict:
-        inp = self.prepare_condition(batch)
-        inp.update(self.prepare_content(batch))
-        return inp
+    # ------------------------------------------------------------------------------ sampling hooks
+    def _option_defaults(self) -> dict:
+        return {"guidance_scale": self.guidance_scale}
 
-    def forward(self, batch: Mapping, return_loss: bool = True, step: int = 0, name: str = "none", **kwargs) -> dict:
-        return self.transformer(self.prepare_input(batch), return_loss=return_loss, **kwargs)
+    def _condition_arguments(self, batch: Optional[Mapping], condition: Any, replicate: int) -> dict:
+        return {"condition_token": self.prepare_condition(batch, condition)["condition_token"].repeat(replicate)}
 
-    @torch.no_grad()
-    def generate_content(
-        self,
-        *,
-        batch: Mapping,
-        condition: Any = None,
-        filter_ratio: float = 0.5,
-        temperature: float = 1.0,
-        content_ratio: float = 0.0,
-        replicate: int = 1,
-        return_att_weight: bool = False,
-        sample_type: str = "normal",
-        guidance_scale: Any = None,
-        generator: Optional[torch.Generator] = None,
-        prior_rule: Optional[int] = None,
-        prior_weight: Optional[float] = None,
-        callback: Optional[Callable[[dict], None]] = None,
-        fixed: Optional[tuple] = None,
-        negative_prompt: Any = None,
-        choice_temperature: Optional[float] = None,
-    ) -> dict:
-        """Generate images of ``batch['label']`` (each ``replicate`` times); see ``DALLE.generate_content``.
-
-        ``negative_prompt``: a class label (or one per row) for the unconditional branch of guidance;
-        None is the null label."""
-        with self._eval_mode():
-            labels = self.prepare_condition(batch, condition)["condition_token"].repeat(replicate)
-            scale = self.guidance_scale if guidance_scale is None else guidance_scale
-            uncond = None
-            if guidance_is_on(self.transformer, scale):
-                uncond = torch.full_like(labels, self.null_label)
-                if negative_prompt is not None:
-                    neg = torch.as_tensor(negative_prompt, device=labels.device).long().reshape(-1)
-                    check_class_labels(neg, self.null_label, what="negative_prompt class label")
-                    uncond = neg.expand_as(labels).clone() if neg.numel() == 1 else neg
-            return self._sample_and_decode(
-                sample_type=sample_type, guidance_scale=scale, prior_rule=prior_rule, prior_weight=prior_weight,
-                choice_temperature=choice_temperature, condition_token=labels, uncond_emb=uncond,
-                content_token=self._start_tokens(batch, filter_ratio, replicate), filter_ratio=filter_ratio,
-                temperature=temperature, generator=generator, callback=callback, fixed=fixed,
-            )
-
-    @torch.no_grad()
-    def sample(
-        self,
-        batch: Mapping,
-        clip: Any = None,
-        temperature: float = 1.0,
-        return_rec: bool = True,
-        filter_ratio: Sequence[float] = (0, 0.5, 1.0),
-        content_ratio: Sequence[float] = (1,),
-        return_att_weight: bool = False,
-        return_logits: bool = False,
-        sample_type: str = "normal",
-        generator: Optional[torch.Generator] = None,
-        **kwargs,
-    ) -> dict:
-        """The trainer's periodic sampler (see ``DALLE.sample``)."""
-        with self._eval_mode():
-            labels = self.prepare_condition(batch)["condition_token"]
-            return self._train_time_samples(
-                batch, {"condition_token": labels}, {"condition": batch.get(self.condition_info["key"])},
-                return_rec=return_rec, filter_ratio=filter_ratio, content_ratio=content_ratio,
-                return_logits=return_logits, sample_type=sample_type, generator=generator,
-            )
+    def _null_condition(self, batch_size: int, options: SamplingOptions, negative_prompt: Any) -> torch.Tensor:
+        """The null label for every row, or ``negative_prompt``: a class label (or one per row)."""
+        if negative_prompt is None:
+            return torch.full((batch_size,), self.null_label, dtype=torch.long, device=self.device)
+        neg = torch.as_tensor(negative_prompt, device=self.device).long().reshape(-1)
+        check_class_labels(neg, self.null_label, what="negative_prompt class label")
+        return neg.expand(batch_size).clone() if neg.numel() == 1 else neg

@@ -3,17 +3,21 @@
 Official names and methods (``content_codec``, ``condition_codec``, ``transformer``; ``forward``,
 ``generate_content``, ``sample``, ``get_ema_model``) so released checkpoints and the trainer line up.
 Unlike the official code, every ``generate_content`` call uses its own truncation, guidance scale,
-batch size and generator: nothing is installed on the model.
+batch size and generator: nothing is installed on the model. ``generate_content``, ``sample``, ``forward``
+and ``prepare_input`` are the shared ones of ``TokenModelMixin``; this class gives the text hooks.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
-from ._common import TokenModelMixin, build_part, guidance_is_on, to_device
+from vqdiff.modeling.diffusion.sampling import learned_null_embedding
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
+
+from ._common import TokenModelMixin, build_part, to_device
 from .consistency import check_model_consistency
 
 __all__ = ["DALLE"]
@@ -63,120 +67,49 @@ class DALLE(TokenModelMixin, nn.Module):
         cond = self.condition_codec.get_tokens(to_device(cond, self.device))
         return {"condition_" + k: to_device(v, self.device) for k, v in cond.items()}
 
-    def prepare_input(self, batch: Mapping) -> dict:
-        inp = self.prepare_condition(batch)
-        inp.update(self.prepare_content(batch))
-        return inp
+    # ------------------------------------------------------------------------------ sampling hooks
+    def _option_defaults(self) -> dict:
+        return {"guidance_scale": self.guidance_scale, "null_condition": "learned" if self.learnable_cf else "empty"}
 
-    def forward(self, batch: Mapping, return_loss: bool = True, step: int = 0, name: str = "none", **kwargs) -> dict:
-        """Training step: ``{'loss': per-token loss, 'logits': ...}`` (the trainer's contract)."""
-        return self.transformer(self.prepare_input(batch), return_loss=return_loss, **kwargs)
+    def _condition_arguments(self, batch: Optional[Mapping], condition: Any, replicate: int) -> dict:
+        cond = self.prepare_condition(batch, condition)
+        if replicate != 1:
+            cond = {k: torch.cat([v] * replicate, 0) if torch.is_tensor(v) else v for k, v in cond.items()}
+        return {"condition_token": cond["condition_token"], "condition_embed": cond.get("condition_embed_token")}
 
-    # ------------------------------------------------------------------------------ sampling
-    def _uncond_embedding(self, batch_size: int) -> torch.Tensor:
-        if self.learnable_cf:
-            return self.transformer.unconditional_embedding(batch_size)
+    def _null_condition(self, batch_size: int, options: SamplingOptions, negative_prompt: Any) -> torch.Tensor:
+        learned = options.null_condition == "learned"
+        if negative_prompt is None:
+            return self._uncond_embedding(batch_size, learned)
+        return self.negative_embedding(negative_prompt, batch_size, learned)
+
+    def _uncond_embedding(self, batch_size: int, learned: Optional[bool] = None) -> torch.Tensor:
+        """The null text (B, 77, D): the learned ``empty_text_embed`` when ``learned`` (None: the model's
+        ``learnable_cf``) and the network learned one, else the CLIP embedding of ''."""
+        if (self.learnable_cf if learned is None else learned) and self.transformer.learnable_cf:
+            return learned_null_embedding(self.transformer, batch_size)
         empty = self.prepare_condition(None, condition=[""] * batch_size)
         emb = self.transformer.condition_emb(empty["condition_token"])
         return emb.float()
 
     @torch.no_grad()
-    def negative_embedding(self, negative_prompt: Any, batch_size: int) -> torch.Tensor:
+    def negative_embedding(self, negative_prompt: Any, batch_size: int, learned: Optional[bool] = None) -> torch.Tensor:
         """The unconditional branch of classifier-free guidance with negative prompts (B, 77, D).
 
         ``negative_prompt``: one text or ``batch_size`` texts. Rows whose negative prompt is ``''`` get
-        the ordinary null condition (the learned ``empty_text_embed`` with ``learnable_cf``, else the
-        embedding of ``''``), so an empty negative prompt reproduces ordinary guidance exactly; the
-        other rows get the embedding of their negative text (``l = l_neg + s (l_c - l_neg)``).
+        the ordinary null condition (:meth:`_uncond_embedding`), so an empty negative prompt reproduces
+        ordinary guidance exactly; the other rows get the embedding of their negative text
+        (``l = l_neg + s (l_c - l_neg)``).
         """
         texts = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(texts) == 1 and batch_size != 1:
             texts = texts * batch_size
         if len(texts) != batch_size:
             raise ValueError(f"negative_prompt has {len(texts)} texts for a batch of {batch_size}")
-        base = self._uncond_embedding(batch_size)
+        base = self._uncond_embedding(batch_size, learned)
         empty = torch.tensor([t.strip() == "" for t in texts], device=base.device)
         if bool(empty.all()):
             return base
         tok = self.prepare_condition(None, condition=texts)
         neg = self.transformer.condition_emb(tok["condition_token"]).float()
         return torch.where(empty[:, None, None], base.to(neg.dtype), neg)
-
-    @torch.no_grad()
-    def generate_content(
-        self,
-        *,
-        batch: Mapping,
-        condition: Any = None,
-        filter_ratio: float = 0.5,
-        temperature: float = 1.0,
-        content_ratio: float = 0.0,
-        replicate: int = 1,
-        return_att_weight: bool = False,
-        sample_type: str = "top0.85r",
-        guidance_scale: Any = None,
-        generator: Optional[torch.Generator] = None,
-        prior_rule: Optional[int] = None,
-        prior_weight: Optional[float] = None,
-        callback: Optional[Callable[[dict], None]] = None,
-        fixed: Optional[tuple] = None,
-        negative_prompt: Any = None,
-        choice_temperature: Optional[float] = None,
-    ) -> dict:
-        """Generate images for ``batch['text']`` (each ``replicate`` times): ``{'content': (B,3,H,W)
-        in [0,255], 'content_token': (B, N)}``.
-
-        ``sample_type``: ``'top{r}r'`` truncation, ``',time{s}'`` fast (s >= 2) or high-quality (s < 1)
-        inference, ``',fast{k}'`` skip k steps, ``'top{k}p'`` top-k, ``',q{p}'`` step re-runs.
-        ``',maskgit{S}[:schedule]'`` the confidence-ordered sampler (S network calls, ``choice_temperature``).
-        ``guidance_scale`` None takes ``self.guidance_scale``; a schedule such as ``'linear:1:5'`` varies it
-        over the steps (``samplers.guidance_scales``). ``negative_prompt`` (text or one per row, after
-        ``replicate``) replaces the unconditional branch; ``''`` is ordinary guidance.
-        ``filter_ratio > 0`` starts from the tokens of ``batch['image']``/``batch['content_token']``
-        noised to step ``int(T * filter_ratio)``. ``fixed = (mask, tokens)`` pins tokens (inpainting).
-        """
-        with self._eval_mode():
-            cond = self.prepare_condition(batch, condition)
-            if replicate != 1:
-                cond = {k: torch.cat([v] * replicate, 0) if torch.is_tensor(v) else v for k, v in cond.items()}
-            B = cond["condition_token"].shape[0]
-            scale = self.guidance_scale if guidance_scale is None else guidance_scale
-            uncond = None
-            if guidance_is_on(self.transformer, scale):
-                uncond = (self._uncond_embedding(B) if negative_prompt is None
-                          else self.negative_embedding(negative_prompt, B))
-            return self._sample_and_decode(
-                sample_type=sample_type, guidance_scale=scale, prior_rule=prior_rule, prior_weight=prior_weight,
-                choice_temperature=choice_temperature,
-                condition_token=cond["condition_token"], condition_mask=cond.get("condition_mask"),
-                condition_embed=cond.get("condition_embed_token"), uncond_emb=uncond,
-                content_token=self._start_tokens(batch, filter_ratio, replicate), filter_ratio=filter_ratio,
-                temperature=temperature, generator=generator, callback=callback, fixed=fixed,
-            )
-
-    @torch.no_grad()
-    def sample(
-        self,
-        batch: Mapping,
-        clip: Any = None,
-        temperature: float = 1.0,
-        return_rec: bool = True,
-        filter_ratio: Sequence[float] = (0, 0.5, 1.0),
-        content_ratio: Sequence[float] = (1,),
-        return_att_weight: bool = False,
-        return_logits: bool = False,
-        sample_type: str = "normal",
-        generator: Optional[torch.Generator] = None,
-        **kwargs,
-    ) -> dict:
-        """The trainer's periodic sampler: input, reconstruction and ``cond1_cont{cr}_fr{fr}_image``
-        samples for each filter ratio (see ``TokenModelMixin._train_time_samples``)."""
-        with self._eval_mode():
-            cond = self.prepare_condition(batch)
-            return self._train_time_samples(
-                batch, {"condition_token": cond["condition_token"], "condition_mask": cond.get("condition_mask"),
-                        "condition_embed": None},
-                {"condition": batch.get(self.condition_info["key"])}, return_rec=return_rec,
-                filter_ratio=filter_ratio, content_ratio=content_ratio, return_logits=return_logits,
-                sample_type=sample_type, generator=generator,
-            )

@@ -1,0 +1,107 @@
+"""The one sampling entry: :func:`sample_tokens` turns a request (condition, ``SamplingOptions``) into tokens.
+
+Every path goes through it (``generate_content`` of the three models, editing/inpainting, the trainer's
+sample grids, the official ``DiffusionTransformer.sample``/``sample_fast`` shims), so the CPU denormal
+flushing (``vqdiff.utils.denormals``) wraps this one call. It embeds the condition, builds the request's
+:class:`~vqdiff.modeling.diffusion.samplers.Denoiser`, chooses the start tokens and the visited steps, and
+runs ``SAMPLERS[options.sampler_kind(...)]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from vqdiff.utils.denormals import flushes_denormals_on_cpu
+
+from .log_ops import index_to_log_onehot, log_onehot_to_index
+from .maskgit import maskgit_timesteps
+from .samplers import SAMPLERS, Denoiser, timesteps
+from .sampling_options import SamplingOptions
+
+__all__ = ["condition_embedding", "learned_null_embedding", "sample_tokens"]
+
+
+def condition_embedding(diffusion: Any, condition_token: Any = None, condition_embed: Any = None) -> Any:
+    """The network's condition for sampling: ``condition_emb(condition_token)`` when the model embeds its
+    condition (CLIP text, class labels), else ``condition_embed`` as given; floating values in fp32."""
+    if diffusion.condition_emb is not None and condition_token is not None:
+        with torch.no_grad():
+            cond = diffusion.condition_emb(condition_token)
+    else:
+        cond = condition_embed
+    return cond.float() if torch.is_tensor(cond) and cond.is_floating_point() else cond
+
+
+def learned_null_embedding(diffusion: Any, batch_size: int) -> Optional[torch.Tensor]:
+    """The learned null-text embedding repeated (B, 77, D), or None when ``learnable_cf`` is off."""
+    if not diffusion.learnable_cf:
+        return None
+    if not hasattr(diffusion, "empty_text_embed"):
+        raise ValueError(
+            "learnable_cf is True but this model has no 'empty_text_embed': build it with "
+            "'learnable_cf: True' in diffusion_config.params and load a learnable-cf checkpoint"
+        )
+    return diffusion.empty_text_embed.float().unsqueeze(0).expand(batch_size, -1, -1)
+
+
+def _batch_size(*tensors: Any, batch_size: Optional[int]) -> int:
+    for x in tensors:
+        if torch.is_tensor(x):
+            return x.shape[0]
+    if batch_size is None:
+        raise ValueError("unconditional sampling needs batch_size=")
+    return int(batch_size)
+
+
+@flushes_denormals_on_cpu  # all-[MASK] steps produce denormals: several times slower unless flushed
+@torch.no_grad()
+def sample_tokens(
+    diffusion: Any,
+    options: SamplingOptions,
+    *,
+    condition_token: Any = None,
+    condition_embed: Any = None,
+    uncond_emb: Any = None,
+    content_token: Optional[torch.Tensor] = None,
+    filter_ratio: float = 0.0,
+    batch_size: Optional[int] = None,
+    fixed: Optional[tuple] = None,
+    callback: Optional[Callable[[dict], None]] = None,
+) -> torch.Tensor:
+    """Generate tokens (B, N) with ``diffusion`` (a ``DiffusionTransformer``) under ``options``.
+
+    ``filter_ratio = 0``: from all-[MASK] at t = T-1 down to 0. ``filter_ratio > 0``: noise ``content_token``
+    to step ``int(T * filter_ratio) - 1`` (Eq. 5) and denoise from there (partial sampling / editing; the
+    ancestral sampler, or MaskGIT from the partly masked tokens). ``uncond_emb``: the unconditional branch of
+    guidance (null text, null label or a negative prompt); None takes the learned null text when guidance
+    is on. ``batch_size`` is needed only without condition and start tokens. ``fixed = (mask, tokens)`` pins
+    tokens; ``callback(info)`` runs after every step.
+    """
+    B = _batch_size(condition_token, condition_embed, content_token, batch_size=batch_size)
+    T, K, N = diffusion.num_timesteps, diffusion.num_classes - 1, diffusion.content_seq_len
+    device = diffusion.device
+    cond_emb = condition_embedding(diffusion, condition_token, condition_embed)
+    if uncond_emb is None and options.is_guided(T):
+        uncond_emb = learned_null_embedding(diffusion, B)
+    denoise = Denoiser(diffusion, cond_emb, uncond_emb, options, fixed)
+    start_step = min(int(T * filter_ratio), T)
+    kind = options.sampler_kind(N, T, from_noised_tokens=start_step > 0)
+    if start_step == 0:
+        x = torch.full((B, N), K, dtype=torch.long, device=device)
+    else:
+        if content_token is None:
+            raise ValueError(f"filter_ratio={filter_ratio} > 0 needs content_token (the tokens to start from)")
+        t = torch.full((B,), start_step - 1, device=device, dtype=torch.long)
+        x0 = content_token.to(device)
+        if kind == "maskgit":
+            x = diffusion.q_sample_index(x0, t, options.generator)
+        else:  # the official one-hot form of the same draw
+            x = log_onehot_to_index(diffusion.q_sample(index_to_log_onehot(x0, diffusion.num_classes), t,
+                                                       options.generator))
+    if kind == "maskgit":
+        steps = maskgit_timesteps(start_step or T, options.maskgit_steps, options.maskgit_schedule)
+    else:
+        steps = timesteps(T, options.skip_step, start=start_step or None)
+    return SAMPLERS[kind](denoise, x, steps, options, callback)
