@@ -30,6 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
 from vqdiff.utils import perf
 
@@ -42,11 +43,11 @@ OFFICIAL_RATIO = {
 }
 
 
-class _OneHotPosterior:
-    """The diffusion seen through the reference interface (one-hot ``q_posterior``), for the comparison."""
+class _OneHotPosterior(S.Denoiser):
+    """The denoiser with the reference (one-hot ``q_posterior``) posterior, for the comparison."""
 
-    def __init__(self, d):
-        self.num_classes, self.num_timesteps, self.q_posterior = d.num_classes, d.num_timesteps, d.q_posterior
+    def posterior(self, log_x0, x, t):
+        return self.diffusion.q_posterior(log_x0, index_to_log_onehot(x, self.num_classes), t)
 
 
 def _flops(fn) -> int:
@@ -133,11 +134,10 @@ def main() -> None:
                 res["diffusers_error"] = f"{type(e).__name__}: {e}"
                 rows.append(("diffusers Transformer2DModel forward (ms)", "–", f"not run: {type(e).__name__}"))
 
-        denoise = d.make_denoiser(cond, truncation_rate=0.86)
-        g = torch.Generator(device=device).manual_seed(0)
-        step = lambda diff: S.sample_ancestral(diff, denoise, x, [T // 2], generator=g)  # noqa: E731
-        tfast = perf.timed(lambda: step(d), R, device=device)
-        tref = perf.timed(lambda: step(_OneHotPosterior(d)), R, device=device)
+        options = SamplingOptions(truncation_rate=0.86, generator=torch.Generator(device=device).manual_seed(0))
+        step = lambda den: S.sample_ancestral(den, x, [T // 2], options)  # noqa: E731
+        tfast = perf.timed(lambda: step(S.Denoiser(d, cond, None, options)), R, device=device)
+        tref = perf.timed(lambda: step(_OneHotPosterior(d, cond, None, options)), R, device=device)
         res["sampling_step"] = {"index_posterior": tfast, "one_hot_posterior": tref}
         rows.append(("one full sampling step (ms)", f"{1e3 * tfast['median_s']:.0f}",
                      f"network + posterior + truncation 0.86 + Gumbel; with the one-hot posterior: "

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vqdiff.modeling.diffusion import DiffusionTransformer
 from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
 
 class StandInNet(nn.Module):
@@ -123,7 +124,8 @@ def main():
         N, K = side * side, args.K
         x = torch.randint(0, K + 1, (B, N))
         t = torch.full((B,), args.steps // 2)
-        denoise = d.make_denoiser(cond, truncation_rate=0.86)
+        options = SamplingOptions(truncation_rate=0.86, generator=g)
+        denoise = S.Denoiser(d, cond, None, options)
         cache = d.precompute_condition(cond)
 
         def net_only():
@@ -131,7 +133,7 @@ def main():
                 d._net_log_probs(x, cond, t, cache)
 
         def one_step():
-            S.sample_ancestral(d, denoise, x, [args.steps // 2, args.steps // 2 - 1], generator=g)
+            S.sample_ancestral(denoise, x, [args.steps // 2, args.steps // 2 - 1], options)
 
         def full():
             d.sample(condition_embed=cond, filter_ratio=0, truncation_rate=0.86, generator=g)

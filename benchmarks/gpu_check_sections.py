@@ -58,7 +58,10 @@ def _forward_and_step(d, cond: Any, x: torch.Tensor, t: torch.Tensor, noise: tor
     mv = (lambda v: v.to(device) if torch.is_tensor(v) else v)
     x, t, cond, noise = mv(x), mv(t), mv(cond), mv(noise)
     log_x0 = d.predict_start_index(x, cond, t)
-    log_post = d.q_posterior_index(d.make_denoiser(cond)(x, t), x, t)
+    from vqdiff.modeling.diffusion.samplers import Denoiser
+    from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
+
+    log_post = d.q_posterior_index(Denoiser(d, cond, None, SamplingOptions(truncation_rate=None))(x, t), x, t)
     tokens = (log_post + noise).argmax(dim=1)
     return log_x0.cpu(), log_post.cpu(), tokens.cpu()
 

@@ -16,6 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.utils.perf import build_text2image_diffusion, issue8_size
 
 
@@ -39,10 +40,10 @@ def main() -> None:
 
     net.forward = traced_forward  # profiling only: marks the network's share
     if args.what in ("sample", "both"):
-        denoise = d.make_denoiser(cond, truncation_rate=0.86)
+        options = SamplingOptions(truncation_rate=0.86, generator=torch.Generator().manual_seed(0))
+        denoise = S.Denoiser(d, cond, None, options)
         x = torch.randint(0, K + 1, (B, N))
-        g = torch.Generator().manual_seed(0)
-        step = lambda: S.sample_ancestral(d, denoise, x, [T // 2], generator=g)  # noqa: E731
+        step = lambda: S.sample_ancestral(denoise, x, [T // 2], options)  # noqa: E731
         step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(2):

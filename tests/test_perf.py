@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.modeling.diffusion.log_ops import gumbel_noise, index_to_log_onehot, sample_categorical_index
 from vqdiff.utils import perf
 
@@ -75,11 +76,11 @@ def test_in_place_gumbel_equals_official_formula():
     assert torch.equal(idx, (logits + ref).argmax(1))
 
 
-class _OneHotOnly:
-    """The diffusion seen through the reference interface only (no ``q_posterior_index``)."""
+class _OneHotPosterior(S.Denoiser):
+    """The denoiser with the reference (one-hot ``q_posterior``) posterior instead of ``q_posterior_index``."""
 
-    def __init__(self, d):
-        self.num_classes, self.num_timesteps, self.q_posterior = d.num_classes, d.num_timesteps, d.q_posterior
+    def posterior(self, log_x0, x, t):
+        return self.diffusion.q_posterior(log_x0, index_to_log_onehot(x, self.num_classes), t)
 
 
 @pytest.mark.parametrize("truncation", [None, 0.86])
@@ -87,11 +88,13 @@ def test_ancestral_sampling_same_tokens_fast_and_reference(diffusion, truncation
     d, size = diffusion
     B = 2
     cond = torch.randn(B, size["cond_len"], size["cond_dim"], generator=torch.Generator().manual_seed(0))
-    denoise = d.make_denoiser(cond, truncation_rate=truncation)
+    options = SamplingOptions(truncation_rate=truncation)
     x = torch.full((B, size["side"] ** 2), d.num_classes - 1)
     steps = S.timesteps(d.num_timesteps)
-    fast = S.sample_ancestral(d, denoise, x, steps, generator=torch.Generator().manual_seed(7))
-    ref = S.sample_ancestral(_OneHotOnly(d), denoise, x, steps, generator=torch.Generator().manual_seed(7))
+    fast = S.sample_ancestral(S.Denoiser(d, cond, None, options), x, steps,
+                              options.replace(generator=torch.Generator().manual_seed(7)))
+    ref = S.sample_ancestral(_OneHotPosterior(d, cond, None, options), x, steps,
+                             options.replace(generator=torch.Generator().manual_seed(7)))
     assert torch.equal(fast, ref)
     assert (fast < d.num_classes - 1).all()  # everything revealed at the end
 

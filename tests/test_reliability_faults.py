@@ -29,7 +29,7 @@ from vqdiff.data.safe_index import UnsafeIndexError, read_name_list  # noqa: E40
 from vqdiff.engine.checkpoint import CheckpointError, env_allows_unsafe_pickle, save_checkpoint  # noqa: E402
 from vqdiff.engine.run_lock import RunLock, RunLockError  # noqa: E402
 from vqdiff.engine.solver import Solver  # noqa: E402
-from vqdiff.modeling.diffusion.samplers import guidance_scales  # noqa: E402
+from vqdiff.modeling.diffusion.guidance import guidance_scales  # noqa: E402
 from vqdiff.utils.cli_errors import run_cli  # noqa: E402
 from vqdiff.utils.config import ConfigError, load_yaml_config, merge_opts_to_config  # noqa: E402
 from vqdiff.utils.config_sections import check_config_sections  # noqa: E402
