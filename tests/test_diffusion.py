@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vqdiff.modeling.diffusion import DiffusionTransformer
+from vqdiff.modeling.diffusion import losses
 from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
 from vqdiff.modeling.diffusion.posterior import q_posterior_index
@@ -236,6 +237,13 @@ def test_importance_sampling_switches_on():
     w[0] = w[1]
     assert torch.allclose(pt.double(), (w / w.sum())[t], atol=1e-5)
     assert (t == 9).sum() > (t == 1).sum() * 3
+
+
+def test_loss_history_update_and_its_nan_guard():
+    hist, count = torch.full((4,), 2.0), torch.full((4,), 5.0)
+    losses.update_loss_history(hist, count, torch.tensor([1, 3]), torch.tensor([3.0, float("nan")]))
+    assert torch.allclose(hist, torch.tensor([2.0, 0.1 * 9 + 0.9 * 2, 2.0, 2.0]))  # step 3 left as it was
+    assert torch.equal(count, torch.tensor([5.0, 6.0, 5.0, 5.0]))  # and not counted
 
 
 # -------------------------------------------------------------------------------- samplers

@@ -217,6 +217,7 @@ class DiffusionTransformer(nn.Module):
         return F.log_softmax(out.float(), dim=1).clamp(CLAMP_MIN, 0)
 
     def _append_mask_row(self, log_p: torch.Tensor) -> torch.Tensor:
+        """(B, K, N) -> (B, K+1, N): the network predicts no [MASK] for x_0, so its row is -70 (log 0)."""
         B, _, N = log_p.shape
         return torch.cat([log_p, torch.full((B, 1, N), CLAMP_MIN, dtype=log_p.dtype, device=log_p.device)], dim=1)
 
@@ -254,6 +255,7 @@ class DiffusionTransformer(nn.Module):
     # training (Sec. 3.3, Eq. 8-12)
     # ----------------------------------------------------------------------------------------------
     def multinomial_kl(self, log_prob1: torch.Tensor, log_prob2: torch.Tensor) -> torch.Tensor:
+        """``KL(p1 || p2)`` over the classes, (B, C, N) -> (B, N) (the official method name)."""
         return multinomial_kl(log_prob1, log_prob2)
 
     def sample_time(self, b: int, device: torch.device, method: str = "uniform", generator=None):

@@ -25,22 +25,30 @@ def cumulative_index(schedule: LogSchedule, t: torch.Tensor) -> torch.Tensor:
     return (t + (schedule.num_timesteps + 1)) % (schedule.num_timesteps + 1)
 
 
+def _apply_transition(
+    log_x: torch.Tensor,
+    t: torch.Tensor,
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    log_1_min_c: torch.Tensor,
+    log_c: torch.Tensor,
+) -> torch.Tensor:
+    """The mask-and-replace matrix (Eq. 7 / 8) at step t applied to ``x`` in log space, (B, K+1, N) ->
+    (B, K+1, N): rows k < K ``log(a x[k] + b)``, row [MASK] ``log((1 - c) x[K] + c)``, with the
+    coefficients read from the schedule arrays ``log_a, log_b, log_1_min_c, log_c`` at ``t`` (B,)."""
+    log_a, log_b, log_1_min_c, log_c = (extract(v, t, log_x.shape) for v in (log_a, log_b, log_1_min_c, log_c))
+    return torch.cat(
+        [log_add_exp(log_x[:, :-1, :] + log_a, log_b), log_add_exp(log_x[:, -1:, :] + log_1_min_c, log_c)], dim=1
+    )
+
+
 def q_pred_one_timestep(schedule: LogSchedule, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``log q(x_t | x_{t-1} = j)`` for every j (Eq. 4, ``Q_t^T x_t``): (B, K+1, N) in, (B, K+1, N) out.
 
     Rows j < K: ``log(a_t x_t[j] + b_t)``; row [MASK]: ``log((1 - c_t) x_t[K] + c_t)`` (Eq. 7).
     """
-    log_at = extract(schedule.log_at, t, log_x_t.shape)
-    log_bt = extract(schedule.log_bt, t, log_x_t.shape)
-    log_ct = extract(schedule.log_ct, t, log_x_t.shape)
-    log_1_min_ct = extract(schedule.log_1_min_ct, t, log_x_t.shape)
-    return torch.cat(
-        [
-            log_add_exp(log_x_t[:, :-1, :] + log_at, log_bt),
-            log_add_exp(log_x_t[:, -1:, :] + log_1_min_ct, log_ct),
-        ],
-        dim=1,
-    )
+    s = schedule
+    return _apply_transition(log_x_t, t, s.log_at, s.log_bt, s.log_1_min_ct, s.log_ct)
 
 
 def q_pred(schedule: LogSchedule, log_x_start: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -49,17 +57,10 @@ def q_pred(schedule: LogSchedule, log_x_start: torch.Tensor, t: torch.Tensor) ->
     Rows k < K: ``log(abar_t x_0[k] + bbar_t)``; row [MASK]: ``log((1 - cbar_t) x_0[K] + cbar_t)``
     (Eq. 8). ``t = -1`` is the identity.
     """
-    t = cumulative_index(schedule, t)
-    log_cumprod_at = extract(schedule.log_cumprod_at, t, log_x_start.shape)
-    log_cumprod_bt = extract(schedule.log_cumprod_bt, t, log_x_start.shape)
-    log_cumprod_ct = extract(schedule.log_cumprod_ct, t, log_x_start.shape)
-    log_1_min_cumprod_ct = extract(schedule.log_1_min_cumprod_ct, t, log_x_start.shape)
-    return torch.cat(
-        [
-            log_add_exp(log_x_start[:, :-1, :] + log_cumprod_at, log_cumprod_bt),
-            log_add_exp(log_x_start[:, -1:, :] + log_1_min_cumprod_ct, log_cumprod_ct),
-        ],
-        dim=1,
+    s = schedule
+    t = cumulative_index(s, t)
+    return _apply_transition(
+        log_x_start, t, s.log_cumprod_at, s.log_cumprod_bt, s.log_1_min_cumprod_ct, s.log_cumprod_ct
     )
 
 

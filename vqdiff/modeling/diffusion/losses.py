@@ -89,11 +89,14 @@ def vlb_terms(
     kl = (multinomial_kl(log_true_prob, log_model_prob) * token_weight).sum(1)  # (B,)
     decoder_nll = -log_categorical(log_x_start, log_model_prob).sum(1)  # (B,)
     is_t0 = (t == 0).float()
-    return VLBTerms(kl_loss=is_t0 * decoder_nll + (1.0 - is_t0) * kl, decoder_nll=decoder_nll, token_weight=token_weight)
+    kl_loss = is_t0 * decoder_nll + (1.0 - is_t0) * kl
+    return VLBTerms(kl_loss=kl_loss, decoder_nll=decoder_nll, token_weight=token_weight)
 
 
 @torch.no_grad()
-def update_loss_history(Lt_history: torch.Tensor, Lt_count: torch.Tensor, t: torch.Tensor, kl_loss: torch.Tensor) -> None:
+def update_loss_history(
+    Lt_history: torch.Tensor, Lt_count: torch.Tensor, t: torch.Tensor, kl_loss: torch.Tensor
+) -> None:
     """In place: ``Lt_history[t] <- 0.1 L_t^2 + 0.9 Lt_history[t]`` and ``Lt_count[t] += 1``.
 
     A non-finite loss (a diverged step the solver will skip) must not reach the history: a NaN there
