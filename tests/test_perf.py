@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _posterior_reference import one_hot_q_posterior
 from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.log_ops import gumbel_noise, index_to_log_onehot, sample_categorical_index
 from vqdiff.utils import perf
@@ -36,7 +37,7 @@ def test_q_posterior_index_equals_one_hot_form(diffusion, t_kind):
     t = {"random": torch.tensor([3, 7, 11]), "zero": torch.zeros(3, dtype=torch.long),
          "last": torch.full((3,), T - 1)}[t_kind]
     for log_x0 in (soft, onehot):
-        ref = d.q_posterior(log_x0, index_to_log_onehot(x_t, K + 1), t)
+        ref = one_hot_q_posterior(d, log_x0, index_to_log_onehot(x_t, K + 1), t)
         fast = d.q_posterior_index(log_x0, x_t, t)
         assert fast.shape == ref.shape
         torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
@@ -50,7 +51,7 @@ def test_q_posterior_index_gradients_match(diffusion):
     a = soft.clone().requires_grad_(True)
     b = soft.clone().requires_grad_(True)
     w = torch.randn_like(soft)
-    (d.q_posterior(a, index_to_log_onehot(x_t, K + 1), t) * w).sum().backward()
+    (one_hot_q_posterior(d, a, index_to_log_onehot(x_t, K + 1), t) * w).sum().backward()
     (d.q_posterior_index(b, x_t, t) * w).sum().backward()
     torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
 
@@ -79,7 +80,8 @@ class _OneHotOnly:
     """The diffusion seen through the reference interface only (no ``q_posterior_index``)."""
 
     def __init__(self, d):
-        self.num_classes, self.num_timesteps, self.q_posterior = d.num_classes, d.num_timesteps, d.q_posterior
+        self.num_classes, self.num_timesteps = d.num_classes, d.num_timesteps
+        self.q_posterior = lambda log_x0, log_x_t, t: one_hot_q_posterior(d, log_x0, log_x_t, t)
 
 
 @pytest.mark.parametrize("truncation", [None, 0.86])
@@ -107,7 +109,7 @@ def test_training_loss_and_gradients_match_reference(diffusion):
         d.Lt_history.copy_(hist[0]), d.Lt_count.copy_(hist[1])
         d.zero_grad(set_to_none=True)
         if reference:  # route the index paths through the one-hot forms
-            d.q_posterior_index = lambda lx0, xt, t: d.q_posterior(lx0, index_to_log_onehot(xt, K + 1), t)
+            d.q_posterior_index = lambda lx0, xt, t: one_hot_q_posterior(d, lx0, index_to_log_onehot(xt, K + 1), t)
             d.q_sample_index = lambda x, t, g: d.q_sample(index_to_log_onehot(x, K + 1), t, g).argmax(1)
         try:
             loss = d({"content_token": x0, "condition_embed_token": cond}, return_loss=True,
