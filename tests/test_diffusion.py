@@ -9,11 +9,13 @@ import torch
 from torch import nn
 
 from vqdiff.modeling.diffusion import DiffusionTransformer
+from vqdiff.modeling.diffusion import losses
 from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
+from vqdiff.modeling.diffusion.posterior import q_posterior_index
 from vqdiff.modeling.diffusion.samplers import Denoiser
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
-from vqdiff.modeling.diffusion.schedule import alpha_schedule
+from vqdiff.modeling.diffusion.schedule import LogSchedule, alpha_schedule, log_schedule
 
 
 class FakeNet(nn.Module):
@@ -116,28 +118,51 @@ def test_cumulative_q_equals_product_of_one_step_matrices():
         assert torch.allclose(q1[:K], one_step_matrix(d, t)[:K, xt[0]], atol=1e-6)
 
 
-def test_posterior_equals_brute_force_bayes_and_sums_to_one():
-    K, N, T = 4, 5, 8
+def brute_force_posterior(d, p0: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    """``sum_k q(x_{t-1} = i | x_t, x_0 = k) p0(k)`` by Bayes over the explicit matrices: (K+1, N) float64."""
+    K = d.num_classes - 1
+    Qt, Qprev, Q1 = cum_matrix(d, t), cum_matrix(d, t - 1), one_step_matrix(d, t)
+    cols = []
+    for n in range(x_t.shape[1]):
+        j = x_t[0, n]
+        bayes = Qprev[:K, :] * Q1[:, j][None, :] / Qt[:K, j][:, None]  # (k, i)
+        cols.append((p0[0, :, n].double()[:, None] * bayes).sum(0))
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("K", [2, 4, 5, 17, 64])
+def test_posterior_equals_brute_force_bayes_and_sums_to_one(K):
+    N, T = 5, 8
     d = make(K=K, N=N, T=T)
     gen = torch.Generator().manual_seed(3)
+    x_t = torch.tensor([[0, 1, K, K, min(2, K - 1)]])
     for t in [1, 2, 5, 7]:
-        x_t = torch.tensor([[0, 1, 4, 4, 2]])
         p0 = torch.softmax(torch.randn(1, K, N, generator=gen), 1)
         log_p0 = torch.cat([p0.log(), torch.full((1, 1, N), -70.0)], 1)
+        expect = brute_force_posterior(d, p0, x_t, t)
         post = d.q_posterior(log_p0, index_to_log_onehot(x_t, K + 1), torch.tensor([t])).double().exp()[0]
-        Qt, Qprev, Q1 = cum_matrix(d, t), cum_matrix(d, t - 1), one_step_matrix(d, t)
+        post_index = d.q_posterior_index(log_p0, x_t, torch.tensor([t])).double().exp()[0]
         for n in range(N):
-            j = x_t[0, n]
-            # sum_k q(x_{t-1}=i | x_t, x_0=k) p(k), with Bayes over the explicit matrices
-            num = Qprev[:K, :] * Q1[:, j][None, :]  # (k, i)
-            bayes = num / Qt[:K, j][:, None]
-            expect = (p0[0, :, n].double()[:, None] * bayes).sum(0)
-            assert torch.allclose(post[:, n], expect, atol=1e-5), (t, n)
+            assert torch.allclose(post[:, n], expect[:, n], atol=1e-5), (t, n)
             assert abs(post[:, n].sum().item() - 1) < 1e-4
+        assert torch.equal(post_index, post)
+        # the same function on a float64 schedule (no module): Bayes to float64 rounding
+        p0_64 = p0.double() / p0.double().sum(1, keepdim=True)
+        log_p0_64 = torch.cat([p0_64.log(), torch.full((1, 1, N), -70.0, dtype=torch.float64)], 1)
+        sched64 = LogSchedule(**log_schedule(T, K))
+        post64 = q_posterior_index(sched64, log_p0_64, x_t, torch.tensor([t])).exp()[0]
+        assert torch.allclose(post64, brute_force_posterior(d, p0_64, x_t, t), rtol=0, atol=1e-9), t
     # t = 0: the posterior is p(x_0) itself on the K tokens
-    x_t = torch.tensor([[0, 1, 4, 4, 2]])
     post = d.q_posterior(log_p0, index_to_log_onehot(x_t, K + 1), torch.tensor([0])).exp()
     assert torch.allclose(post.sum(1), torch.ones(1, N), atol=1e-4)
+    assert torch.allclose(post[0, :K], p0[0], atol=1e-5)
+
+
+def test_update_n_sample_keeps_no_table_on_the_model():
+    d = make()
+    d.prior_ps = 2
+    d.update_n_sample()  # the official hook: the table is computed per request, nothing is stored
+    assert not hasattr(d, "n_sample")
 
 
 def test_log_probs_finite_and_nonpositive():
@@ -214,6 +239,13 @@ def test_importance_sampling_switches_on():
     w[0] = w[1]
     assert torch.allclose(pt.double(), (w / w.sum())[t], atol=1e-5)
     assert (t == 9).sum() > (t == 1).sum() * 3
+
+
+def test_loss_history_update_and_its_nan_guard():
+    hist, count = torch.full((4,), 2.0), torch.full((4,), 5.0)
+    losses.update_loss_history(hist, count, torch.tensor([1, 3]), torch.tensor([3.0, float("nan")]))
+    assert torch.allclose(hist, torch.tensor([2.0, 0.1 * 9 + 0.9 * 2, 2.0, 2.0]))  # step 3 left as it was
+    assert torch.equal(count, torch.tensor([5.0, 6.0, 5.0, 5.0]))  # and not counted
 
 
 # -------------------------------------------------------------------------------- samplers

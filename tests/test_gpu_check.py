@@ -78,8 +78,11 @@ def test_quick_training_loss_fell_without_nonfinite_steps(quick_run):
     assert len(loops) == 2 and len(solver) == 2
     for c in loops + solver:
         v = c["values"]
-        assert v["iterations"] == 50 and v["nonfinite_steps"] == 0
-        assert v["loss_last10"] < v["loss_first10"] and v["loss_fell"] is True
+        assert v["iterations"] == 50 and v["nonfinite_steps"] == 0 and v["loss_fell"] is True
+    for c in loops:  # judged on one fixed batch and fixed draws of t (a window of step losses is too noisy)
+        assert c["values"]["fixed_batch_loss_after"] < c["values"]["fixed_batch_loss_before"]
+    for c in solver:
+        assert c["values"]["loss_last10"] < c["values"]["loss_first10"]
     for c in solver:  # on CPU the Solver's --amp is CUDA-only today: skipped with the reason, or really run
         assert c["status"] == "pass" or "needs CUDA" in c["reason"]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _posterior_reference import one_hot_q_posterior
 from vqdiff.modeling.diffusion import samplers as S
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.modeling.diffusion.log_ops import gumbel_noise, index_to_log_onehot, sample_categorical_index
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 from vqdiff.utils import perf
 
 
@@ -37,7 +38,7 @@ def test_q_posterior_index_equals_one_hot_form(diffusion, t_kind):
     t = {"random": torch.tensor([3, 7, 11]), "zero": torch.zeros(3, dtype=torch.long),
          "last": torch.full((3,), T - 1)}[t_kind]
     for log_x0 in (soft, onehot):
-        ref = d.q_posterior(log_x0, index_to_log_onehot(x_t, K + 1), t)
+        ref = one_hot_q_posterior(d, log_x0, index_to_log_onehot(x_t, K + 1), t)
         fast = d.q_posterior_index(log_x0, x_t, t)
         assert fast.shape == ref.shape
         torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
@@ -51,7 +52,7 @@ def test_q_posterior_index_gradients_match(diffusion):
     a = soft.clone().requires_grad_(True)
     b = soft.clone().requires_grad_(True)
     w = torch.randn_like(soft)
-    (d.q_posterior(a, index_to_log_onehot(x_t, K + 1), t) * w).sum().backward()
+    (one_hot_q_posterior(d, a, index_to_log_onehot(x_t, K + 1), t) * w).sum().backward()
     (d.q_posterior_index(b, x_t, t) * w).sum().backward()
     torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
 
@@ -80,7 +81,7 @@ class _OneHotPosterior(S.Denoiser):
     """The denoiser with the reference (one-hot ``q_posterior``) posterior instead of ``q_posterior_index``."""
 
     def posterior(self, log_x0, x, t):
-        return self.diffusion.q_posterior(log_x0, index_to_log_onehot(x, self.num_classes), t)
+        return one_hot_q_posterior(self.diffusion, log_x0, index_to_log_onehot(x, self.num_classes), t)
 
 
 @pytest.mark.parametrize("truncation", [None, 0.86])
@@ -110,7 +111,7 @@ def test_training_loss_and_gradients_match_reference(diffusion):
         d.Lt_history.copy_(hist[0]), d.Lt_count.copy_(hist[1])
         d.zero_grad(set_to_none=True)
         if reference:  # route the index paths through the one-hot forms
-            d.q_posterior_index = lambda lx0, xt, t: d.q_posterior(lx0, index_to_log_onehot(xt, K + 1), t)
+            d.q_posterior_index = lambda lx0, xt, t: one_hot_q_posterior(d, lx0, index_to_log_onehot(xt, K + 1), t)
             d.q_sample_index = lambda x, t, g: d.q_sample(index_to_log_onehot(x, K + 1), t, g).argmax(1)
         try:
             loss = d({"content_token": x0, "condition_embed_token": cond}, return_loss=True,

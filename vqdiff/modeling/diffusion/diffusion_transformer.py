@@ -11,7 +11,6 @@ module turns it into ``p(x_0 | x_t)``, the posterior, the training loss and the 
 
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import nullcontext
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -21,21 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqdiff.utils.config import instantiate_from_config
-from .log_ops import (
-    CLAMP_MIN,
-    LOG_ZERO,
-    extract,
-    index_to_log_onehot,
-    log_add_exp,
-    log_categorical,
-    log_onehot_to_index,
-    log_sample_categorical,
-    multinomial_kl,
-    sample_categorical_index,
-)
+
+from . import forward_process, losses, posterior
+from .log_ops import CLAMP_MIN, index_to_log_onehot, log_onehot_to_index, log_sample_categorical, multinomial_kl
 from .sampling import sample_tokens
 from .sampling_options import SamplingOptions
-from .schedule import log_schedule
+from .schedule import LogSchedule, log_schedule
 
 __all__ = ["DiffusionTransformer"]
 
@@ -144,6 +134,11 @@ class DiffusionTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.log_at.device
 
+    def update_n_sample(self) -> None:
+        """The official hook, called after changing ``prior_ps``; nothing to do here: ``prior_ps`` is a
+        per-request option (``SamplingOptions.prior_ps``) and the tokens to reveal per step are computed per
+        request from it (:func:`samplers.n_sample_table`)."""
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         key = prefix + "empty_text_embed"
         if key in state_dict and not self.learnable_cf:
@@ -156,151 +151,39 @@ class DiffusionTransformer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ----------------------------------------------------------------------------------------------
-    # forward process q (Eq. 4-5)
+    # forward process q (Eq. 4-5) and posterior (Eq. 7, 11): forward_process.py, posterior.py
     # ----------------------------------------------------------------------------------------------
-    def q_pred_one_timestep(self, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``log q(x_t | x_{t-1} = j)`` for every j (Eq. 4, ``Q_t^T x_t``): (B, K+1, N) in, (B, K+1, N) out.
+    @property
+    def schedule(self) -> LogSchedule:
+        """The schedule buffers as the math functions take them (references, on this module's device)."""
+        return LogSchedule.from_module(self)
 
-        Rows j < K: ``log(a_t x_t[j] + b_t)``; row [MASK]: ``log((1 - c_t) x_t[K] + c_t)``.
-        """
-        log_at = extract(self.log_at, t, log_x_t.shape)
-        log_bt = extract(self.log_bt, t, log_x_t.shape)
-        log_ct = extract(self.log_ct, t, log_x_t.shape)
-        log_1_min_ct = extract(self.log_1_min_ct, t, log_x_t.shape)
-        return torch.cat(
-            [
-                log_add_exp(log_x_t[:, :-1, :] + log_at, log_bt),
-                log_add_exp(log_x_t[:, -1:, :] + log_1_min_ct, log_ct),
-            ],
-            dim=1,
-        )
+    def q_pred_one_timestep(self, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``log q(x_t | x_{t-1} = j)`` (Eq. 4): :func:`forward_process.q_pred_one_timestep`."""
+        return forward_process.q_pred_one_timestep(self.schedule, log_x_t, t)
 
     def q_pred(self, log_x_start: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``log q(x_t | x_0)`` (Eq. 5, ``Qbar_t x_0``) for a (soft) x_0: (B, K+1, N) -> (B, K+1, N).
-
-        Rows k < K: ``log(abar_t x_0[k] + bbar_t)``; row [MASK]: ``log((1 - cbar_t) x_0[K] + cbar_t)``.
-        ``t = -1`` (taken modulo T + 1) is the identity.
-        """
-        t = (t + (self.num_timesteps + 1)) % (self.num_timesteps + 1)
-        log_cumprod_at = extract(self.log_cumprod_at, t, log_x_start.shape)
-        log_cumprod_bt = extract(self.log_cumprod_bt, t, log_x_start.shape)
-        log_cumprod_ct = extract(self.log_cumprod_ct, t, log_x_start.shape)
-        log_1_min_cumprod_ct = extract(self.log_1_min_cumprod_ct, t, log_x_start.shape)
-        return torch.cat(
-            [
-                log_add_exp(log_x_start[:, :-1, :] + log_cumprod_at, log_cumprod_bt),
-                log_add_exp(log_x_start[:, -1:, :] + log_1_min_cumprod_ct, log_cumprod_ct),
-            ],
-            dim=1,
-        )
+        """``log q(x_t | x_0)`` (Eq. 5), ``t = -1`` the identity: :func:`forward_process.q_pred`."""
+        return forward_process.q_pred(self.schedule, log_x_start, t)
 
     def q_sample(self, log_x_start: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Draw ``x_t ~ q(x_t | x_0)`` (Gumbel-max), returned as a log one-hot (B, K+1, N)."""
-        return log_sample_categorical(self.q_pred(log_x_start, t), self.num_classes, generator)
+        """Draw ``x_t ~ q(x_t | x_0)`` as a log one-hot (B, K+1, N): :func:`forward_process.q_sample`."""
+        return forward_process.q_sample(self.schedule, log_x_start, t, generator)
 
     def q_sample_index(self, x_start: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """:meth:`q_sample` from tokens x_0 (B, N) long to tokens x_t (B, N): the same Gumbel draw.
-
-        ``q_pred`` of a one-hot takes two values per image and row kind (at ``k = x_0`` and elsewhere;
-        Eq. 5), computed on (B, 1, 1) with the same operations as the full form and broadcast, so the
-        (B, K+1, N) ``logaddexp`` is skipped; the noise and argmax are those of :meth:`q_sample`.
-        """
-        B, N = x_start.shape
-        shape = (B, 1, 1)
-        dtype, device = self.log_cumprod_at.dtype, x_start.device
-        tq = (t + (self.num_timesteps + 1)) % (self.num_timesteps + 1)
-        on = torch.zeros(shape, dtype=dtype, device=device)
-        off = torch.full(shape, LOG_ZERO, dtype=dtype, device=device)
-        la, lb = extract(self.log_cumprod_at, tq, shape), extract(self.log_cumprod_bt, tq, shape)
-        lm, lc = extract(self.log_1_min_cumprod_ct, tq, shape), extract(self.log_cumprod_ct, tq, shape)
-        K = self.num_classes - 1
-        rows = torch.cat([log_add_exp(off + la, lb).expand(B, K, N), log_add_exp(off + lm, lc).expand(B, 1, N)], dim=1)
-        idx = x_start.unsqueeze(1)
-        on_k = torch.where(idx == K, log_add_exp(on + lm, lc), log_add_exp(on + la, lb))  # (B, 1, N)
-        log_probs = rows.scatter(1, idx, on_k)
-        return sample_categorical_index(log_probs, generator)
+        """:meth:`q_sample` from tokens x_0 (B, N) to tokens x_t (B, N), the same Gumbel draw:
+        :func:`forward_process.q_sample_index`."""
+        return forward_process.q_sample_index(self.schedule, x_start, t, self.num_classes, generator)
 
     def q_posterior(self, log_x_start: torch.Tensor, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``log sum_k q(x_{t-1} | x_t, x_0 = k) p(x_0 = k)`` (Eq. 11 with the Bayes form of Eq. 7).
-
-        log_x_start: (B, K+1, N) log p(x_0) (one-hot for the true posterior); log_x_t: (B, K+1, N) log
-        one-hot; t: (B,) in [0, T). With ``Qt(k) = q(x_t | x_0 = k)`` and ``Q1(j) = q(x_t | x_{t-1} = j)``::
-
-            out(j) = log sum_k q(x_{t-1} = j | x_0 = k) Q1(j) p(x_0 = k) / Qt(k)
-
-        computed as ``q_pred(r / Z, t - 1) + log Q1 + log Z`` with ``r = p / Qt`` (the official form);
-        clamped to [-70, 0]. At t = 0, ``q_pred(., -1)`` is the identity.
-        """
-        K = self.num_classes - 1
-        B, N = log_x_start.shape[0], log_x_start.shape[-1]
-        x_t = log_onehot_to_index(log_x_t)
-        mask = (x_t == K).unsqueeze(1)  # (B, 1, N)
-        log_zero = torch.full((B, 1, N), LOG_ZERO, dtype=log_x_t.dtype, device=log_x_t.device)
-
-        # Qt(k) = q(x_t | x_0 = k), k < K: abar_t [x_t = k] + bbar_t, or cbar_t where x_t is [MASK]
-        log_qt = self.q_pred(log_x_t, t)[:, :-1, :]
-        log_cumprod_ct = extract(self.log_cumprod_ct, t, log_x_start.shape).expand(-1, K, -1)
-        log_qt = torch.where(mask, log_cumprod_ct, log_qt)
-
-        # Q1(j) = q(x_t | x_{t-1} = j): a_t [x_t = j] + b_t (0 for j = [MASK]), or c_t / 1 where x_t is [MASK]
-        log_q1 = torch.cat([self.q_pred_one_timestep(log_x_t, t)[:, :-1, :], log_zero], dim=1)
-        log_ct = extract(self.log_ct, t, log_x_start.shape)
-        ct_vector = torch.cat([log_ct.expand(-1, K, -1), torch.zeros_like(log_ct)], dim=1)
-        log_q1 = torch.where(mask, ct_vector, log_q1)
-
-        q = torch.cat([log_x_start[:, :-1, :] - log_qt, log_zero], dim=1)
-        q_log_sum_exp = torch.logsumexp(q, dim=1, keepdim=True)
-        q = q - q_log_sum_exp
-        out = self.q_pred(q, t - 1) + log_q1 + q_log_sum_exp
-        return torch.clamp(out, CLAMP_MIN, 0)
+        """The official signature of the posterior (Eq. 11), ``x_t`` as a log one-hot (B, K+1, N):
+        :meth:`q_posterior_index` of its tokens (the one implementation, :mod:`posterior`)."""
+        return self.q_posterior_index(log_x_start, log_onehot_to_index(log_x_t), t)
 
     def q_posterior_index(self, log_x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """:meth:`q_posterior` with ``x_t`` given as tokens (B, N) long: the same values, less work.
-
-        Because ``x_t`` is one-hot, ``Qt`` and ``Q1`` take only two values per image off [MASK] (at
-        ``k = x_t`` and elsewhere), so they are computed on (B, 1, 1) scalars with the very same
-        floating-point operations as the full (B, K+1, N) form and written back by a gather/scatter at
-        ``x_t``; only ``q_pred(q, t - 1)`` (one ``logaddexp`` over (B, K, N)) is done at full size. No
-        one-hot tensor is built. Agrees with :meth:`q_posterior` to float32 rounding (tested).
-        """
-        K = self.num_classes - 1
-        B, N = x_t.shape
-        shape = (B, 1, 1)
-        dtype, device = log_x_start.dtype, log_x_start.device
-        mask = (x_t == K).unsqueeze(1)  # (B, 1, N)
-        idx = x_t.unsqueeze(1)  # (B, 1, N)
-        on = torch.zeros(shape, dtype=dtype, device=device)  # log one-hot at k = x_t
-        off = torch.full(shape, LOG_ZERO, dtype=dtype, device=device)  # elsewhere
-
-        # Qt(k) (rows k < K): on / off values of q_pred(log_x_t, t), cbar_t where x_t is [MASK]
-        tq = (t + (self.num_timesteps + 1)) % (self.num_timesteps + 1)
-        la, lb = extract(self.log_cumprod_at, tq, shape), extract(self.log_cumprod_bt, tq, shape)
-        qt_on, qt_off = log_add_exp(on + la, lb), log_add_exp(off + la, lb)
-        log_cumprod_ct = extract(self.log_cumprod_ct, t, shape)
-        qt_rest = torch.where(mask, log_cumprod_ct, qt_off)  # (B, 1, N): Qt off x_t
-
-        # q = log p(x_0) - log Qt (rows < K), LOG_ZERO on the [MASK] row; then normalise
-        q = torch.empty((B, K + 1, N), dtype=dtype, device=device)
-        q[:, :K] = log_x_start[:, :K] - qt_rest
-        q[:, K:] = LOG_ZERO
-        at_xt = log_x_start.gather(1, idx) - qt_on  # (B, 1, N): the k = x_t entry off [MASK]
-        q = q.scatter(1, idx, torch.where(mask, q.gather(1, idx), at_xt))
-        q_log_sum_exp = torch.logsumexp(q, dim=1, keepdim=True)
-        q = q - q_log_sum_exp
-
-        # Q1(j) (Eq. 4): on / off values of q_pred_one_timestep(log_x_t, t); c_t / 1 where x_t is [MASK]
-        a1, b1 = extract(self.log_at, t, shape), extract(self.log_bt, t, shape)
-        q1_on, q1_off = log_add_exp(on + a1, b1), log_add_exp(off + a1, b1)
-        log_ct = extract(self.log_ct, t, shape)
-        q1_rest = torch.where(mask, log_ct, q1_off)  # rows < K
-        q1_last = torch.where(mask, torch.zeros_like(log_ct), torch.full_like(log_ct, LOG_ZERO))  # row [MASK]
-
-        # out = q_pred(q, t - 1) + log Q1 + Z, the k = x_t entry rewritten with Q1's on value
-        pred = self.q_pred(q, t - 1)
-        out = torch.cat([pred[:, :K] + q1_rest, pred[:, K:] + q1_last], dim=1) + q_log_sum_exp
-        fixed = pred.gather(1, idx) + q1_on + q_log_sum_exp
-        out = out.scatter(1, idx, torch.where(mask, out.gather(1, idx), fixed))
-        return torch.clamp(out, CLAMP_MIN, 0)
+        """``log sum_k q(x_{t-1} | x_t, x_0 = k) p(x_0 = k)`` (Eq. 11), x_t as tokens (B, N):
+        :func:`posterior.q_posterior_index`."""
+        return posterior.q_posterior_index(self.schedule, log_x_start, x_t, t)
 
     # ----------------------------------------------------------------------------------------------
     # the network and p_theta (Eq. 11)
@@ -329,6 +212,7 @@ class DiffusionTransformer(nn.Module):
         return F.log_softmax(out.float(), dim=1).clamp(CLAMP_MIN, 0)
 
     def _append_mask_row(self, log_p: torch.Tensor) -> torch.Tensor:
+        """(B, K, N) -> (B, K+1, N): the network predicts no [MASK] for x_0, so its row is -70 (log 0)."""
         B, _, N = log_p.shape
         return torch.cat([log_p, torch.full((B, 1, N), CLAMP_MIN, dtype=log_p.dtype, device=log_p.device)], dim=1)
 
@@ -366,66 +250,40 @@ class DiffusionTransformer(nn.Module):
     # training (Sec. 3.3, Eq. 8-12)
     # ----------------------------------------------------------------------------------------------
     def multinomial_kl(self, log_prob1: torch.Tensor, log_prob2: torch.Tensor) -> torch.Tensor:
+        """``KL(p1 || p2)`` over the classes, (B, C, N) -> (B, N) (the official method name)."""
         return multinomial_kl(log_prob1, log_prob2)
 
     def sample_time(self, b: int, device: torch.device, method: str = "uniform", generator=None):
-        """Draw t (B,) and its probability p_t, with the official random calls in the official order.
-
-        'uniform': one ``torch.randint``, p_t = 1/T. 'importance' (Nichol & Dhariwal importance sampling,
-        used by the loss, Eq. 8-12): the uniform draw while any step has been seen 10 times or fewer
-        (``Lt_count <= 10``); after that only one ``torch.multinomial`` over
-        ``p(t) ∝ sqrt(E[L_t^2]) + 1e-4`` (with ``p(0) := p(1)``), p_t = p(t).
-        """
-        if method not in ("uniform", "importance"):
-            raise ValueError(f"unknown time sampling method {method!r} (expected 'uniform' or 'importance')")
-        # The official code makes exactly one of the two draws, chosen by Lt_count, so which random call
-        # to make needs this one boolean on the host (a device sync per training step on GPU). Drawing
-        # both and selecting on the device avoids the sync but consumes the RNG differently: the same seed
-        # then gives other t and x_t than a seeded official step (tests/test_official_*.py).
-        if method == "importance" and bool((self.Lt_count > 10).all()):
-            Lt_sqrt = torch.sqrt(self.Lt_history + 1e-10) + 0.0001
-            Lt_sqrt = torch.cat([Lt_sqrt[1:2], Lt_sqrt[1:]])  # the decoder term takes L_1's weight
-            pt_all = Lt_sqrt / Lt_sqrt.sum()
-            t = torch.multinomial(pt_all, num_samples=b, replacement=True, generator=generator)
-            return t, pt_all.gather(0, t)
-        t = torch.randint(0, self.num_timesteps, (b,), device=device, generator=generator)
-        return t, torch.full((b,), 1.0 / self.num_timesteps, device=device)
+        """t (B,) and p_t (B,), uniform then importance-sampled from the loss history, with the official
+        random calls in the official order: :func:`losses.sample_time`."""
+        return losses.sample_time(self.Lt_history, self.Lt_count, b, device, method, generator)
 
     def _train_loss(self, x: torch.Tensor, cond_emb: Any, is_train: bool = True, generator=None):
-        """Per-sample loss (B,): ``L_t / p_t`` + the auxiliary x_0 loss (Eq. 12); also ``log p_theta``."""
+        """Per-sample loss (B,): ``L_t / p_t`` + the auxiliary x_0 loss (Eq. 12); also ``log p_theta``.
+
+        The steps are :meth:`sample_time`, :meth:`q_sample_index` (the same draw as ``q_sample``),
+        :meth:`predict_start_index`, :meth:`q_posterior_index` (true and model posteriors), then the
+        bound (:func:`losses.vlb_terms`), the history update with its NaN guard and the auxiliary term.
+        """
         b, device = x.shape[0], x.device
         t, pt = self.sample_time(b, device, "importance", generator)
         log_x_start = index_to_log_onehot(x, self.num_classes)
-        xt = self.q_sample_index(x, t, generator)  # same draw as q_sample(log_x_start, t), no full logaddexp
+        xt = self.q_sample_index(x, t, generator)
 
         log_x0_recon = self.predict_start_index(xt, cond_emb, t)
         with torch.autocast(device.type, enabled=False):
             log_x0_recon = log_x0_recon.float()
             log_model_prob = self.q_posterior_index(log_x0_recon, xt, t)
             log_true_prob = self.q_posterior_index(log_x_start, xt, t)
-
-            mask_region = (xt == self.num_classes - 1).float()
-            mask_weight = mask_region * self.mask_weight[0] + (1.0 - mask_region) * self.mask_weight[1]
-            kl = (multinomial_kl(log_true_prob, log_model_prob) * mask_weight).sum(1)  # (B,)
-            decoder_nll = -log_categorical(log_x_start, log_model_prob).sum(1)  # (B,)
-            is_t0 = (t == 0).float()
-            kl_loss = is_t0 * decoder_nll + (1.0 - is_t0) * kl
-
-            with torch.no_grad():
-                # a non-finite loss (a diverged step the solver will skip) must not reach the history:
-                # a NaN there would make every later importance draw fail (no host sync: a masked update)
-                old_hist = self.Lt_history.gather(0, t)
-                new_hist = 0.1 * kl_loss.detach().pow(2) + 0.9 * old_hist
-                finite = torch.isfinite(new_hist)
-                self.Lt_history.scatter_(0, t, torch.where(finite, new_hist, old_hist))
-                self.Lt_count.scatter_add_(0, t, finite.to(new_hist.dtype))
-
-            loss = kl_loss / pt
+            terms = losses.vlb_terms(log_x_start, log_true_prob, log_model_prob, xt, t, self.mask_weight)
+            losses.update_loss_history(self.Lt_history, self.Lt_count, t, terms.kl_loss)
+            loss = terms.kl_loss / pt
             if self.auxiliary_loss_weight != 0 and is_train:
-                kl_aux = multinomial_kl(log_x_start[:, :-1, :], log_x0_recon[:, :-1, :]) * mask_weight
-                kl_aux_loss = is_t0 * decoder_nll + (1.0 - is_t0) * kl_aux.sum(1)
-                weight = (1.0 - t / self.num_timesteps) + 1.0 if self.adaptive_auxiliary_loss else 1.0
-                loss = loss + weight * self.auxiliary_loss_weight * kl_aux_loss / pt
+                aux = losses.auxiliary_loss(
+                    log_x_start, log_x0_recon, terms, t, self.num_timesteps, self.auxiliary_loss_weight,
+                    self.adaptive_auxiliary_loss,
+                )
+                loss = loss + aux / pt
         return log_model_prob, loss
 
     def _condition_embedding(self, input: Mapping) -> Any:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .guidance import guidance_number
-from .log_ops import CLAMP_MIN, index_to_log_onehot, sample_categorical_index
+from .log_ops import CLAMP_MIN, sample_categorical_index
 from .maskgit import sample_maskgit
 from .sampling_options import SamplingOptions
 
@@ -203,12 +203,9 @@ class Denoiser:
         return log_p
 
     def posterior(self, log_x0: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``q_posterior(log_x0, log one-hot x, t)`` (Eq. 11), from the tokens directly when the model offers
-        ``q_posterior_index`` (same values, no (B, K+1, N) one-hot; see DiffusionTransformer)."""
-        fast = getattr(self.diffusion, "q_posterior_index", None)
-        if fast is not None:
-            return fast(log_x0, x, t)
-        return self.diffusion.q_posterior(log_x0, index_to_log_onehot(x, self.num_classes), t)
+        """``log sum_k q(x_{t-1} | x_t = x, x_0 = k) p(x_0 = k)`` (Eq. 11) from the tokens ``x`` (B, N):
+        the model's ``q_posterior_index``."""
+        return self.diffusion.q_posterior_index(log_x0, x, t)
 
     def pin(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the pinned tokens (``fixed``) put back."""

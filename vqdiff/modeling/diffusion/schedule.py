@@ -17,11 +17,14 @@ Everything is computed in float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+from torch import nn
 
-__all__ = ["AlphaSchedule", "alpha_schedule", "log_schedule"]
+from .log_ops import log_1_min_a
+
+__all__ = ["AlphaSchedule", "LogSchedule", "alpha_schedule", "log_schedule"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,6 @@ def alpha_schedule(
     return AlphaSchedule(at=at, bt=bt, ct=ct, att=att, btt=btt, ctt=ctt)
 
 
-def _log_1_min_a(log_a: torch.Tensor) -> torch.Tensor:
-    """``log(1 - exp(log_a))`` with the official 1e-40 floor."""
-    return torch.log(1.0 - log_a.exp() + 1e-40)
-
-
 def log_schedule(diffusion_step: int, num_embed: int, alpha_init_type: str = "alpha1") -> dict[str, torch.Tensor]:
     """Log-space schedule buffers (float64), keyed by the official buffer names.
 
@@ -97,10 +95,40 @@ def log_schedule(diffusion_step: int, num_embed: int, alpha_init_type: str = "al
         "log_cumprod_at": torch.log(s.att),
         "log_cumprod_bt": torch.log(s.btt),
         "log_cumprod_ct": log_cumprod_ct,
-        "log_1_min_ct": _log_1_min_a(log_ct),
-        "log_1_min_cumprod_ct": _log_1_min_a(log_cumprod_ct),
+        "log_1_min_ct": log_1_min_a(log_ct),
+        "log_1_min_cumprod_ct": log_1_min_a(log_cumprod_ct),
     }
     for name, value in out.items():
         if torch.isnan(value).any():
             raise ValueError(f"schedule buffer {name} has NaN (diffusion_step={diffusion_step}, K={num_embed})")
     return out
+
+
+@dataclass(frozen=True)
+class LogSchedule:
+    """The log-space schedule the math functions read (``forward_process``, ``posterior``), by the
+    official buffer names: one-step ``log_at, log_bt, log_ct, log_1_min_ct`` (T,) and cumulative
+    ``log_cumprod_at, log_cumprod_bt, log_cumprod_ct, log_1_min_cumprod_ct`` (T + 1,).
+
+    It holds references, not copies: built from a module's buffers (:meth:`from_module`) it follows the
+    module's device and dtype, and the buffers stay where checkpoints expect them.
+    """
+
+    log_at: torch.Tensor
+    log_bt: torch.Tensor
+    log_ct: torch.Tensor
+    log_1_min_ct: torch.Tensor
+    log_cumprod_at: torch.Tensor
+    log_cumprod_bt: torch.Tensor
+    log_cumprod_ct: torch.Tensor
+    log_1_min_cumprod_ct: torch.Tensor
+
+    @property
+    def num_timesteps(self) -> int:
+        """T, the number of diffusion steps."""
+        return int(self.log_at.shape[0])
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> "LogSchedule":
+        """The schedule registered as buffers on ``module`` (``DiffusionTransformer``)."""
+        return cls(**{f.name: getattr(module, f.name) for f in fields(cls)})
