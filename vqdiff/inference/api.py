@@ -46,7 +46,7 @@ from vqdiff.inference.loading import (
     set_learnable_cf,
     split_checkpoint,
 )
-from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE, SamplingOptions
+from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE, SamplingOptions, speed_fields
 from vqdiff.utils.released_files import check_released_files, files_needed_by_config
 
 __all__ = ["VQ_Diffusion", "request_options", "sample_type_string"]
@@ -69,13 +69,7 @@ def request_options(truncation_rate: float = DEFAULT_TRUNCATION_RATE, fast: Any 
             raise ValueError(f"fast must be an int >= 2 (fast=k visits every k-th diffusion step), got {fast!r}")
         fields["skip_step"] = fast - 1
     elif use_speed:
-        speed = float(infer_speed)
-        if speed <= 0:
-            raise ValueError(f"infer_speed must be > 0, got {infer_speed!r}")
-        if speed >= 2:
-            fields["skip_step"] = int(speed) - 1
-        elif speed < 1:
-            fields["time_ratio"] = speed
+        fields.update(speed_fields(float(infer_speed)))
     try:
         return SamplingOptions(truncation_rate=float(truncation_rate), **fields)
     except ValueError as err:

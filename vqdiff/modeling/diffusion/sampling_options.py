@@ -26,7 +26,7 @@ import torch
 from .guidance import guidance_number, guidance_scales
 from .maskgit import MASK_SCHEDULES
 
-__all__ = ["DEFAULT_TRUNCATION_RATE", "NULL_CONDITIONS", "SamplingOptions"]
+__all__ = ["DEFAULT_TRUNCATION_RATE", "NULL_CONDITIONS", "SamplingOptions", "speed_fields"]
 
 DEFAULT_TRUNCATION_RATE = 0.85
 """The one default truncation rate (the official ``generate_content`` default ``'top0.85r'``)."""
@@ -146,13 +146,7 @@ class SamplingOptions:
             elif part in ("normal", "debug") and i == 0:
                 pass
             elif part.startswith("time"):
-                s = num(part[4:], part)
-                if s <= 0:
-                    raise ValueError(f"sample_type {sample_type!r}: time{s:g} must be > 0")
-                if s >= 2:
-                    parsed["skip_step"] = int(s) - 1
-                elif s < 1:
-                    parsed["time_ratio"] = s
+                parsed.update(speed_fields(num(part[4:], part), f"sample_type {sample_type!r}: {part}"))
             elif part.startswith("maskgit"):
                 body, _, schedule = part[7:].partition(":")
                 steps = num(body, part)
@@ -222,6 +216,16 @@ class SamplingOptions:
         if from_noised_tokens or self.skip_step > 0 or self.improved_prior(seq_len, num_timesteps)[0] == 0:
             return "ancestral"
         return "improved"
+
+
+def speed_fields(speed: float, what: str = "infer_speed") -> dict:
+    """The fields of the Improved speed ``s`` (``time{s}`` / the API's ``infer_speed``): s >= 2 skips
+    ``int(s) - 1`` steps; s < 1 reveals s x the tokens per call (``time_ratio``); 1 <= s < 2 changes nothing."""
+    if not speed > 0:
+        raise ValueError(f"{what} must be > 0, got {speed!r}")
+    if speed >= 2:
+        return {"skip_step": int(speed) - 1}
+    return {"time_ratio": speed} if speed < 1 else {}
 
 
 def _is_int(value: Any) -> bool:
