@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-import torch
 from torch import nn
 
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
