@@ -138,7 +138,7 @@ def test_official_config_solver_section_builds_the_official_recipe(tmp_path, nam
     sched = solver.optimizer_and_scheduler["none"]["scheduler"]
     assert type(sched["module"]).__name__ == "ReduceLROnPlateauWithWarmup" and sched["step_iteration"] == 1
     assert solver.cfg.amp_dtype == "fp16" and resolve_amp(True, solver.cfg.amp_dtype, "cuda").use_scaler
-    assert solver.has_ema and solver.cfg.ema["decay"] == 0.99
+    assert solver.has_ema and solver.cfg.ema.decay == 0.99 and solver.ema.decay == 0.99
 
 
 @pytest.mark.parametrize("rule, clipped_after_end", [("official", True), ("window", False)])
