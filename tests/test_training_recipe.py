@@ -213,8 +213,9 @@ def test_amp_is_fp16_with_a_grad_scaler_and_bf16_an_option():
 def test_train_flags_amp_and_amp_dtype():
     import train
 
-    assert train.get_args(["--amp"]).amp is True and train.get_args(["--amp"]).amp_dtype is None
-    args = train.get_args(["--amp", "--amp_dtype", "bf16", "solver.max_epochs=2"])
+    cfg = ["--config_file", "configs/coco.yaml"]
+    assert train.get_args([*cfg, "--amp"]).amp is True and train.get_args([*cfg, "--amp"]).amp_dtype is None
+    args = train.get_args([*cfg, "--amp", "--amp_dtype", "bf16", "solver.max_epochs=2"])
     assert args.amp is True and args.amp_dtype == "bf16" and args.opts == ["solver.max_epochs=2"]
 
 
