@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.log_ops import gumbel_noise, index_to_log_onehot, sample_categorical_index
-from vqdiff.utils import perf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import perf  # noqa: E402  (benchmark support: benchmarks/perf.py)
 
 
 @pytest.fixture(scope="module")
