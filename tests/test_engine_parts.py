@@ -112,3 +112,12 @@ def test_ema_section_errors_name_the_key(section, message):
 def test_ema_target_that_does_not_fit_is_a_config_error():
     with pytest.raises(ConfigError, match=r"'solver\.ema\.target' torch\.nn\.Linear does not take"):
         build_ema(EMAConfig(target="torch.nn.Linear"), torch.nn.Linear(2, 2))
+
+
+def test_engine_modules_stay_small():
+    """One concept per module (issue 16): no engine file over ~450 lines."""
+    from pathlib import Path
+
+    engine = Path(__file__).resolve().parents[1] / "vqdiff" / "engine"
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in engine.glob("*.py")}
+    assert "solver.py" in sizes and max(sizes.values()) <= 450, sizes
