@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from vqdiff.utils.tiny_parts import write_tiny_parts
+from vqdiff.utils.tiny_parts import random_clip_text_tower, write_tiny_parts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,17 @@ def test_tiny_parts_are_the_same_every_time_and_leave_the_global_rng_alone(tmp_p
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     clip = torch.load(a / "clip_tiny.pt", weights_only=True)
     assert clip["token_embedding.weight"].shape == (49408, 32)
+
+
+def test_random_clip_text_tower_draws_as_asked():
+    plain = random_clip_text_tower(width=64, layers=2, seed=1)
+    demo = random_clip_text_tower(width=64, layers=2, seed=1, other_std=0.01, token_std=1.0)
+    again = random_clip_text_tower(width=64, layers=2, seed=1, other_std=0.01, token_std=1.0)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in demo.state_dict().items())
+    one_d = [(n, p) for n, p in plain.named_parameters() if p.dim() == 1 and not ("ln" in n and n.endswith("weight"))]
+    assert one_d and all(torch.count_nonzero(p) == 0 for _, p in one_d)
+    assert all(torch.count_nonzero(dict(demo.named_parameters())[n]) > 0 for n, _ in one_d)
+    assert 0.9 < float(demo.token_embedding.weight.detach().std()) < 1.1 and float(plain.token_embedding.weight.detach().std()) < 0.03
 
 
 def test_tiny_config_trains_from_a_clean_checkout(tmp_path):
