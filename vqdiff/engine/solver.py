@@ -50,6 +50,7 @@ from vqdiff.utils.config import instantiate_from_config
 
 __all__ = ["Solver", "TrainingStopped"]
 
+
 class TrainingStopped(RuntimeError):
     """Raised when training cannot go on (too many non-finite steps in a row)."""
 
