@@ -121,3 +121,12 @@ def test_engine_modules_stay_small():
     engine = Path(__file__).resolve().parents[1] / "vqdiff" / "engine"
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in engine.glob("*.py")}
     assert "solver.py" in sizes and max(sizes.values()) <= 450, sizes
+
+
+def test_ema_class_and_section_share_defaults_and_range_check():
+    ema = EMA(torch.nn.Linear(2, 2))
+    assert (ema.decay, ema.update_interval, ema.device.type) == (EMAConfig.decay, EMAConfig.update_interval, "cpu")
+    with pytest.raises(ValueError, match=r"'solver\.ema\.decay' must be in \[0, 1\], got -0\.1"):
+        EMA(torch.nn.Linear(2, 2), decay=-0.1)
+    with pytest.raises(ValueError, match=r"'solver\.ema\.update_interval' must be >= 1, got 0"):
+        EMA(torch.nn.Linear(2, 2), update_interval=0)

@@ -23,12 +23,9 @@ __all__ = ["EMA", "build_ema"]
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float = 0.99, update_interval: int = 1,
-                 device: torch.device | str = "cpu"):
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"EMA: decay must be in [0, 1], got {decay}")
-        if int(update_interval) < 1:
-            raise ValueError(f"EMA: update_interval must be >= 1, got {update_interval}")
+    def __init__(self, model: nn.Module, decay: float = EMAConfig.decay,
+                 update_interval: int = EMAConfig.update_interval, device: torch.device | str = EMAConfig.device):
+        EMAConfig(decay=float(decay), update_interval=int(update_interval))  # the defaults' and ranges' one home
         self.model = model  # the live module (e.g. DALLE.get_ema_model())
         self.decay = float(decay)
         self.update_interval = int(update_interval)
