@@ -32,7 +32,8 @@ import torch  # noqa: E402
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="VQ-Diffusion training")
     p.add_argument("--name", type=str, default="", help="run name (default: the config file's basename)")
-    p.add_argument("--config_file", type=str, default="configs/vqvae_celeba_attribute_cond.yaml")
+    p.add_argument("--config_file", type=str, default=None,
+                   help="the training config (required unless --resume_name names a run to continue)")
     p.add_argument("--output", type=str, default="OUTPUT", help="folder holding OUTPUT/<name>")
     p.add_argument("--log_frequency", type=int, default=100, help="iterations between log lines")
     p.add_argument("--load_path", type=str, default=None, help="initialise the model from this checkpoint")
@@ -65,6 +66,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--seed must be between -2**62 and 2**62, got {args.seed}")
     if args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
+    if args.resume_name is None and args.config_file is None:
+        p.error("--config_file is required (or --resume_name NAME to continue the run OUTPUT/NAME)")
     if args.resume_name is not None:
         args.name = args.resume_name
         args.config_file = os.path.join(args.output, args.resume_name, "configs", "config.yaml")
@@ -80,44 +83,9 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _fallback_dataloader(config: dict, distributed: bool, seed: int, generator: torch.Generator) -> dict:
-    """Used only when ``vqdiff.data.build`` is unavailable: ``train_datasets`` with a DistributedSampler."""
-    from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
-
-    from vqdiff import distributed as dist_utils
-    from vqdiff.utils.config import instantiate_from_config
-
-    dl = config["dataloader"]
-    sets = [instantiate_from_config(c, key_path=f"dataloader.train_datasets.{i}") for i, c in enumerate(dl["train_datasets"])]
-    ds = sets[0] if len(sets) == 1 else ConcatDataset(sets)
-
-    def collate(items):
-        out = {}
-        for k in items[0]:
-            vals = [it[k] for it in items]
-            out[k] = torch.stack([torch.as_tensor(v) for v in vals]) if not isinstance(vals[0], str) else vals
-        return out
-
-    world, rank = (dist_utils.get_world_size(), dist_utils.get_rank()) if distributed else (1, 0)
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(ds, batch_size=int(dl["batch_size"]), sampler=sampler, drop_last=True, collate_fn=collate,
-                        num_workers=int(dl.get("num_workers", 0)), generator=generator)
-    return {"train_loader": loader, "validation_loader": None, "train_iterations": len(loader),
-            "validation_iterations": -1}
-
-
-def build_loaders(config: dict, args: Any, generator: torch.Generator) -> dict:
-    try:
-        from vqdiff.data.build import build_dataloader
-    except ImportError:
-        build_dataloader = None
-    if build_dataloader is None:
-        return _fallback_dataloader(config, args.distributed, args.seed or 0, generator)
-    return build_dataloader(config, args, distributed=args.distributed, seed=args.seed or 0, epoch_generator=generator)
-
-
 def main_worker(args: argparse.Namespace) -> dict:
     from vqdiff import distributed as dist_utils
+    from vqdiff.data.build import build_dataloader
     from vqdiff.engine.solver import Solver
     from vqdiff.utils.config import instantiate_from_config, load_yaml_config, merge_opts_to_config, save_yaml_config
     from vqdiff.utils.config_sections import check_config_sections
@@ -163,7 +131,8 @@ def main_worker(args: argparse.Namespace) -> dict:
 
     model = instantiate_from_config(config["model"], key_path="model")
     generator = torch.Generator().manual_seed(args.seed or 0)
-    loaders = build_loaders(config, args, generator)
+    loaders = build_dataloader(config, args, distributed=args.distributed, seed=args.seed or 0,
+                               epoch_generator=generator)
     solver = Solver(config=config, args=args, model=model, dataloader=loaders, logger=logger, tb_writer=tb,
                     epoch_generator=generator)
     if args.load_path is not None:

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vqdiff.modeling.diffusion import samplers as S
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
-from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
-from vqdiff.utils import perf
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
+
+import perf  # noqa: E402
+from vqdiff.modeling.diffusion import samplers as S  # noqa: E402
+from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot  # noqa: E402
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
 
 # official time / vqdiff time, the official code run beside ours in one process with the same weights at the
 # issue-8 size (library defaults), measured by the project's maintainers on this 2-core CPU (issue 17, Nov 2026).

@@ -128,7 +128,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         run_child(args._child, device, args.quick, args.compile_backend, Path(args._out))
         return 0
-    from vqdiff.utils import perf
+    import perf
 
     t0 = time.monotonic()
     result: dict = {"machine": perf.machine_description(device), "sections": {},

@@ -278,7 +278,7 @@ def compile_check(ctx: Context) -> list[Check]:
 
 
 def _compile_child(device: torch.device, quick: bool, backend: str) -> list[Check]:
-    from vqdiff.utils import perf
+    import perf
 
     size = perf.issue8_size(quick=quick)
     if not quick:

@@ -24,7 +24,7 @@ BATCHES = {"24x512": {"sample": 32, "train": 16}, "19x1024": {"sample": 16, "tra
 
 
 def _peak_mib(device: torch.device) -> float:
-    from vqdiff.utils import perf
+    import perf
 
     return perf.peak_memory_mib(device)
 
@@ -107,7 +107,7 @@ def _training(d, size: dict, dtype: torch.dtype, batch: int, device: torch.devic
 
 
 def _measure(name: str, size: dict, ctx: Context, batches: dict, steps: int, warmup: int) -> list[Check]:
-    from vqdiff.utils import perf
+    import perf
 
     torch.manual_seed(0)
     # built on the CPU (the path every test takes; a few seconds for 0.3 B parameters), then moved
@@ -139,7 +139,7 @@ def _measure(name: str, size: dict, ctx: Context, batches: dict, steps: int, war
 
 def paper_speed(ctx: Context) -> list[Check]:
     """Sampling and training images/s, fp16 and bf16, for the paper networks (or the --quick stand-in)."""
-    from vqdiff.utils import perf
+    import perf
 
     if ctx.quick and not ctx.cuda:
         checks = _measure("stand-in 2x64, 8x8 tokens, T=10", quick_stand_in_size(), ctx,

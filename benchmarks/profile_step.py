@@ -11,13 +11,17 @@ Prints the top operators by self CPU time, and the share of the step spent outsi
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from vqdiff.modeling.diffusion import samplers as S
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
-from vqdiff.utils.perf import build_text2image_diffusion, issue8_size
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
+
+from perf import build_text2image_diffusion, issue8_size  # noqa: E402
+from vqdiff.modeling.diffusion import samplers as S  # noqa: E402
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
 
 
 def main() -> None:

@@ -52,18 +52,9 @@ def make_random_clip(path: Path, width: int = 64, layers: int = 2, seed: int = 0
     colour and shape) come out as new vectors for every unseen colour/shape/position combination -- the
     opposite of what a trained CLIP gives and of what the held-out test needs.
     """
-    from vqdiff.modeling.embeddings.clip_model import CLIPTextConfig, CLIPTextTransformer
+    from vqdiff.utils.tiny_parts import random_clip_text_tower
 
-    torch.manual_seed(seed)
-    model = CLIPTextTransformer(CLIPTextConfig(49408, 77, width, layers, max(1, width // 64), width))
-    for name, p in model.named_parameters():
-        if p.dim() > 1:
-            torch.nn.init.normal_(p, std=0.02)
-        elif "ln" in name and name.endswith("weight"):
-            torch.nn.init.ones_(p)
-        else:
-            torch.nn.init.normal_(p, std=0.01)
-    torch.nn.init.normal_(model.token_embedding.weight, std=1.0)
+    model = random_clip_text_tower(width, layers, seed=seed, other_std=0.01, token_std=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,7 +12,9 @@ from _posterior_reference import one_hot_q_posterior
 from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.log_ops import gumbel_noise, index_to_log_onehot, sample_categorical_index
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
-from vqdiff.utils import perf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import perf  # noqa: E402  (benchmark support: benchmarks/perf.py)
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +195,15 @@ def test_bench_all_quick_prints_markdown_table_and_json(monkeypatch, capsys):
         monkeypatch.setattr(sys, "argv", ["bench_all.py", "--quick", "--device", "cuda"])
         with pytest.raises(SystemExit, match="CUDA is not available"):
             mod.main()
+
+
+def test_the_library_does_not_import_the_benchmark_helpers():
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "vqdiff"
+    assert not (root / "utils" / "perf.py").exists()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("perf", "benchmarks") or n.endswith(".perf") for n in names), path

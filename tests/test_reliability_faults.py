@@ -302,6 +302,18 @@ def test_train_py_refuses_a_seed_torch_cannot_take(capsys):
     import train
 
     with pytest.raises(SystemExit):
-        train.get_args(["--seed", str(10**23)])
+        train.get_args(["--config_file", "c.yaml", "--seed", str(10**23)])
     assert "--seed must be between -2**62 and 2**62" in capsys.readouterr().err
-    assert train.get_args(["--seed", "-5"]).seed == -5
+    assert train.get_args(["--config_file", "c.yaml", "--seed", "-5"]).seed == -5
+
+
+def test_train_py_needs_a_config_file_or_a_run_to_resume(capsys):
+    """No default config path (the one train.py had named a file that does not exist)."""
+    import train
+
+    with pytest.raises(SystemExit):
+        train.get_args(["--seed", "0"])
+    assert "--config_file is required (or --resume_name NAME" in capsys.readouterr().err
+    args = train.get_args(["--resume_name", "run1"])
+    assert args.config_file == os.path.join("OUTPUT", "run1", "configs", "config.yaml") and args.auto_resume
+    assert train.get_args(["--config_file", "configs/coco.yaml"]).name == "coco"

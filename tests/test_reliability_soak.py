@@ -19,12 +19,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 import train  # noqa: E402
-from test_train import write_tiny_parts  # noqa: E402
 from vqdiff.engine.run_lock import RunLock, RunLockError  # noqa: E402
 from vqdiff.engine.solver import TrainingStopped  # noqa: E402
+from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
 
 CFG = str(REPO / "configs" / "tiny_text_shapes.yaml")
 # 4 epochs of 4 iterations, validation after every epoch, only last.pth written

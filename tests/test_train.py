@@ -19,34 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-
-
-def write_tiny_parts(root: Path) -> Path:
-    """Random tiny CLIP text tower (real 49408-token vocab) and taming VQModel under root/OUTPUT/tiny_parts."""
-    from vqdiff.modeling.codecs.image.vqgan import VQModel
-    from vqdiff.modeling.embeddings.clip_model import CLIPTextConfig, CLIPTextTransformer
-    from vqdiff.utils.config import save_yaml_config
-
-    parts = Path(root) / "OUTPUT" / "tiny_parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    clip = CLIPTextTransformer(CLIPTextConfig(49408, 77, 32, 1, 1, 32))
-    for name, p in clip.named_parameters():
-        if p.dim() > 1:
-            torch.nn.init.normal_(p, std=0.02)
-        elif "ln" in name and name.endswith("weight"):
-            torch.nn.init.ones_(p)
-        else:
-            torch.nn.init.zeros_(p)
-    torch.save(clip.state_dict(), parts / "clip_tiny.pt")
-    model_cfg = {"target": "vqdiff.modeling.codecs.image.vqgan.VQModel", "params": {
-        "embed_dim": 8, "n_embed": 16, "ddconfig": {
-            "double_z": False, "z_channels": 8, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32,
-            "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
-    vq = VQModel(**model_cfg["params"])
-    save_yaml_config({"model": model_cfg}, parts / "vq.yaml")
-    torch.save({"state_dict": vq.state_dict()}, parts / "vq.pth")
-    return parts
+from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
 
 
 @pytest.fixture(scope="module")

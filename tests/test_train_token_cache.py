@@ -12,10 +12,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train  # noqa: E402
-from test_train import write_tiny_parts  # noqa: E402
+from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
 
 CFG = REPO / "configs" / "tiny_text_shapes.yaml"
 

@@ -138,7 +138,7 @@ def test_official_config_solver_section_builds_the_official_recipe(tmp_path, nam
     sched = solver.optimizer_and_scheduler["none"]["scheduler"]
     assert type(sched["module"]).__name__ == "ReduceLROnPlateauWithWarmup" and sched["step_iteration"] == 1
     assert solver.cfg.amp_dtype == "fp16" and resolve_amp(True, solver.cfg.amp_dtype, "cuda").use_scaler
-    assert solver.has_ema and solver.cfg.ema["decay"] == 0.99
+    assert solver.has_ema and solver.cfg.ema.decay == 0.99 and solver.ema.decay == 0.99
 
 
 @pytest.mark.parametrize("rule, clipped_after_end", [("official", True), ("window", False)])
@@ -213,8 +213,9 @@ def test_amp_is_fp16_with_a_grad_scaler_and_bf16_an_option():
 def test_train_flags_amp_and_amp_dtype():
     import train
 
-    assert train.get_args(["--amp"]).amp is True and train.get_args(["--amp"]).amp_dtype is None
-    args = train.get_args(["--amp", "--amp_dtype", "bf16", "solver.max_epochs=2"])
+    cfg = ["--config_file", "configs/coco.yaml"]
+    assert train.get_args([*cfg, "--amp"]).amp is True and train.get_args([*cfg, "--amp"]).amp_dtype is None
+    args = train.get_args([*cfg, "--amp", "--amp_dtype", "bf16", "solver.max_epochs=2"])
     assert args.amp is True and args.amp_dtype == "bf16" and args.opts == ["solver.max_epochs=2"]
 
 

@@ -3,7 +3,8 @@
 Every ``update_interval`` iterations (when ``(it + 1) % update_interval == 0``), for every floating-point
 state-dict entry (parameters **and** float buffers): ``ema <- decay * ema + (1 - decay) * current``;
 integer buffers are copied. ``swapped()`` puts the EMA weights into the live model for validation and
-sampling and restores the trained weights afterwards.
+sampling and restores the trained weights afterwards. :func:`build_ema` builds the ``solver.ema`` target
+(this class by default) from its typed config.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["EMA"]
+from vqdiff.utils.config import ConfigError, resolve_target
+from vqdiff.utils.config_sections import EMAConfig
+
+__all__ = ["EMA", "build_ema"]
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float = 0.99, update_interval: int = 1,
-                 device: torch.device | str = "cpu"):
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"EMA: decay must be in [0, 1], got {decay}")
-        if int(update_interval) < 1:
-            raise ValueError(f"EMA: update_interval must be >= 1, got {update_interval}")
+    def __init__(self, model: nn.Module, decay: float = EMAConfig.decay,
+                 update_interval: int = EMAConfig.update_interval, device: torch.device | str = EMAConfig.device):
+        EMAConfig(decay=float(decay), update_interval=int(update_interval))  # the defaults' and ranges' one home
         self.model = model  # the live module (e.g. DALLE.get_ema_model())
         self.decay = float(decay)
         self.update_interval = int(update_interval)
@@ -66,3 +67,14 @@ class EMA:
             with torch.no_grad():
                 for k, v in self.model.state_dict().items():
                     v.copy_(backup[k])
+
+
+def build_ema(config: EMAConfig, model: nn.Module, key_path: str = "solver.ema") -> EMA:
+    """``config.target(model, decay=, update_interval=, device=)``; the defaults and range checks are
+    :class:`EMAConfig`'s."""
+    cls = resolve_target(config.target, f"{key_path}.target")
+    try:
+        return cls(model, decay=config.decay, update_interval=config.update_interval, device=config.device)
+    except TypeError as e:
+        raise ConfigError(f"'{key_path}.target' {config.target} does not take (model, decay, update_interval, "
+                          f"device): {e}") from e

@@ -3,6 +3,10 @@
 Both schedulers hold plain Python state so that ``state_dict()`` (everything but the optimizer) can be
 saved in the official checkpoint's ``optimizer_and_scheduler.<name>.scheduler.module`` entry.
 
+Both implement the solver's ``LRSchedule`` protocol (``vqdiff.engine.lr_schedule``): ``step(metric=None)``
+(the plateau schedule needs the metric, the cosine one ignores it) and ``total_steps`` (``T_max``, or
+``None`` for the open-ended plateau schedule).
+
 Warm-up: with ``warmup = W`` and ``warmup_lr = w`` the per-step increment is
 ``delta = max(0, (w - lr_0) / W)``; step ``e <= W`` sets ``lr <- max(lr + delta, min_lr)``.
 """
@@ -10,7 +14,7 @@ Warm-up: with ``warmup = W`` and ``warmup_lr = w`` the per-step increment is
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from torch.optim import Optimizer
 
@@ -126,8 +130,16 @@ class ReduceLROnPlateauWithWarmup(_WarmupMixin):
             if old - new > self.eps:
                 group["lr"] = new
 
-    def step(self, metrics: float) -> None:
-        current = float(metrics)
+    @property
+    def total_steps(self) -> Optional[int]:
+        """Open-ended: the lr changes with the metric, not with a step count."""
+        return None
+
+    def step(self, metric: Optional[float] = None) -> None:
+        """One step with ``metric`` (the training loss); required."""
+        if metric is None:
+            raise ValueError("ReduceLROnPlateauWithWarmup.step needs the metric (the training loss), got None")
+        current = float(metric)
         self.last_epoch += 1
         if self.last_epoch <= self.warmup:
             self._increase_lr()
@@ -176,7 +188,12 @@ class CosineAnnealingLRWithWarmup(_WarmupMixin):
         self._prepare_for_warmup()
         self.step()
 
-    def step(self, metrics: Any = None) -> None:
+    @property
+    def total_steps(self) -> Optional[int]:
+        return self.T_max
+
+    def step(self, metric: Optional[float] = None) -> None:
+        """One step of the schedule; ``metric`` is not used."""
         epoch = self.last_epoch + 1
         self.last_epoch = epoch
         if epoch <= self.warmup:

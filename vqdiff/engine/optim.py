@@ -7,6 +7,9 @@ Option ``param_groups: mingpt`` (a key of ``params``, removed before the optimiz
 parameters the minGPT way: weight decay for the weight matrices of linear/conv layers only; no decay
 for biases, normalisation weights, embeddings and other 0/1-D or positional parameters.
 On CUDA, ``torch.optim.AdamW``/``Adam`` use the fused kernel when available (``fused: false`` turns it off).
+
+:func:`build_optimizers_and_schedulers` builds the solver's whole official ``optimizer_and_scheduler``
+dict: one optimizer (and optional ``LRSchedule``) per ``solver.optimizers_and_schedulers`` entry.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from vqdiff.engine.lr_schedule import build_lr_schedule
+from vqdiff.engine.solver_config import OptimizerAndSchedulerConfig
 from vqdiff.utils.config import ConfigError, resolve_target
 
-__all__ = ["build_optimizer", "mingpt_param_groups"]
+__all__ = ["build_optimizer", "build_optimizers_and_schedulers", "mingpt_param_groups"]
 
 _DECAY_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.MultiheadAttention)
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Embedding, nn.InstanceNorm2d)
@@ -89,3 +94,39 @@ def build_optimizer(config: Mapping, model: nn.Module, lr: float, params: Iterab
         return cls(groups, lr=lr, **kwargs)
     except TypeError as e:
         raise ConfigError(f"building optimizer '{config['target']}' at '{key_path}' failed: {e}") from e
+
+
+def _accepts_name(fn: Any) -> bool:
+    try:
+        return len(inspect.signature(fn).parameters) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+def build_optimizers_and_schedulers(entries: tuple[OptimizerAndSchedulerConfig, ...], model: nn.Module, lr: float,
+                                    run_iterations: int, train_iterations: int) -> dict:
+    """The official ``optimizer_and_scheduler`` dict: name -> window, optimizer and scheduler entries.
+
+    Entry ``name`` optimizes ``model.parameters_to_optimize(name)`` (all trainable parameters for
+    ``none``); a schedule spanning the run gets ``T_max = run_iterations`` (``build_lr_schedule``); a
+    scheduler ``step_iteration: epoch`` steps every ``train_iterations`` iterations (official).
+    """
+    out: dict = {}
+    for i, entry in enumerate(entries):
+        kp = f"solver.optimizers_and_schedulers.{i}"
+        name = entry.name
+        params = model.parameters_to_optimize(name) if name != "none" and hasattr(model, "parameters_to_optimize") \
+            and _accepts_name(model.parameters_to_optimize) else None
+        opt_cfg = {"target": entry.optimizer.target, "params": dict(entry.optimizer.params)}
+        opt = build_optimizer(opt_cfg, model, lr, params=params, key_path=f"{kp}.optimizer")
+        op_sc: dict = {
+            "name": name, "start_epoch": entry.start_epoch, "end_epoch": entry.end_epoch,
+            "start_iteration": entry.start_iteration, "end_iteration": entry.end_iteration,
+            "optimizer": {"module": opt, "step_iteration": entry.optimizer.step_iteration},
+        }
+        if entry.scheduler is not None:
+            schedule = build_lr_schedule(entry.scheduler.target, entry.scheduler.params, opt, run_iterations,
+                                         f"{kp}.scheduler")
+            op_sc["scheduler"] = {"module": schedule, "step_iteration": entry.scheduler.step_every(train_iterations)}
+        out[name] = op_sc
+    return out

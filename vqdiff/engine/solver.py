@@ -14,10 +14,10 @@ atomic checkpoints with every rank's RNG state and the data position so that ``-
 exactly (bit for bit on CPU with ``num_workers: 0``), skipping of non-finite steps, and a checkpoint on
 SIGTERM/SIGINT.
 
-Checkpoint layout (official keys first): ``model``, ``ema`` (with an EMA), ``last_epoch`` (last finished
-epoch), ``last_iter`` (last finished iteration), ``clip_grad_norm`` (with clipping), ``optimizer_and_scheduler``
-(a scheduler's ``step_iteration`` stored as iterations, ``epoch`` resolved, as official); added:
-``scaler``, ``rng`` (list over ranks), ``data_state`` ``{epoch, batches_done}``, ``nonfinite_steps``.
+The loop reads top to bottom: ``train`` -> ``train_epoch`` -> ``step``. Around it, one module per concept:
+``solver_config`` (the typed ``solver:`` section), ``optim`` + ``lr_schedule`` (optimizers and schedules),
+``ema``, ``clip_grad_norm``, ``amp``, ``resumable_loader`` (resuming inside an epoch), ``rng_state``,
+``solver_checkpoint`` (checkpoint layout, saving, resuming), ``validation``, ``train_log``.
 """
 
 from __future__ import annotations
@@ -25,103 +25,34 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from vqdiff import distributed as dist_utils
 from vqdiff.data.token_cache import set_dataset_epoch
 from vqdiff.engine.amp import resolve_amp
-from vqdiff.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vqdiff.engine.clip_grad_norm import ClipGradNorm
-from vqdiff.engine.ema import EMA
-from vqdiff.engine.lr_scheduler import ReduceLROnPlateauWithWarmup
-from vqdiff.engine.optim import build_optimizer
-from vqdiff.engine.state_match import require_same_shapes
-from vqdiff.engine.solver_config import OptimizerAndSchedulerConfig, SolverConfig, epoch_rule_due, parse_solver_config
-from vqdiff.engine.train_log import (ProgressLine, average_losses_over_ranks, sample_image_path,
-                                     sample_image_tag)
-from vqdiff.engine.validation import summed_loss
-from vqdiff.utils.config import ConfigError, instantiate_from_config, resolve_target
+from vqdiff.engine.ema import EMA, build_ema
+from vqdiff.engine.optim import build_optimizers_and_schedulers
+from vqdiff.engine.resumable_loader import loader_skipping
+from vqdiff.engine.solver_checkpoint import SolverCheckpoints
+from vqdiff.engine.solver_config import SolverConfig, epoch_rule_due, parse_solver_config
+from vqdiff.engine.train_log import ProgressLine, average_losses_over_ranks, save_sample_grids
+from vqdiff.engine.validation import ema_weights_on_every_rank, summed_loss
+from vqdiff.modeling.models._common import to_device
+from vqdiff.utils.config import instantiate_from_config
 
-__all__ = ["Solver", "TrainingStopped", "get_rng_state", "set_rng_state"]
-
-# schedulers whose step takes the training loss (official STEP_WITH_LOSS_SCHEDULERS)
-_STEP_WITH_LOSS = (ReduceLROnPlateauWithWarmup, torch.optim.lr_scheduler.ReduceLROnPlateau)
+__all__ = ["Solver", "TrainingStopped"]
 
 
 class TrainingStopped(RuntimeError):
     """Raised when training cannot go on (too many non-finite steps in a row)."""
-
-
-# ------------------------------------------------------------------------------------------ RNG state
-def get_rng_state() -> dict:
-    """This process's python/numpy/torch/CUDA RNG states in a ``weights_only``-loadable form."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-
-
-# ------------------------------------------------------------------------------------------ data helpers
-class _SkipSampler(Sampler):
-    """The first ``skip`` indices of ``base`` are dropped (resuming inside an epoch)."""
-
-    def __init__(self, base: Sampler, skip: int):
-        self.base, self.skip = base, int(skip)
-
-    def __iter__(self) -> Iterator[int]:
-        it = iter(self.base)
-        for _ in range(self.skip):
-            next(it, None)
-        yield from it
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)  # type: ignore[arg-type]
-
-
-def _loader_skipping(loader: DataLoader, batches: int) -> DataLoader:
-    """A loader like ``loader`` whose iteration starts after ``batches`` batches."""
-    if batches <= 0:
-        return loader
-    return DataLoader(
-        loader.dataset, batch_size=loader.batch_size, sampler=_SkipSampler(loader.sampler, batches * loader.batch_size),
-        num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
-    )
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def _batch_size(batch: Any) -> int:
@@ -134,12 +65,15 @@ def _batch_size(batch: Any) -> int:
     return 1
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def _batch_to(batch: Any, device: torch.device) -> Any:
+    """A batch dict with its tensors on ``device`` (other values as they are)."""
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return to_device(batch, device)
 
 
 # ------------------------------------------------------------------------------------------ solver
-class Solver:
+class Solver(SolverCheckpoints):
     """Train ``model`` with ``config['solver']`` on ``dataloader`` (``build_dataloader``'s dict).
 
     Args:
@@ -193,14 +127,9 @@ class Solver:
         self._progress: Optional[ProgressLine] = None  # set by train() (or the first log line without it)
 
         # EMA of the trained network, primary rank only, built before the device move (official)
-        ema_cfg = cfg.ema
-        self.has_ema = ema_cfg is not None  # on every rank; self.ema exists on the primary only
-        self.ema: Optional[EMA] = None
-        if ema_cfg is not None and self.is_primary:
-            ema_cfg = dict(ema_cfg)
-            ema_cfg.setdefault("device", "cpu")
-            self.ema = EMA(model.get_ema_model(), decay=float(ema_cfg.get("decay", 0.99)),
-                           update_interval=int(ema_cfg.get("update_interval", 1)), device=ema_cfg["device"])
+        self.has_ema = cfg.ema is not None  # on every rank; self.ema exists on the primary only
+        self.ema: Optional[EMA] = build_ema(cfg.ema, model.get_ema_model()) \
+            if cfg.ema is not None and self.is_primary else None
 
         cg = cfg.clip_grad_norm
         self.clip_grad_norm: Optional[ClipGradNorm] = instantiate_from_config(cg, key_path="solver.clip_grad_norm") \
@@ -219,7 +148,9 @@ class Solver:
 
         model = model.to(self.device)
         self.raw_model = model
-        self.optimizer_and_scheduler = self._build_optimizers_and_schedulers(cfg.optimizers_and_schedulers, model)
+        self.optimizer_and_scheduler = build_optimizers_and_schedulers(
+            cfg.optimizers_and_schedulers, model, self.lr, run_iterations=cfg.total_iterations(self.train_iterations),
+            train_iterations=self.train_iterations)
         if self.distributed:
             if getattr(args, "sync_bn", False):
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -238,42 +169,6 @@ class Solver:
         self.logger.info(f"lr {self.lr:.3g} (base {cfg.base_lr:.3g}, adjust {adjust}), precision {self.amp.name}, "
                          f"{self.train_iterations} iterations/epoch, world size {self.world_size}, "
                          f"device {self.device}")
-
-    # ---------------------------------------------------------------------------------- building
-    def _build_optimizers_and_schedulers(self, entries: tuple[OptimizerAndSchedulerConfig, ...],
-                                         model: nn.Module) -> dict:
-        """The official ``optimizer_and_scheduler`` dict: name -> window, optimizer and scheduler entries.
-
-        A cosine schedule (``CosineAnnealingLRWithWarmup`` or torch ``CosineAnnealingLR``) gets
-        ``T_max = max_epochs x iterations per epoch`` (official), or ``max_iterations`` when that ends the
-        run sooner; a scheduler ``step_iteration: epoch`` steps once per epoch (official).
-        """
-        out: dict = {}
-        for i, entry in enumerate(entries):
-            kp = f"solver.optimizers_and_schedulers.{i}"
-            name = entry.name
-            params = model.parameters_to_optimize(name) if name != "none" and hasattr(model, "parameters_to_optimize") \
-                and _accepts_name(model.parameters_to_optimize) else None
-            opt_cfg = {"target": entry.optimizer.target, "params": dict(entry.optimizer.params)}
-            opt = build_optimizer(opt_cfg, model, self.lr, params=params, key_path=f"{kp}.optimizer")
-            op_sc: dict = {
-                "name": name, "start_epoch": entry.start_epoch, "end_epoch": entry.end_epoch,
-                "start_iteration": entry.start_iteration, "end_iteration": entry.end_iteration,
-                "optimizer": {"module": opt, "step_iteration": entry.optimizer.step_iteration},
-            }
-            if entry.scheduler is not None:
-                sp = dict(entry.scheduler.params)
-                cls = resolve_target(entry.scheduler.target, f"{kp}.scheduler.target")
-                if cls.__name__ in ("CosineAnnealingLRWithWarmup", "CosineAnnealingLR"):
-                    sp["T_max"] = self.cfg.total_iterations(self.train_iterations)
-                try:
-                    sched = cls(opt, **sp)
-                except TypeError as e:
-                    raise ConfigError(f"'{kp}.scheduler.params' do not fit {entry.scheduler.target}: {e}") from e
-                op_sc["scheduler"] = {"module": sched,
-                                      "step_iteration": entry.scheduler.step_every(self.train_iterations)}
-            out[name] = op_sc
-        return out
 
     def _lrs(self) -> dict:
         return {n: float(o["optimizer"]["module"].param_groups[0]["lr"]) for n, o in self.optimizer_and_scheduler.items()}
@@ -306,7 +201,7 @@ class Solver:
 
     def step(self, batch: Mapping, epoch: int) -> dict:
         """Forward, backward and (unless the loss/gradients are not finite) an optimizer step per optimizer."""
-        batch = _to_device(batch, self.device)
+        batch = _batch_to(batch, self.device)
         it = self.last_iter
         accum = self.grad_accumulation_steps
         boundary = (it + 1) % accum == 0
@@ -317,7 +212,7 @@ class Solver:
             opt = op_sc["optimizer"]["module"]
             if accum == 1 and (it + 1) % op_sc["optimizer"]["step_iteration"] != 0:
                 continue
-            sync_ctx = self.model.no_sync() if (self.distributed and not boundary) else _nullcontext()
+            sync_ctx = self.model.no_sync() if (self.distributed and not boundary) else contextlib.nullcontext()
             with sync_ctx:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                     kwargs = {"name": name} if name != "none" else {}
@@ -364,10 +259,7 @@ class Solver:
             self.nonfinite_in_row = 0
             sched = op_sc.get("scheduler")
             if sched is not None and (it + 1) % sched["step_iteration"] == 0:
-                if isinstance(sched["module"], _STEP_WITH_LOSS):  # official: plateau schedulers see the loss
-                    sched["module"].step(logs[f"{name}/loss"])
-                else:
-                    sched["module"].step()
+                sched["module"].step(logs[f"{name}/loss"])  # an LRSchedule: plateau schedules use the loss
         if self.ema is not None:
             self.ema.update(it)
         return logs
@@ -433,7 +325,7 @@ class Solver:
         set_dataset_epoch(loader.dataset, epoch)  # token caches draw their crops/captions per epoch
         if self.epoch_generator is not None:
             self.epoch_generator.manual_seed(self.seed + epoch)
-        return _loader_skipping(loader, self.batches_done)
+        return loader_skipping(loader, self.batches_done)
 
     def train_epoch(self, epoch: int, losses: list) -> Optional[str]:
         loader = self._set_epoch(epoch)
@@ -504,7 +396,7 @@ class Solver:
             return None
 
         def run() -> tuple[float, int]:
-            total = summed_loss(self.raw_model, loader, lambda b: _to_device(b, self.device), _batch_size,
+            total = summed_loss(self.raw_model, loader, lambda b: _batch_to(b, self.device), _batch_size,
                                 self._autocast, self.last_iter, self.device)
             if self.distributed:
                 dist_utils.all_reduce(total, "sum")
@@ -514,7 +406,8 @@ class Solver:
         text = f"validation epoch {epoch}: loss {mean:.4f} ({items} items)"
         losses = {"loss": mean}
         if self.has_ema:
-            with self._validation_weights():
+            with ema_weights_on_every_rank(self.raw_model.get_ema_model(), self.ema, self.distributed,
+                                           self.has_ema):
                 losses["loss_ema"], _ = run()
             text += f" | EMA weights: loss {losses['loss_ema']:.4f}"
         self.logger.info(text)
@@ -527,31 +420,6 @@ class Solver:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
-    @contextlib.contextmanager
-    def _validation_weights(self) -> Iterator[None]:
-        """Within the block every rank's network holds the EMA weights (the raw ones without EMA).
-
-        Only the primary rank keeps an EMA (official), so in a distributed run it swaps the EMA in and
-        broadcasts it to the other ranks: every shard of the validation set is scored with the same
-        weights before the losses are summed over ranks. The weights are restored on leaving.
-        """
-        share = self.distributed and self.has_ema
-        target = self.raw_model.get_ema_model() if share else None
-        backup = ({k: v.detach().clone() for k, v in target.state_dict().items()}
-                  if share and not self.is_primary else None)
-        with self.ema.swapped() if self.ema is not None else _nullcontext():
-            try:
-                if share:
-                    with torch.no_grad():
-                        for v in target.state_dict().values():
-                            torch.distributed.broadcast(v, src=0)
-                yield
-            finally:
-                if backup is not None:
-                    with torch.no_grad():
-                        for k, v in target.state_dict().items():
-                            v.copy_(backup[k])
-
     @torch.no_grad()
     def sample(self, batch: Mapping, max_items: int = 4) -> list:
         """Sample grids with the EMA weights (primary rank, models that have ``sample``)."""
@@ -559,161 +427,18 @@ class Solver:
         if not self.is_primary or not hasattr(model, "sample"):
             return []
         small = {k: (v[:max_items] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
-        small = _to_device(small, self.device)
-        ctx = self.ema.swapped() if self.ema is not None else _nullcontext()
+        small = _batch_to(small, self.device)
+        ctx = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
         with ctx, self._autocast():  # official: sampling under --amp runs in autocast too
             out = model.sample(small)
-        from torchvision.utils import make_grid, save_image
-
-        paths = []
-        for key, value in out.items():
-            if not (torch.is_tensor(value) and value.dim() == 4 and key.endswith("image")):
-                continue
-            im = value.detach().float().cpu()
-            if im.max() > 1.5:
-                im = im / 255.0
-            grid = make_grid(im.clamp(0, 1), nrow=min(4, im.shape[0]))
-            epoch, it_in_epoch = self.last_epoch + 1, self.last_iter % self.train_iterations  # official names
-            path = sample_image_path(self.image_dir, key, epoch, it_in_epoch, self.rank, ema=self.ema is not None)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image(grid, path)
-            paths.append(path)
-            if self.tb_writer is not None:
-                self.tb_writer.add_image(sample_image_tag(key, epoch, it_in_epoch), grid, self.last_iter)
+        epoch, it_in_epoch = self.last_epoch + 1, self.last_iter % self.train_iterations  # official names
+        paths = save_sample_grids(out, self.image_dir, epoch, it_in_epoch, self.rank, ema=self.ema is not None,
+                                  tb_writer=self.tb_writer, global_step=self.last_iter)
         self.logger.info(f"saved {len(paths)} sample grids to {self.image_dir}")
         return paths
-
-    # ---------------------------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        """The checkpoint dict (collective: gathers every rank's RNG state)."""
-        rng = dist_utils.all_gather_object(get_rng_state()) if self.distributed else [get_rng_state()]
-        ops = {}
-        for name, op_sc in self.optimizer_and_scheduler.items():
-            entry = {k: op_sc[k] for k in ("name", "start_epoch", "end_epoch", "start_iteration", "end_iteration")}
-            entry["optimizer"] = {"step_iteration": op_sc["optimizer"]["step_iteration"],
-                                  "module": op_sc["optimizer"]["module"].state_dict()}
-            if "scheduler" in op_sc:
-                entry["scheduler"] = {"step_iteration": op_sc["scheduler"]["step_iteration"],
-                                      "module": op_sc["scheduler"]["module"].state_dict()}
-            ops[name] = entry
-        state = {"last_epoch": self.last_epoch, "last_iter": self.last_iter, "model": self.raw_model.state_dict()}
-        # official layout: 'ema' and 'clip_grad_norm' only when they exist (the official loader calls
-        # load_state_dict on any value stored under these keys, so None would break it)
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        if self.clip_grad_norm is not None:
-            state["clip_grad_norm"] = self.clip_grad_norm.state_dict()
-        return {
-            **state,
-            "optimizer_and_scheduler": ops,
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "data_state": {"epoch": self.last_epoch + 1, "batches_done": self.batches_done, "seed": self.seed,
-                           "world_size": self.world_size},
-            "nonfinite_steps": {"in_row": self.nonfinite_in_row, "total": self.nonfinite_total},
-        }
-
-    def save(self, force: bool = False) -> list:
-        """``last.pth`` (when ``force``) and the periodic ``{epoch:06d}e_{iter}iter.pth`` (all ranks call it)."""
-        state = self.state_dict()
-        written = []
-        if not self.is_primary:
-            return written
-        periodic = False
-        if self.batches_done == 0:  # epoch end
-            if epoch_rule_due(self.save_epochs, self.last_epoch + 1):
-                periodic = True
-            if self.save_iterations > 0 and (self.last_iter + 1) % self.save_iterations == 0:
-                periodic = True
-        if periodic:
-            written.append(save_checkpoint(state, self.ckpt_dir / f"{self.last_epoch:06d}e_{self.last_iter}iter.pth"))
-        if force:
-            written.append(save_checkpoint(state, self.ckpt_dir / "last.pth"))
-        for p in written:
-            self.logger.info(f"saved checkpoint {p}")
-        return written
-
-    def _check_loaded(self, path: str | os.PathLike, what: str, missing: list, unexpected: list,
-                      resuming: bool) -> None:
-        """A resumed run must match its checkpoint exactly. A pretrained checkpoint (``--load_path``) may lack
-        tensors the config adds (the tune recipe's learnable null text, ``empty_text_embed``): they keep
-        their initial value, and the log names them (the official single-GPU resume loads strictly and
-        stops there; OFFICIAL.md, "Fix")."""
-        if unexpected or (missing and resuming):
-            raise CheckpointError(f"checkpoint {path} does not match the {what}: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
-        if missing:
-            self.logger.warning(f"checkpoint {path} has no {len(missing)} tensor(s) of the {what}, kept as "
-                                f"initialised: {', '.join(missing[:5])}"
-                                + (" ..." if len(missing) > 5 else ""))
-
-    def resume(self, path: Optional[str | os.PathLike] = None, load_optimizer_and_scheduler: bool = True,
-               load_others: bool = True, allow_unsafe: bool = False) -> bool:
-        """Load ``path`` (default ``last.pth``); returns False when the default file does not exist."""
-        if path is None:
-            path = self.ckpt_dir / "last.pth"
-            if not Path(path).is_file():
-                self.logger.info(f"no checkpoint at {path}: starting from scratch")
-                return False
-        ckpt = load_checkpoint(path, map_location="cpu", allow_unsafe=allow_unsafe)
-        if not isinstance(ckpt, Mapping) or "model" not in ckpt:
-            raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {list(ckpt)[:8]})")
-        require_same_shapes(self.raw_model, ckpt["model"], path)
-        missing, unexpected = self.raw_model.load_state_dict(ckpt["model"], strict=False)
-        self._check_loaded(path, "model", missing, unexpected, load_others)
-        if self.ema is not None and ckpt.get("ema") is not None:
-            require_same_shapes(self.ema.ema_model, ckpt["ema"], path, what="EMA model")
-            missing, unexpected = self.ema.load_state_dict(ckpt["ema"], strict=False)
-            self._check_loaded(path, "EMA model", missing, unexpected, load_others)
-        if self.clip_grad_norm is not None and ckpt.get("clip_grad_norm") is not None:
-            self.clip_grad_norm.load_state_dict(ckpt["clip_grad_norm"])
-        if load_optimizer_and_scheduler:
-            for name, entry in (ckpt.get("optimizer_and_scheduler") or {}).items():
-                if name not in self.optimizer_and_scheduler:
-                    raise CheckpointError(f"checkpoint {path} has optimizer '{name}' that the config lacks")
-                mine = self.optimizer_and_scheduler[name]
-                mine["optimizer"]["module"].load_state_dict(entry["optimizer"]["module"])
-                if "scheduler" in entry and "scheduler" in mine:
-                    mine["scheduler"]["module"].load_state_dict(entry["scheduler"]["module"])
-            if ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-        if load_others:
-            self.last_epoch = int(ckpt["last_epoch"])
-            self.last_iter = int(ckpt["last_iter"])
-            ds = ckpt.get("data_state") or {}
-            self.batches_done = int(ds.get("batches_done", 0)) if ds.get("epoch") == self.last_epoch + 1 else 0
-            nf = ckpt.get("nonfinite_steps") or {}
-            self.nonfinite_in_row = int(nf.get("in_row", 0))
-            self.nonfinite_total = int(nf.get("total", 0))
-            rng = ckpt.get("rng")
-            if rng and len(rng) == self.world_size:
-                set_rng_state(rng[self.rank])
-            elif rng:
-                self.logger.warning(f"checkpoint RNG states are for {len(rng)} processes, this run has "
-                                    f"{self.world_size}: RNG streams are not restored (resume is not exact)")
-        self.logger.info(f"resumed from {path} (epoch {self.last_epoch}, iteration {self.last_iter}, "
-                         f"{self.batches_done} batches into the next epoch)")
-        return True
-
-
-def _accepts_name(fn: Any) -> bool:
-    import inspect
-
-    try:
-        return len(inspect.signature(fn).parameters) >= 1
-    except (TypeError, ValueError):
-        return False
 
 
 def _total_norm(params: list) -> torch.Tensor:
     if not params:
         return torch.tensor(0.0)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -7,9 +7,9 @@ Every key the official ``image_synthesis.engine.solver.Solver`` reads is accepte
 ``max_iteratons``) or a value of the wrong type is a :class:`ConfigError` that names the key path
 (``solver.optimizers_and_schedulers.0.scheduler.step_iteration``) and, for typos, the closest known key.
 
-The ``ema`` and ``clip_grad_norm`` sub-sections are kept as mappings: ``clip_grad_norm`` goes through
-``instantiate_from_config`` (which checks its ``params`` against the class signature) and ``ema`` is
-checked where the EMA is built.
+``ema`` is parsed into the typed ``EMAConfig`` (``vqdiff.utils.config_sections``: the official flat form
+or target/params); ``clip_grad_norm`` is kept as a mapping for ``instantiate_from_config`` (which checks
+its ``params`` against the class signature).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 from vqdiff.utils.config import ConfigError
+from vqdiff.utils.config_sections import EMAConfig, parse_ema_config
 
 __all__ = ["SolverConfig", "OptimizerConfig", "SchedulerConfig", "OptimizerAndSchedulerConfig",
            "parse_solver_config", "check_known_keys"]
@@ -186,7 +187,7 @@ class SolverConfig:
         grad_accumulation_steps: micro-batches per optimizer step (1 = official).
         max_nonfinite_steps: stop after this many skipped non-finite steps in a row (<= 0: never stop).
         amp_dtype: the autocast dtype under ``--amp`` when the flag names none: fp16 (with a GradScaler) or bf16.
-        ema / clip_grad_norm: the sub-sections as given (None when absent).
+        ema: the typed EMA section (None when absent); clip_grad_norm: the sub-section as given (None when absent).
     """
 
     base_lr: float
@@ -201,7 +202,7 @@ class SolverConfig:
     grad_accumulation_steps: int = 1
     max_nonfinite_steps: int = 10
     amp_dtype: str = "fp16"
-    ema: Optional[Mapping] = None
+    ema: Optional[EMAConfig] = None
     clip_grad_norm: Optional[Mapping] = None
 
     def total_iterations(self, train_iterations: int) -> int:
@@ -257,10 +258,10 @@ def parse_solver_config(section: Any, key_path: str = "solver") -> SolverConfig:
     max_epochs = _int(section["max_epochs"], kp("max_epochs"))
     if max_epochs < 1:
         raise ConfigError(f"'{kp('max_epochs')}' must be >= 1, got {max_epochs}")
-    optional = {k: section.get(k) for k in ("ema", "clip_grad_norm")}
-    for k, v in optional.items():
-        if v is not None:
-            _mapping(v, kp(k))
+    ema = section.get("ema")
+    clip_grad_norm = section.get("clip_grad_norm")
+    if clip_grad_norm is not None:
+        _mapping(clip_grad_norm, kp("clip_grad_norm"))
     return SolverConfig(
         base_lr=_float(section["base_lr"], kp("base_lr")),
         max_epochs=max_epochs,
@@ -274,6 +275,6 @@ def parse_solver_config(section: Any, key_path: str = "solver") -> SolverConfig:
         grad_accumulation_steps=accum,
         max_nonfinite_steps=_int(section.get("max_nonfinite_steps", 10), kp("max_nonfinite_steps")),
         amp_dtype=amp_dtype,
-        ema=optional["ema"],
-        clip_grad_norm=optional["clip_grad_norm"],
+        ema=parse_ema_config(ema, kp("ema")) if ema is not None else None,
+        clip_grad_norm=clip_grad_norm,
     )

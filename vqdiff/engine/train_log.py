@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
-__all__ = ["format_seconds", "ProgressLine", "average_losses_over_ranks", "sample_image_path", "sample_image_tag"]
+__all__ = ["format_seconds", "ProgressLine", "average_losses_over_ranks", "sample_image_path", "sample_image_tag",
+           "save_sample_grids"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -84,3 +85,26 @@ def sample_image_path(image_dir: Path, key: str, epoch: int, iteration_in_epoch:
 def sample_image_tag(key: str, epoch: int, iteration_in_epoch: int) -> str:
     """Official TensorBoard image tag of a sample grid."""
     return f"train/{epoch}e_{iteration_in_epoch}itr/{key}"
+
+
+def save_sample_grids(out: Mapping, image_dir: Path, epoch: int, iteration_in_epoch: int, rank: int, ema: bool,
+                      tb_writer: Any = None, global_step: int = 0) -> list:
+    """One grid file (and TensorBoard image) per ``*image`` entry of ``out`` (``(N, C, H, W)``, values in
+    [0, 1] or [0, 255]); returns the paths written."""
+    from torchvision.utils import make_grid, save_image
+
+    paths = []
+    for key, value in out.items():
+        if not (torch.is_tensor(value) and value.dim() == 4 and key.endswith("image")):
+            continue
+        im = value.detach().float().cpu()
+        if im.max() > 1.5:
+            im = im / 255.0
+        grid = make_grid(im.clamp(0, 1), nrow=min(4, im.shape[0]))
+        path = sample_image_path(image_dir, key, epoch, iteration_in_epoch, rank, ema=ema)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path)
+        paths.append(path)
+        if tb_writer is not None:
+            tb_writer.add_image(sample_image_tag(key, epoch, iteration_in_epoch), grid, global_step)
+    return paths

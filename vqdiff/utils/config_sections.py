@@ -16,7 +16,8 @@ from typing import Any, Mapping, Optional
 
 from vqdiff.utils.config import ConfigError
 
-__all__ = ["DataloaderConfig", "EMAConfig", "TOP_LEVEL_SECTIONS", "check_section", "check_config_sections"]
+__all__ = ["DataloaderConfig", "EMAConfig", "TOP_LEVEL_SECTIONS", "check_section", "check_config_sections",
+           "parse_ema_config"]
 
 TOP_LEVEL_SECTIONS = ("model", "solver", "dataloader")
 
@@ -40,8 +41,14 @@ class DataloaderConfig:
 
 @dataclasses.dataclass
 class EMAConfig:
-    """``solver.ema:``: ``ema <- decay * ema + (1 - decay) * weights`` every ``update_interval`` iterations."""
+    """``solver.ema:``: ``ema <- decay * ema + (1 - decay) * weights`` every ``update_interval`` iterations.
 
+    Two forms (:func:`parse_ema_config`): the official ``{decay, update_interval}`` (``target`` optional)
+    and the target/params form ``{target, params: {decay, update_interval, device}}``; ``target`` is built
+    as ``target(model, decay=, update_interval=, device=)`` (``vqdiff.engine.ema.build_ema``).
+    """
+
+    target: str = "vqdiff.engine.ema.EMA"
     decay: float = 0.99
     update_interval: int = 1
     device: str = "cpu"
@@ -100,6 +107,22 @@ def check_section(node: Any, cls: type, key_path: str) -> Any:
     return cls(**values)
 
 
+def parse_ema_config(node: Any, key_path: str = "solver.ema") -> EMAConfig:
+    """The ``solver.ema`` section in either form as an :class:`EMAConfig` (errors name the key path)."""
+    if isinstance(node, Mapping) and "params" in node:
+        others = [k for k in node if k not in ("target", "params")]
+        if others:
+            raise ConfigError(f"'{key_path}.{others[0]}' cannot sit beside '{key_path}.params': "
+                              f"put it under '{key_path}.params'")
+        params = node["params"] if node["params"] is not None else {}
+        if not isinstance(params, Mapping) or "target" in params:
+            raise ConfigError(f"'{key_path}.params' must be a mapping of EMA options (decay, update_interval, "
+                              f"device), got {params!r}")
+        merged = dict(params, **({"target": node["target"]} if "target" in node else {}))
+        return check_section(merged, EMAConfig, key_path)
+    return check_section(node, EMAConfig, key_path)
+
+
 def check_config_sections(config: Mapping) -> None:
     """Check the top-level section names, ``dataloader`` and ``solver.ema`` of a whole training config."""
     for key in config:
@@ -111,4 +134,4 @@ def check_config_sections(config: Mapping) -> None:
         check_section(config["dataloader"], DataloaderConfig, "dataloader")
     solver = config.get("solver")
     if isinstance(solver, Mapping) and solver.get("ema") is not None:
-        check_section(solver["ema"], EMAConfig, "solver.ema")
+        parse_ema_config(solver["ema"])
