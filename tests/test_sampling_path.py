@@ -126,3 +126,16 @@ def test_unconditional_model_refuses_guidance():
     u = UC_DALLE(content_codec_config=FakeCodec(), diffusion_config=make_diffusion("none"))
     with pytest.raises(ValueError, match="unconditional model has no guidance"):
         u.generate_content(batch=None, filter_ratio=0, replicate=2, guidance_scale=3.0)
+
+
+def test_the_official_autocast_keyword_is_a_context_not_a_flag_on_the_model():
+    """``forward(..., autocast=True)`` (the official keyword) runs the network under autocast for that call
+    only: nothing like the official ``self.amp`` stays on the model, and a call without it runs fp32."""
+    d = make_diffusion().train()
+    seen = []
+    d.transformer.register_forward_hook(lambda mod, args, out: seen.append(torch.is_autocast_enabled("cpu")))
+    batch = {"content_token": torch.randint(0, K, (2, N)), "condition_token": torch.randint(0, 50, (2, 4))}
+    d(batch, return_loss=True, autocast=True)
+    d(batch, return_loss=True)
+    assert seen == [True, False]
+    assert not hasattr(d, "amp")

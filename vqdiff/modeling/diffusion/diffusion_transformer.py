@@ -108,7 +108,6 @@ class DiffusionTransformer(nn.Module):
         if len(mask_weight) != 2:
             raise ValueError(f"mask_weight must be [masked, unmasked], got {mask_weight!r}")
         self.mask_weight = [float(w) for w in mask_weight]
-        self.amp = False
 
         # -- schedule buffers: built in float64, stored fp32 (official names) ---------------------
         for name, value in log_schedule(self.num_timesteps, self.num_classes - 1, alpha_init_type).items():
@@ -197,12 +196,10 @@ class DiffusionTransformer(nn.Module):
 
     def _net_log_probs(self, x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor, cond_cache: Any = None) -> torch.Tensor:
         """``log p(x_0 | x_t)`` over the K tokens, clamped: (B, K, N) float32."""
-        ctx = torch.autocast(x_t.device.type) if self.amp else nullcontext()
-        with ctx:
-            if cond_cache is not None:
-                out = self.transformer(x_t, cond_emb, t, cond_cache=cond_cache)
-            else:
-                out = self.transformer(x_t, cond_emb, t)
+        if cond_cache is not None:
+            out = self.transformer(x_t, cond_emb, t, cond_cache=cond_cache)
+        else:
+            out = self.transformer(x_t, cond_emb, t)
         K = self.num_classes - 1
         if out.dim() != 3 or out.shape[0] != x_t.shape[0] or out.shape[1] != K or out.shape[2] != x_t.shape[1]:
             raise ValueError(
@@ -316,14 +313,13 @@ class DiffusionTransformer(nn.Module):
 
         Returns ``{'logits': p_theta(x_{t-1} | x_t) (B, K+1, N), 'loss': per-token loss}``.
         """
-        self.amp = bool(kwargs.get("autocast", False))
-        try:
-            x = input["content_token"]
-            cond_emb = self._condition_embedding(input)
+        x = input["content_token"]
+        cond_emb = self._condition_embedding(input)
+        # the official ``autocast=True`` keyword: the network under autocast for this call (the loss math
+        # turns it off for itself); a context, not a flag stored on the model
+        with torch.autocast(x.device.type) if kwargs.get("autocast", False) else nullcontext():
             log_model_prob, loss = self._train_loss(x, cond_emb, is_train=is_train, generator=kwargs.get("generator"))
-            loss = loss.sum() / (x.shape[0] * x.shape[1])
-        finally:
-            self.amp = False
+        loss = loss.sum() / (x.shape[0] * x.shape[1])
         out = {}
         if return_logits:
             out["logits"] = torch.exp(log_model_prob)
