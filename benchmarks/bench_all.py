@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
 
 import perf  # noqa: E402
+from one_hot_posterior import one_hot_q_posterior  # noqa: E402
 from vqdiff.modeling.diffusion import samplers as S  # noqa: E402
 from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot  # noqa: E402
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
@@ -51,7 +52,7 @@ class _OneHotPosterior(S.Denoiser):
     """The denoiser with the reference (one-hot ``q_posterior``) posterior, for the comparison."""
 
     def posterior(self, log_x0, x, t):
-        return self.diffusion.q_posterior(log_x0, index_to_log_onehot(x, self.num_classes), t)
+        return one_hot_q_posterior(self.diffusion, log_x0, index_to_log_onehot(x, self.num_classes), t)
 
 
 def _flops(fn) -> int:

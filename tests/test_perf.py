@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from _posterior_reference import one_hot_q_posterior
 from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.log_ops import gumbel_noise, index_to_log_onehot, sample_categorical_index
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import perf  # noqa: E402  (benchmark support: benchmarks/perf.py)
+from one_hot_posterior import one_hot_q_posterior  # noqa: E402  (the reference posterior)
 
 
 @pytest.fixture(scope="module")
