@@ -207,12 +207,7 @@ def test_readme_examples_and_run_train_coco_run_with_tiny_weights(tiny_clone):
     assert out.returncode == 0, out.stderr[-3000:]
     assert sorted(p.name for p in (result / "teddy bear playing in the pool").iterdir()) == [f"{i:06d}.png" for i in range(4)]
 
-    out = subprocess.run(
-        [sys.executable, "running_command/run_train_coco.py", "--no_progress_bar", "--seed", "0",
-         "solver.max_epochs=1", "solver.sample_iterations=1000", "dataloader.batch_size=2",
-         "dataloader.num_workers=0", f"dataloader.data_root={_coco_layout(tiny_clone)}"],
-        cwd=tiny_clone, env=_env(), capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = _train_one_tiny_epoch(tiny_clone, "run_train_coco.py")
     last = torch.load(tiny_clone / "OUTPUT" / "coco_train" / "checkpoint" / "last.pth", map_location="cpu", weights_only=True)
     assert last["last_iter"] == 3  # one epoch: 4 iterations of batch 2
     assert f"resumed from {P}/CC_pretrained.pth" in out.stdout
@@ -220,6 +215,17 @@ def test_readme_examples_and_run_train_coco_run_with_tiny_weights(tiny_clone):
     key = "transformer.transformer.to_logits.1.weight"
     assert not torch.equal(last["model"][key], start[key])  # it trained from the loaded weights ...
     assert (last["model"][key] - start[key]).abs().max() < 0.05  # ... not from a fresh initialisation
+
+
+def _train_one_tiny_epoch(clone: Path, launcher: str) -> subprocess.CompletedProcess:
+    """``running_command/<launcher>`` for one epoch (batch 2) on a 4-image COCO layout; it must succeed."""
+    out = subprocess.run(
+        [sys.executable, f"running_command/{launcher}", "--no_progress_bar", "--seed", "0",
+         "solver.max_epochs=1", "solver.sample_iterations=1000", "dataloader.batch_size=2",
+         "dataloader.num_workers=0", f"dataloader.data_root={_coco_layout(clone)}"],
+        cwd=clone, env=_env(), capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
 
 
 def _python_block(doc: Path, section: str) -> str:
@@ -294,12 +300,7 @@ def test_run_tune_coco_fine_tunes_a_checkpoint_without_the_learned_null_text(tin
     pretrained = tiny_clone / P / "coco_pretrained.pth"
     shutil.copy(tiny_clone / P / "CC_pretrained.pth", pretrained)
     assert "transformer.empty_text_embed" not in torch.load(pretrained, map_location="cpu", weights_only=True)["model"]
-    out = subprocess.run(
-        [sys.executable, "running_command/run_tune_coco.py", "--no_progress_bar", "--seed", "0",
-         "solver.max_epochs=1", "solver.sample_iterations=1000", "dataloader.batch_size=2",
-         "dataloader.num_workers=0", f"dataloader.data_root={_coco_layout(tiny_clone)}"],
-        cwd=tiny_clone, env=_env(), capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = _train_one_tiny_epoch(tiny_clone, "run_tune_coco.py")
     assert "transformer.empty_text_embed" in out.stdout  # named as kept at its initial value
     last = torch.load(tiny_clone / "OUTPUT" / "coco_tune" / "checkpoint" / "last.pth", map_location="cpu",
                       weights_only=True)
