@@ -31,6 +31,13 @@ setup(
             "torch-fidelity",  # torchmetrics' FID / IS / KID run torch-fidelity's TF-FID Inception
             "scipy",
             "openai-clip==1.0.1",
+            "selenium==4.51.0",  # tests/test_app_browser.py; 4.52 needs a certifi newer than some mirrors serve
+        ],
+        # the web page (python -m vqdiff.app). Gradio 6 requires pillow<13: the pin below makes that choice
+        # explicit here (vqdiff itself works with either), so that every part's requirements are met.
+        "app": [
+            "gradio==6.31.0",
+            "pillow>=10,<13",
         ],
     },
 )
