@@ -11,8 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import tempfile
 import threading
+import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 # no call leaves the machine: Gradio's usage analytics and version check read this before anything else
@@ -35,7 +39,7 @@ from .requests import (  # noqa: E402
 )
 from .service import GenerateResult, ModelService, StepUpdate  # noqa: E402
 
-__all__ = ["PageDefaults", "build_page", "launch_page"]
+__all__ = ["ImageFiles", "PageDefaults", "build_page", "launch_page"]
 
 logger = logging.getLogger("vqdiff.app")
 
@@ -57,6 +61,35 @@ class PageDefaults:
     preview_every: int = 0
 
 
+class ImageFiles:
+    """Result images as PNG files with names used once, handed to Gradio as paths.
+
+    Gradio copies a file path into its cache atomically (a temporary name, then a rename), whereas a
+    returned PIL image is re-encoded and its cache file rewritten in place: two requests that produce
+    the same picture (same seed and caption) would then truncate a file another browser is fetching.
+    Files older than ``max_age_s`` are deleted as new ones are written."""
+
+    def __init__(self, max_age_s: float = 3600.0):
+        self.folder = Path(tempfile.mkdtemp(prefix="vqdiff-app-"))
+        self.max_age_s = max_age_s
+
+    def write(self, images: list[Image.Image]) -> list[str]:
+        now = time.time()
+        for old in self.folder.glob("*.png"):
+            try:
+                if now - old.stat().st_mtime > self.max_age_s:
+                    old.unlink()
+            except OSError:
+                pass
+        stem = uuid.uuid4().hex
+        paths = []
+        for i, image in enumerate(images):
+            path = self.folder / f"{stem}_{i}.png"
+            image.save(path)
+            paths.append(str(path))
+        return paths
+
+
 def _message(err: BaseException) -> str:
     """What the page says about a failed request (the traceback goes to the server log only)."""
     if isinstance(err, (InputError, ServerBusy)):
@@ -75,7 +108,7 @@ def _info_markdown(result: GenerateResult) -> str:
             f"options: `{result.options}`")
 
 
-def _generate_handler(service: ModelService):
+def _generate_handler(service: ModelService, files: ImageFiles):
     kind = service.kind
 
     def generate(prompt, negative, label, truncation, guidance, sampler, fast, prior_weight, maskgit_steps, seed,
@@ -113,11 +146,11 @@ def _generate_handler(service: ModelService):
                 update: StepUpdate = value
                 progress((update.step, update.total), desc="denoising step", unit="steps")
                 if update.preview is not None:
-                    yield (update.preview, f"step {update.step} / {update.total} (grey: still [MASK])",
+                    yield (files.write(update.preview), f"step {update.step} / {update.total} (grey: still [MASK])",
                            gr.skip(), gr.skip())
             else:
                 result: GenerateResult = value
-                yield result.images, _info_markdown(result), result.code, result.images
+                yield files.write(result.images), _info_markdown(result), result.code, result.images
                 return
 
     return generate
@@ -128,7 +161,7 @@ def _editor_value(image: Image.Image, scale: int) -> dict:
     return {"background": big, "layers": [], "composite": big}
 
 
-def _edit_handler(service: ModelService):
+def _edit_handler(service: ModelService, files: ImageFiles):
     kind = service.kind
 
     def edit(editor, prompt, label, truncation, guidance, seed, progress=gr.Progress()):
@@ -162,7 +195,8 @@ def _edit_handler(service: ModelService):
                                       on_step=lambda u: progress((u.step, u.total), desc="denoising step"))
         except Exception as err:  # noqa: BLE001 - every failure becomes a message in the page
             raise gr.Error(_message(err)) from None
-        return result.before, result.after, result.code
+        before, after = files.write([result.before, result.after])
+        return before, after, result.code
 
     return edit
 
@@ -247,7 +281,8 @@ def build_page(service: ModelService, defaults: PageDefaults = PageDefaults()) -
                                   gr.update(visible=s == "maskgit")), sampler, [fast, prior_weight, maskgit],
                        queue=False)
         limit = service.limits.max_waiting + 2  # the gate, not the framework, refuses the surplus (gate.py)
-        run.click(_generate_handler(service),
+        files = ImageFiles()
+        run.click(_generate_handler(service, files),
                   [prompt, negative, label, truncation, guidance, sampler, fast, prior_weight, maskgit, seed,
                    num_images, preview_every],
                   [gallery, info, code, images_state], concurrency_limit=limit, concurrency_id="model")
@@ -266,7 +301,7 @@ def build_page(service: ModelService, defaults: PageDefaults = PageDefaults()) -
             return _editor_value(image, service.display_scale), gr.Tabs(selected="edit")
 
         to_edit.click(send_to_edit, [images_state, selected_state], [editor, tabs], queue=False)
-        e_run.click(_edit_handler(service), [editor, e_prompt, e_label, e_truncation, e_guidance, e_seed],
+        e_run.click(_edit_handler(service, files), [editor, e_prompt, e_label, e_truncation, e_guidance, e_seed],
                     [before, after, e_code], concurrency_limit=limit, concurrency_id="model")
     return page
 
