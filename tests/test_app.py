@@ -4,7 +4,9 @@ choice and the command line. The page in a real browser: tests/test_app_browser.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -283,8 +285,36 @@ def test_command_serves_any_model_on_the_asked_port(tiny):
             except OSError:
                 time.sleep(0.5)
         assert page is not None, proc.stdout.read() if proc.poll() is not None else "no answer in 90 s"
-        assert "<title>vqdiff</title>" in page or "vqdiff" in page
+        # the page loads its scripts and styles from this server only (no CDN, no web fonts)
+        assert re.findall(r'(?:src|href)="([^"]*)"', page) and not re.findall(r'(?:src|href)="(https?:)', page)
+        config = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read())
+        assert config["title"] == "vqdiff" and config["analytics_enabled"] is False
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert f"serving on http://127.0.0.1:{port}" in out and "WARNING" not in out
+
+
+# ------------------------------------------------------------------------------------------ page handlers
+def _handler_args(prompt: str) -> list:
+    # prompt, negative, class, truncation, guidance, sampler, fast, prior weight, MaskGIT steps, seed, images, previews
+    return [prompt, "", 0, 0.85, 1.0, "official", 2, 1.0, 4, 0, 2, 0]
+
+
+def test_the_page_handler_answers_busy_and_bad_input_with_page_messages(tiny):
+    import gradio as gr
+
+    from vqdiff.app.ui import ImageFiles, _generate_handler
+
+    _, loaded = tiny
+    service = ModelService(loaded.engine, loaded.source, AppLimits(max_images=4, max_waiting=0))
+    generate = _generate_handler(service, ImageFiles())
+    with pytest.raises(gr.Error, match="the prompt is empty"):
+        list(generate(*_handler_args("  ")))
+    with service.gate.slot():  # one request runs and none may wait: the next is refused
+        with pytest.raises(gr.Error, match="the model is busy"):
+            list(generate(*_handler_args("a red circle")))
+    outputs = list(generate(*_handler_args("a red circle")))  # served again
+    paths, info, code, images = outputs[-1]
+    assert len(paths) == 2 and all(Image.open(p).size == (16, 16) for p in paths)
+    assert "a red circle" in info and "inference_generate_sample_with_condition" in code and len(images) == 2

@@ -104,6 +104,7 @@ def _new_driver():
     options.binary_location = str(CHROMIUM)
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
 
 
@@ -148,6 +149,18 @@ def _gallery_sizes(d) -> list:
         ".filter(i => i.complete && i.naturalWidth > 0).map(i => [i.naturalWidth, i.naturalHeight]);")
 
 
+def _requested_urls(d) -> list[str]:
+    """URLs of the requests the page made since the last call (Chrome's performance log)."""
+    import json
+
+    urls = []
+    for entry in d.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
 def _text(d, selector: str) -> str:
     return d.execute_script(f"const e = document.querySelector('{selector}'); return e ? e.textContent : '';")
 
@@ -173,6 +186,9 @@ def test_caption_generate_images_of_the_model_size(app, driver, shots):
     assert "SamplingOptions(truncation_rate=0.85" in _text(driver, "#generate-info")
     driver.save_screenshot(str(shots / "app_generate.png"))
     assert (shots / "app_generate.png").stat().st_size > 10_000
+    urls = _requested_urls(driver)  # no call leaves the machine: every request goes to this server
+    assert urls and all(u.startswith(url) or u.startswith(("data:", "blob:")) for u in urls), \
+        [u for u in urls if not u.startswith(url)]
 
 
 def test_an_empty_prompt_shows_the_message_and_the_server_keeps_serving(app, driver):
