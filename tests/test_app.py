@@ -166,7 +166,7 @@ def test_the_gate_runs_one_lets_max_waiting_wait_and_refuses_the_rest():
             release.wait(10)
 
     def second():
-        with gate.slot() as ahead:
+        with gate.slot(lambda ahead: order.append(("admitted", ahead))) as ahead:
             order.append(("second", ahead))
 
     a = threading.Thread(target=first)
@@ -175,16 +175,16 @@ def test_the_gate_runs_one_lets_max_waiting_wait_and_refuses_the_rest():
     b = threading.Thread(target=second)
     b.start()
     deadline = time.time() + 10
-    while gate.admitted < 2 and time.time() < deadline:
+    while len(order) < 2 and time.time() < deadline:
         time.sleep(0.01)
-    assert gate.admitted == 2 and order == [("first", 0)]  # the second waits for the model
+    assert gate.admitted == 2 and order == [("first", 0), ("admitted", 1)]  # told, then waits for the model
     with pytest.raises(ServerBusy, match="busy.*1 are waiting"):
         with gate.slot():
             pass
     release.set()
     a.join(10)
     b.join(10)
-    assert order == [("first", 0), ("second", 1)] and gate.admitted == 0
+    assert order == [("first", 0), ("admitted", 1), ("second", 1)] and gate.admitted == 0
     with gate.slot() as ahead:  # served again
         assert ahead == 0
 

@@ -202,6 +202,20 @@ def test_an_empty_prompt_shows_the_message_and_the_server_keeps_serving(app, dri
     assert len(_generate(driver, "a blue square at the bottom right")) == 4
 
 
+def test_an_unreadable_upload_shows_the_message(app, driver, tmp_path):
+    url, _ = app
+    driver.get(url)
+    _css(driver, "#generate-prompt textarea")
+    [tab.click() for tab in driver.find_elements("css selector", "button[role=tab]") if tab.text == "Edit"]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image " * 20)
+    driver.find_element("css selector", "#editor input[type=file]").send_keys(str(bad))
+    _type(driver, "#edit-prompt textarea", "a red circle")
+    driver.find_element("css selector", "#edit-button").click()
+    _wait(driver, lambda: "the browser could not read it" in driver.find_element("tag name", "body").text,
+          "the unreadable-upload message")
+
+
 def test_an_edit_shows_the_snapped_cells_and_the_result(app, driver, shots):
     from selenium.webdriver.common.action_chains import ActionChains
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 __all__ = ["RequestGate", "ServerBusy"]
 
@@ -36,8 +36,9 @@ class RequestGate:
             return self._admitted
 
     @contextmanager
-    def slot(self) -> Iterator[int]:
+    def slot(self, on_admitted: Optional[Callable[[int], None]] = None) -> Iterator[int]:
         """Hold the model for one request; yields how many requests were ahead when it was admitted.
+        ``on_admitted(ahead)`` runs once admitted, before waiting for the model (to tell the user).
 
         Raises:
             ServerBusy: one request runs and ``max_waiting`` already wait.
@@ -49,6 +50,8 @@ class RequestGate:
             ahead = self._admitted
             self._admitted += 1
         try:
+            if on_admitted is not None:
+                on_admitted(ahead)
             with self._model_lock:
                 yield ahead
         finally:

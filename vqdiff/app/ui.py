@@ -128,8 +128,7 @@ def _generate_handler(service: ModelService, files: ImageFiles):
 
         def work() -> None:
             try:
-                with service.gate.slot() as ahead:
-                    events.put(("admitted", ahead))
+                with service.gate.slot(lambda ahead: events.put(("admitted", ahead))):
                     events.put(("done", service.generate(request, lambda u: events.put(("step", u)), every)))
             except BaseException as err:  # noqa: BLE001 - handed to the page
                 events.put(("error", err))
@@ -167,7 +166,8 @@ def _edit_handler(service: ModelService, files: ImageFiles):
     def edit(editor, prompt, label, truncation, guidance, seed, progress=gr.Progress()):
         try:
             if not isinstance(editor, dict) or editor.get("background") is None:
-                raise InputError("no image to edit: upload one, or generate and click 'Edit the selected image'")
+                raise InputError("no image to edit: upload an image file (none was given, or the browser could "
+                                 "not read it), or generate one and click 'Edit the selected image'")
             background = editor["background"]
             if not isinstance(background, Image.Image):
                 raise InputError("cannot read the uploaded image")
@@ -295,9 +295,7 @@ def build_page(service: ModelService, defaults: PageDefaults = PageDefaults()) -
         def send_to_edit(images: list, index: int):
             if not images:
                 raise gr.Error("no image yet: generate first, or upload one in the Edit tab")
-            image = images[min(int(index or 0), len(images) - 1)]
-            if not isinstance(image, Image.Image):
-                image = Image.open(image[0] if isinstance(image, (tuple, list)) else image)
+            image = images[min(int(index or 0), len(images) - 1)]  # the PIL images of the last result
             return _editor_value(image, service.display_scale), gr.Tabs(selected="edit")
 
         to_edit.click(send_to_edit, [images_state, selected_state], [editor, tabs], queue=False)
