@@ -21,6 +21,8 @@ setup(
         "tqdm",
         "tensorboard",
         "safetensors",
+        "peft==0.21.2",  # LoRA fine-tuning (solver.lora, VQ_Diffusion(lora=...)); it installs transformers
+        "accelerate==1.15.0",  # needed by peft
     ],
     extras_require={
         "dev": [

@@ -135,7 +135,7 @@ def main_worker(args: argparse.Namespace) -> dict:
                                epoch_generator=generator)
     solver = Solver(config=config, args=args, model=model, dataloader=loaders, logger=logger, tb_writer=tb,
                     epoch_generator=generator)
-    if args.load_path is not None:
+    if args.load_path is not None and solver.lora is None:  # a LoRA run loaded it before injecting adapters
         solver.resume(path=args.load_path, load_optimizer_and_scheduler=False, load_others=False,
                       allow_unsafe=args.allow_unsafe_load)
     if args.auto_resume:
