@@ -9,7 +9,7 @@ is loaded BEFORE :func:`add_lora` and official-format checkpoints keep loading i
 The adapter folder (written at every save of a LoRA run, read by ``VQ_Diffusion(lora=...)``)::
 
     adapter_model.safetensors   peft's get_peft_model_state_dict of the network (peft's own key names)
-    adapter_config.json         peft's LoraConfig (exact layer names as target_modules)
+    adapter_config.json         peft's LoraConfig (target_modules: the layer names, or peft's shortest suffixes)
     train_also.safetensors      the train_also tensors (DiffusionTransformer names), when there are any
     vqdiff_adapter.json         the base checkpoint's file name and SHA-256, the weights saved (ema/raw),
                                 the iteration, the solver.lora section
@@ -267,10 +267,11 @@ def apply_adapter(model: nn.Module, folder: str | os.PathLike, scale: float = 1.
         check_base(record, base_path, folder, strict)
     peft_cfg = peft.LoraConfig.from_pretrained(str(folder))
     network = lora_network(model)
-    linear = linear_layer_names(network)
-    missing = [t for t in peft_cfg.target_modules if t not in linear]
-    if missing:
-        raise LoraError(f"adapter '{folder}' targets layers this model lacks: {sorted(missing)[:5]}")
+    if not isinstance(peft_cfg.target_modules, str):  # peft may store a long list as its shortest suffixes
+        try:
+            resolve_targets(network, tuple(sorted(peft_cfg.target_modules)), key_path=f"{folder}/{CONFIG_FILE}")
+        except ConfigError as err:
+            raise LoraError(f"adapter '{folder}' does not fit this model: {err}") from None
     inject_adapter_in_model(peft_cfg, network, adapter_name=ADAPTER_NAME)
     state = load_file(str(folder / WEIGHTS_FILE))
     result = set_peft_model_state_dict(network, state, adapter_name=ADAPTER_NAME)
