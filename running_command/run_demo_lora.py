@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     base = Path(args.base)
-    base_cfg_path, base_ckpt = base / "configs" / "demo_text_shapes.yaml", base / "diffusion" / "checkpoint" / "last.pth"
+    base_cfg_path = base / "configs" / "demo_text_shapes.yaml"
+    base_ckpt = base / "diffusion" / "checkpoint" / "last.pth"
     if not base_cfg_path.is_file() or not base_ckpt.is_file():
         raise FileNotFoundError(f"--base needs a finished demo run: {base_cfg_path} and {base_ckpt}")
     out = Path(args.output)
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     codec_check = check_codec(base_api.model.content_codec, classifier, seed=0)
     log(f"centre images, real: {codec_check['real']}; through the VQ-VAE: {codec_check['reconstructed']}")
     if codec_check["reconstructed"]["position"] < 0.9:
-        raise SystemExit("the VQ-VAE does not keep centred shapes in the centre: no model over its tokens can learn them")
+        raise SystemExit("the VQ-VAE does not keep centred shapes in the centre: "
+                         "no model over its tokens can learn them")
 
     log(f"2/4 {args.images} fine-tuning images ({args.replay:.0%} replay of quadrant images) -> token cache")
     from vqdiff.data.centre_shapes import CentreShapesDataset
@@ -213,9 +215,16 @@ def main(argv: list[str] | None = None) -> dict:
             name = f"{method}_seed{seed}"
             cfg_path = out / "configs" / f"{method}.yaml"
             save_yaml_config(finetune_config(base_cfg, Path(cache), args, lora=method == "lora"), cfg_path)
+            ckpt_dir = out / name / "checkpoint"
+            run_key = {**{k: v for k, v in vars(args).items() if k not in ("seeds", "output")}, "base_key": key}
+            done = out / name / "report.json"  # a finished run of the same settings is not trained again
+            if done.is_file() and json.loads(done.read_text())["key"] == run_key:
+                report = json.loads(done.read_text())["report"]
+                log(f"4/4 {name}: reusing the finished run")
+                runs[method].append(report)
+                continue
             log(f"4/4 {name}: {args.iters} iterations")
             report = run_training(cfg_path, name, out, base_ckpt, seed, args.threads)
-            ckpt_dir = out / name / "checkpoint"
             report.update(checkpoint_figures(ckpt_dir, method == "lora"))
             if method == "lora":
                 api = VQ_Diffusion(config=str(base_cfg_path), path=str(base_ckpt), device="cpu",
@@ -224,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
                 api = VQ_Diffusion(config=str(cfg_path), path=str(ckpt_dir / "last.pth"), device="cpu")
             scores = sample_and_score(api, classifier, args.per_new, args.per_old, args)
             report.update(scores, old_drop_all=base_scores["old"]["all"] - scores["old"]["all"])
+            done.write_text(json.dumps({"key": run_key, "report": report}))
             log(f"{name}: new-concept {scores['new']}, old {scores['old']}, drop {report['old_drop_all']:+.3f}, "
                 f"{report['s_per_iter']:.3f} s/iter, peak RSS {report['maxrss_kib'] / 1024:.0f} MiB")
             runs[method].append(report)
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
             ("trainable parameters", lambda t: f"{t['trainable_params']:,}"),
             ("optimizer state (bytes)", lambda t: f"{t['optimizer_state_bytes']:,}"),
             ("last.pth (bytes)", lambda t: f"{t['last_pth_bytes']:,}"),
-            ("adapter folder (bytes)", lambda t: f"{t['adapter_folder_bytes']:,}" if t["adapter_folder_bytes"] else "-"),
+            ("adapter folder (bytes)", lambda t: f"{t['adapter_folder_bytes'] or 0:,}"),
             ("step time (s/iter)", lambda t: fmt(t["s_per_iter"])),
             ("peak RSS of the run (MiB)", lambda t: fmt(t["peak_rss_mib"], digits=0))]
     for label, get in rows:

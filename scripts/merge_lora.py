@@ -48,7 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--lora", required=True, help="the adapter folder (OUTPUT/<run>/checkpoint/last_lora)")
     p.add_argument("--scale", type=float, default=1.0, help="adapter strength merged in (default 1)")
     p.add_argument("--out", required=True, help="the merged checkpoint to write (.pth)")
-    p.add_argument("--strict", action="store_true", help="refuse a base whose SHA-256 differs from the adapter's record")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a base whose SHA-256 differs from the adapter's record")
     p.add_argument("--allow-unsafe-pickle", action="store_true")
     args = p.parse_args(argv)
     out = merge_to_file(args.config, args.ckpt, args.lora, args.out, args.scale, args.strict, args.allow_unsafe_pickle)

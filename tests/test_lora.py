@@ -97,7 +97,8 @@ def test_lora_section_is_typed_and_checked():
 def test_unknown_module_is_an_error_listing_linear_layers(runs, monkeypatch):
     monkeypatch.chdir(runs)
     model = _base_model(runs)
-    with pytest.raises(ConfigError, match=r"'to_q' names no linear layer.*attn1\.query.*attn2\.key.*mlp\.0.*to_logits\.1"):
+    listed = r"'to_q' names no linear layer.*attn1\.query.*attn2\.key.*mlp\.0.*to_logits\.1"
+    with pytest.raises(ConfigError, match=listed):
         add_lora(model, LoraConfig(target_modules=("to_q",)))
     with pytest.raises(ConfigError, match="'no_such_tensor' names no parameter"):
         add_lora(model, LoraConfig(train_also=("no_such_tensor",)))
@@ -130,7 +131,8 @@ def test_adapter_changes_fused_attention_and_scale_zero_is_exact(runs, monkeypat
     assert (fused - base_out).abs().max() > 1e-3  # the adapter acts
     torch.testing.assert_close(fused, per_layer, rtol=1e-4, atol=1e-5)
     assert torch.equal(zero, base_out)
-    assert [n for n in linear_layer_names(net) if n.endswith("attn1.query")] == ["blocks.0.attn1.query", "blocks.1.attn1.query"]
+    queries = [n for n in linear_layer_names(net) if n.endswith("attn1.query")]
+    assert queries == ["blocks.0.attn1.query", "blocks.1.attn1.query"]
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -184,7 +186,8 @@ def test_lora_without_base_is_refused(runs, monkeypatch):
     with pytest.raises(ConfigError, match="--load_path <base.pth>"):
         _train(runs / "lora.yaml", "nobase", "solver.max_iterations=1")
     with pytest.raises(Exception, match="LoRA run's checkpoint"):
-        _train(runs / "lora.yaml", "onlora", "--load_path", "OUTPUT/full/checkpoint/last.pth", "solver.max_iterations=1")
+        _train(runs / "lora.yaml", "onlora", "--load_path", "OUTPUT/full/checkpoint/last.pth",
+               "solver.max_iterations=1")
 
 
 def test_sigterm_saves_lora_checkpoint_and_adapter(runs):

@@ -115,7 +115,8 @@ def resolve_train_also(ema_model: nn.Module, names: tuple, lora_targets: list[st
     for pattern in names:
         hits = [p for p in params if _matches(p, pattern) or _matches(p.rsplit(".", 1)[0], pattern)]
         if not hits:
-            modules = _short_names([n for n, m in ema_model.named_modules() if n and any(True for _ in m.parameters(recurse=False))])
+            holders = [n for n, m in ema_model.named_modules() if n and next(m.parameters(recurse=False), None) is not None]
+            modules = _short_names(holders)
             raise ConfigError(f"'{key_path}': '{pattern}' names no parameter of the DiffusionTransformer; "
                               f"parameters are held by: {', '.join(modules)}")
         clash = [p for p in hits if any(p.startswith(w) for w in wrapped)]

@@ -65,7 +65,8 @@ class TrainedTensorsEMA:
         if (int(iteration) + 1) % self.update_interval != 0:
             return False
         for n, p in self._live().items():
-            self.shadow[n].mul_(self.decay).add_(p.detach().to(self.device, self.shadow[n].dtype), alpha=1.0 - self.decay)
+            current = p.detach().to(self.device, self.shadow[n].dtype)
+            self.shadow[n].mul_(self.decay).add_(current, alpha=1.0 - self.decay)
         return True
 
     def state_dict(self) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from vqdiff.data.centre_shapes import CENTRE_INDEX
