@@ -13,10 +13,12 @@ The model of an epoch (the same for image shards and token shards):
   rank ``r`` takes every ``W``-th shard from ``r`` (webdataset's ``split_by_node``) and worker ``k`` of it
   every ``K``-th of those (``split_by_worker``): one pass over the streams reads every shard once across
   the job. Fewer shards than ``W x K`` streams is an error naming both numbers.
-- A stream reads its shards in order, passes its samples through a shuffle buffer seeded by
+- A stream reads its shards in order, passes their samples through a shuffle buffer seeded by
   ``(seed, e, stream)`` and stops at its quota. A stream whose shards run out first starts another pass
-  over them (its shard order re-drawn), so every epoch has exactly its iterations; a quota reached first
-  leaves the rest of the shards for other epochs (each epoch draws a new permutation).
+  over them (its shard order re-drawn, a new buffer), so every epoch has exactly its iterations and a
+  pass yields each of its samples once; a quota reached first leaves the rest of the shards unread this
+  epoch (each epoch draws a new permutation). With equal shards and ``samples_per_epoch`` equal to the
+  data set's size (a multiple of ``B x W x K``), an epoch reads every sample exactly once.
 - ``resampled=True``: each stream draws shards with replacement (from ``(seed, e, stream)``), endlessly,
   up to its quota; the shard count may then be below ``W x K``.
 
@@ -252,18 +254,19 @@ class ShardStreamDataset(IterableDataset):
         order = [self.shards[i] for i in self._rng().permutation(len(self.shards))]
         return order[self.plan.rank::self.plan.world_size][worker::workers]
 
-    def _shard_sequence(self, stream: int, worker: int, workers: int) -> Iterator[str]:
+    def _passes(self, stream: int, worker: int, workers: int) -> Iterator[list[str]]:
+        """The stream's shards, pass after pass: its share of the epoch's permutation, then the same shards
+        re-ordered for each further pass; resampled: one endless pass of shards drawn with replacement."""
         if self.resampled:
-            rng = self._rng(stream, 1)
-            while True:
-                yield self.shards[int(rng.integers(len(self.shards)))]
+            yield self._drawn_shards(self._rng(stream, 1))
+            return
         mine = self.stream_shards(worker, workers)
         if not mine:
             raise ValueError(f"{type(self).__name__}: stream {stream} has no shard ({len(self.shards)} shards "
                              f"for {self.plan.world_size} ranks x {workers} workers)")
-        yield from mine
+        yield mine
         for p in range(1, 2**62):  # further passes when the quota outlasts the shards
-            yield from (mine[i] for i in self._rng(stream, 2, p).permutation(len(mine)))
+            yield [mine[i] for i in self._rng(stream, 2, p).permutation(len(mine))]
 
     def _log_tar_error(self, url: str, last_key: Any, exn: Exception) -> None:
         self.bad_samples += 1
@@ -272,7 +275,27 @@ class ShardStreamDataset(IterableDataset):
         logger.warning("%s: skipping the rest of shard '%s' (%s): %s: %s (%d bad so far in this process)",
                        type(self).__name__, url, where, type(exn).__name__, exn, self.bad_samples)
 
-    def _raw_samples(self, shards: Iterator[str]) -> Iterator[dict]:
+    def _drawn_shards(self, rng: np.random.Generator) -> Iterator[str]:
+        while True:
+            yield self.shards[int(rng.integers(len(self.shards)))]
+
+    def _raw_samples(self, passes: Iterator[Any], stream: int) -> Iterator[dict]:
+        """The samples of each pass in turn, each pass through its own shuffle buffer (so that a pass
+        yields each of its samples once)."""
+        for p, shards in enumerate(passes):
+            samples = self._pass_samples(shards)
+            if self.shuffle_buffer > 1:
+                seed = int(self._rng(stream, 3, p).integers(2**62))
+                samples = wds_shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(seed))(samples)
+            count = 0
+            for sample in samples:
+                count += 1
+                yield sample
+            if count == 0:
+                raise ValueError(f"{type(self).__name__}: no sample in a whole pass over the shards "
+                                 f"{list(shards)[:4]}{' ...' if len(shards) > 4 else ''} of {self.urls!r}")
+
+    def _pass_samples(self, shards: Any) -> Iterator[dict]:
         empty_in_row = 0
         for url in shards:
             count = 0
@@ -282,8 +305,9 @@ class ShardStreamDataset(IterableDataset):
             if count == 0:
                 logger.warning("%s: shard '%s' has no samples", type(self).__name__, url)
                 empty_in_row += 1
-                if empty_in_row > len(self.shards) + 1:
-                    raise ValueError(f"{type(self).__name__}: no shard of {self.urls!r} yields any sample")
+                if empty_in_row >= 10 * len(self.shards):  # resampling from shards that are all empty
+                    raise ValueError(f"{type(self).__name__}: {empty_in_row} shards in a row without a sample "
+                                     f"in {self.urls!r}")
             else:
                 empty_in_row = 0
 
@@ -307,11 +331,7 @@ class ShardStreamDataset(IterableDataset):
         quota = (counts[worker] - skip) * self.plan.batch_size
         if quota <= 0:
             return
-        raw = self._raw_samples(self._shard_sequence(stream, worker, workers))
-        if self.shuffle_buffer > 1:
-            rng = self._rng(stream, 3)
-            raw = wds_shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                              rng=random.Random(int(rng.integers(2**62))))(raw)
+        raw = self._raw_samples(self._passes(stream, worker, workers), stream)
         items = self._good_items(raw)
         for _ in range(skip * self.plan.batch_size):
             next(items)
