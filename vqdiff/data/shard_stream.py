@@ -27,9 +27,11 @@ resumed after ``n`` batches of an epoch (``resume_after_batches(n)``, called by 
 :func:`vqdiff.engine.resumable_loader.loader_skipping`) recomputes how many of those batches each worker
 had produced (the DataLoader takes batches from its workers in turn) and each worker drops that many
 batches of its stream: the resumed epoch yields exactly the batches the interrupted one had not yet
-yielded, each with the same samples. With ``num_workers > 1`` the workers' turns restart at worker 0, so
-the order of those batches can differ from the uninterrupted run; with ``num_workers <= 1`` it is the same.
-Random crops and caption dropout come from the worker's global NumPy RNG and are not reproduced.
+yielded, each with the same samples. Skipped samples are decoded (so the same bad ones are skipped) but
+draw no random numbers. With ``num_workers 0`` the order is the same too and, the trainer restoring the
+global RNG states, the crops and caption dropout as well: the resumed run is bit for bit the uninterrupted
+one. With ``num_workers > 1`` the workers' turns restart at worker 0, so the order of those batches can
+differ, and each worker's RNG (seeded anew by the DataLoader) draws other crops.
 
 Bad data is counted (``bad_samples``, per process: each worker keeps its own), skipped and logged with
 its shard and key: an undecodable image, a missing or empty caption, a sample without an image, a tar
@@ -172,8 +174,8 @@ def iter_shard(url: str, on_error: Any) -> Iterator[dict]:
 
 
 class ShardStreamDataset(IterableDataset):
-    """Base of the shard readers: subclasses implement ``decode(sample) -> item`` (raise
-    :class:`BadSample` for unusable data). See the module doc for the epoch, split, resume and error model.
+    """Base of the shard readers: subclasses implement ``decode(sample)`` (raise :class:`BadSample` for
+    unusable data; no randomness) and ``make_item(decoded)`` (crops, dropout). See the module doc for the epoch, split, resume and error model.
 
     Args:
         urls: a brace pattern, glob, list, or shard-list file (see :func:`resolve_shards`).
@@ -242,7 +244,12 @@ class ShardStreamDataset(IterableDataset):
         return self.rank_batches() * self.plan.batch_size
 
     # ------------------------------------------------------------------ to implement
-    def decode(self, sample: dict) -> dict:  # pragma: no cover - abstract
+    def decode(self, sample: dict) -> Any:  # pragma: no cover - abstract
+        """Check and decode a raw sample without drawing random numbers; BadSample when unusable."""
+        raise NotImplementedError
+
+    def make_item(self, decoded: Any) -> dict:  # pragma: no cover - abstract
+        """The item of a decoded sample (random crops and dropout happen here, never for skipped ones)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the stream
@@ -333,8 +340,8 @@ class ShardStreamDataset(IterableDataset):
             return
         raw = self._raw_samples(self._passes(stream, worker, workers), stream)
         items = self._good_items(raw)
-        for _ in range(skip * self.plan.batch_size):
+        for _ in range(skip * self.plan.batch_size):  # decoded (to skip the same bad samples), no item made
             next(items)
         for _ in range(quota):
-            yield next(items)
+            yield self.make_item(next(items))
 

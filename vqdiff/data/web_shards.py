@@ -77,9 +77,12 @@ class WebShardsImageText(ShardStreamDataset):
         self.caption_key = str(caption_key)
         self.preprocessor = build_preprocessor(im_preprocessor_config)
 
-    def decode(self, sample: dict) -> dict:
-        text = sample_caption(sample, self.caption_key)
-        img = decode_image(sample)
+    def decode(self, sample: dict) -> tuple[Image.Image, str]:
+        text = sample_caption(sample, self.caption_key)  # the cheap check first
+        return decode_image(sample), text
+
+    def make_item(self, decoded: tuple[Image.Image, str]) -> dict:
+        img, text = decoded
         if self.preprocessor is None:
             image = torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32))
         else:
