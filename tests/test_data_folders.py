@@ -132,3 +132,19 @@ def test_written_class_folder(tmp_path):
     ds = ImageClassFolder(str(tmp_path))
     assert ds.class_names == sorted(ds.class_names) and len(ds) == 6
     assert all("_" in n for n in ds.class_names)
+
+
+def test_token_cache_of_a_caption_folder_keeps_every_caption(tmp_path):
+    import torch
+
+    from test_data_token_cache import _codec_config
+    from vqdiff.data.token_cache import TokenCacheDataset, write_token_cache
+    from vqdiff.modeling.codecs.image.taming_vqvae import TamingVQVAE
+
+    write_layout("text_jsonl", tmp_path / "f", num_images=3, resolution=20)
+    torch.manual_seed(0)
+    codec = TamingVQVAE(**_codec_config(tmp_path)["params"])
+    ds = ImageTextFolder(str(tmp_path / "f"), im_preprocessor_config={**PRE, "params": {"size": 16, "phase": "train"}})
+    cache = TokenCacheDataset(write_token_cache(ds, codec, tmp_path / "cache", crops=1, progress=False))
+    assert cache.meta["num_images"] == 3 and cache.meta["num_views"] == 2 and len(cache) == 6  # 2 rows an image
+    assert cache.items["captions"] == ds.image_groups().captions

@@ -275,7 +275,7 @@ class ShardStreamDataset(IterableDataset):
         for p in range(1, 2**62):  # further passes when the quota outlasts the shards
             yield [mine[i] for i in self._rng(stream, 2, p).permutation(len(mine))]
 
-    def _log_tar_error(self, url: str, last_key: Any, exn: Exception) -> None:
+    def log_tar_error(self, url: str, last_key: Any, exn: Exception) -> None:
         self.bad_samples += 1
         where = f"after key '{last_key}'" if last_key is not None else "before its first sample"
         self.bad_keys.append(f"{url}:{last_key}")
@@ -306,7 +306,7 @@ class ShardStreamDataset(IterableDataset):
         empty_in_row = 0
         for url in shards:
             count = 0
-            for sample in iter_shard(url, self._log_tar_error):
+            for sample in iter_shard(url, self.log_tar_error):
                 count += 1
                 yield sample
             if count == 0:
