@@ -233,3 +233,24 @@ def test_two_processes_x_two_workers_read_every_key_exactly_once_per_epoch(tmp_p
         seen = ranks[0]["epochs"][epoch] + ranks[1]["epochs"][epoch]
         assert len(seen) == 32 and sorted(seen) == sorted(captions)  # the union is the data, no key twice
     assert ranks[0]["epochs"][0] != ranks[0]["epochs"][1]
+
+
+def test_shards_of_dataset_returns_the_node_that_streams_the_same_items(tmp_path):
+    """What the demo's ``--data shards`` calls: the training set as shards, and its train_datasets entry."""
+    from vqdiff.data.build import build_datasets
+    from vqdiff.data.layouts import shards_of_dataset
+    from vqdiff.data.synthetic import ShapesDataset
+
+    data = ShapesDataset(10, 16, split="train", seed=0)
+    node = shards_of_dataset(data, tmp_path / "shards", samples_per_shard=4, drop_caption_rate=0.1,
+                             image_format="png")
+    assert node["target"] == TARGET and node["params"]["samples_per_epoch"] == 10
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["00000.tar", "00001.tar", "00002.tar"]
+    node["params"].update(drop_caption_rate=0.0, shuffle_buffer=0)
+    stream = build_datasets([node], None, "train_datasets")
+    got = [(it["text"], it["image"]) for it in stream]
+    assert len(got) == 10
+    for i in range(10):  # png: the very pixels of the data set
+        assert any(t == data[i]["text"] and torch.equal(data[i]["image"], img) for t, img in got)
+    with pytest.raises(ValueError, match="image_format"):
+        shards_of_dataset(data, tmp_path / "x", image_format="gif")

@@ -156,21 +156,28 @@ def write_class_folder(root: str | Path, num_images: int = 8, resolution: int = 
     return root
 
 
-def _jpeg_bytes(image: Image.Image) -> bytes:
+def _encoded(image: Image.Image, image_format: str) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=95)
+    if image_format == "jpg":
+        image.save(buf, format="JPEG", quality=95)
+    else:
+        image.save(buf, format="PNG")
     return buf.getvalue()
 
 
 def shards_of_dataset(dataset: Any, root: str | Path, samples_per_shard: int = 64, drop_caption_rate: float = 0.0,
-                      im_preprocessor_config: Mapping | None = None, shuffle_buffer: int = 1000) -> dict:
+                      im_preprocessor_config: Mapping | None = None, shuffle_buffer: int = 1000,
+                      image_format: str = "jpg") -> dict:
     """Write the items of a captioned data set (``{'image': (3, H, W) in [0, 255], 'text'}``) as
     ``img2dataset`` shards under ``root`` and return the ``train_datasets`` entry that streams them
-    (``WebShardsImageText`` with ``samples_per_epoch`` = the data set's length)."""
+    (``WebShardsImageText`` with ``samples_per_epoch`` = the data set's length). ``image_format`` ``'jpg'``
+    (img2dataset's default, quality 95) or ``'png'`` (lossless: the same pixels as the data set)."""
     from webdataset import TarWriter
 
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
+    if image_format not in ("jpg", "png"):
+        raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
@@ -180,7 +187,7 @@ def shards_of_dataset(dataset: Any, root: str | Path, samples_per_shard: int = 6
             for i in range(s * samples_per_shard, min(n, (s + 1) * samples_per_shard)):
                 item = dataset[i]
                 key = f"{s:05d}{i - s * samples_per_shard:04d}"
-                sink.write({"__key__": key, "jpg": _jpeg_bytes(_to_pil(item)), "txt": item["text"],
+                sink.write({"__key__": key, image_format: _encoded(_to_pil(item), image_format), "txt": item["text"],
                             "json": json.dumps({"key": key, "caption": item["text"], "status": "success"})})
     params: dict[str, Any] = {"urls": str(root / f"{{00000..{shards - 1:05d}}}.tar"), "samples_per_epoch": n,
                               "drop_caption_rate": drop_caption_rate, "shuffle_buffer": shuffle_buffer}
