@@ -128,3 +128,15 @@ def test_build_token_cache_script_writes_token_shards(tmp_path):
     assert "wrote 2 token shards (6 samples, 0 bad skipped)" in proc.stdout
     ds = TokenShardsDataset(str(tmp_path / "tok" / "*.tar"), 6)
     assert ds.meta["num_views"] == 2 and len(list(ds)) == 6
+
+
+def test_bench_shards_quick_runs_and_reports_both_readers():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_shards
+    finally:
+        sys.path.pop(0)
+    result = bench_shards.main(["--quick"])
+    rows = result["images_per_s"]
+    assert set(rows) == {"raw", "tokens"} and all(r["min"] > 0 for r in rows.values())
+    assert len(result["ratio"]) == 1
