@@ -56,6 +56,7 @@ def test_recipe_data_sections_read_the_written_layouts(tmp_path, name, kind, key
         classes = out["train_loader"].dataset.num_classes
         params = cfg["model"]["params"]["diffusion_config"]["params"]
         assert params["condition_emb_config"]["params"]["num_embed"] == 10 and classes <= 10  # set it to yours
+        assert params["transformer_config"]["params"]["class_number"] == 11  # + the learned "no class" row
 
 
 def test_run_train_cc_without_weights_names_the_download_command(tmp_path, monkeypatch, capsys):
@@ -94,3 +95,25 @@ def test_run_train_cc_trains_one_tiny_epoch_from_shards(tiny_clone):
     assert last["last_iter"] == 3  # one epoch: 8 samples / batch 2
     assert "validation epoch 0: loss" in out.stdout + out.stderr
     assert f"{P}/CC_pretrained.pth" not in out.stdout  # pretraining starts from scratch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,kind", [("custom_text", "text_jsonl"), ("custom_class", "class_folder")])
+def test_custom_configs_train_one_tiny_epoch_on_written_folders(tiny_clone, name, kind):
+    """The custom configs are coherent end to end: shrunk (as the release test shrinks coco.yaml) they train
+    through train.py on a folder, and the class run saves its class names."""
+    import train
+
+    cfg = _tiny_model_config(tiny_clone, f"configs/{name}.yaml")
+    for node in cfg["dataloader"]["train_datasets"]:
+        node["params"]["im_preprocessor_config"]["params"]["size"] = 16
+    save_yaml_config(cfg, tiny_clone / "configs" / f"{name}.yaml")
+    root = write_layout(kind, tiny_clone.parent / kind, num_images=4, resolution=16)
+    result = train.main(["--config_file", f"configs/{name}.yaml", "--name", name, "--no_progress_bar", "--seed", "0",
+                         "solver.max_epochs=1", "solver.sample_iterations=1000", "dataloader.batch_size=2",
+                         "dataloader.num_workers=0", f"dataloader.data_root={root}"])
+    assert result["stopped_by"] == "max_epochs"
+    last = torch.load(tiny_clone / "OUTPUT" / name / "checkpoint" / "last.pth", map_location="cpu", weights_only=True)
+    assert last["last_iter"] == (3 if kind == "text_jsonl" else 1)  # 8 caption rows or 4 images, batch 2
+    names = tiny_clone / "OUTPUT" / name / "configs" / "class_names.json"
+    assert names.is_file() == (name == "custom_class")

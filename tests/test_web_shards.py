@@ -88,6 +88,14 @@ def test_shard_list_forms_and_a_pattern_matching_nothing_is_an_error_naming_it(t
         resolve_shards(str(tmp_path / "s" / "{00000..00003}.tar"))
 
 
+def test_urls_are_opened_by_webdataset(tmp_path):
+    """A URL form (here ``pipe:``, as for ``pipe:curl ...`` or ``pipe:aws s3 cp ...``) is read by webdataset."""
+    captions = write_shards(tmp_path / "s", 2, 3)
+    urls = [f"pipe:cat {tmp_path / 's' / f'{i:05d}.tar'}" for i in range(2)]
+    ds = WebShardsImageText(urls, 6, shuffle_buffer=0)
+    assert sorted(it["text"] for it in ds) == sorted(captions)
+
+
 def test_round_robin_accounting():
     assert batches_per_worker(7, 3) == [3, 2, 2] and batches_per_worker(4, 0) == [4]
     assert batches_taken(0, [3, 2, 2]) == [0, 0, 0]
