@@ -262,3 +262,12 @@ def test_shards_of_dataset_returns_the_node_that_streams_the_same_items(tmp_path
         assert any(t == data[i]["text"] and torch.equal(data[i]["image"], img) for t, img in got)
     with pytest.raises(ValueError, match="image_format"):
         shards_of_dataset(data, tmp_path / "x", image_format="gif")
+
+
+def test_a_stream_of_only_bad_samples_is_an_error_not_an_endless_loop(tmp_path, monkeypatch):
+    import vqdiff.data.shard_stream as shard_stream
+
+    write_shards(tmp_path / "s", 1, 4, bad={0: "corrupt", 1: "corrupt", 2: "no_caption", 3: "corrupt"})
+    monkeypatch.setattr(shard_stream, "MAX_BAD_IN_ROW", 10)
+    with pytest.raises(ValueError, match="more than 10 bad samples in a row"):
+        list(WebShardsImageText(str(tmp_path / "s" / "00000.tar"), 4))

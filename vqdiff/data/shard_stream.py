@@ -36,7 +36,8 @@ differ, and each worker's RNG (seeded anew by the DataLoader) draws other crops.
 Bad data is counted (``bad_samples``, per process: each worker keeps its own), skipped and logged with
 its shard and key: an undecodable image, a missing or empty caption, a sample without an image, a tar
 that is empty or truncated (the rest of that shard is skipped). A pattern matching no file is an error
-naming the pattern.
+naming the pattern, and so are a pass over a stream's shards without any sample and more than
+``MAX_BAD_IN_ROW`` bad samples in a row (data that is all bad would otherwise be read forever).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ __all__ = ["BadSample", "ShardStreamDataset", "StreamPlan", "resolve_shards", "b
            "batches_taken", "iter_shard"]
 
 logger = logging.getLogger(__name__)
+
+MAX_BAD_IN_ROW = 10_000
+"""More bad samples in a row than this is an error (a stream of only bad data would otherwise never end)."""
 
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://")
 
@@ -318,16 +322,26 @@ class ShardStreamDataset(IterableDataset):
             else:
                 empty_in_row = 0
 
-    def _good_items(self, raw: Iterator[dict]) -> Iterator[dict]:
+    def _decoded(self, raw: Iterator[dict]) -> Iterator[Any]:
+        """The decoded good samples of ``raw``; bad ones counted, logged and skipped."""
+        bad_in_row = 0
         for sample in raw:
             try:
-                yield self.decode(sample)
+                decoded = self.decode(sample)
             except BadSample as err:
+                bad_in_row += 1
+                if bad_in_row > MAX_BAD_IN_ROW:
+                    raise ValueError(f"{type(self).__name__}: more than {MAX_BAD_IN_ROW} bad samples in a row "
+                                     f"(the last: '{sample.get('__key__')}' of '{sample.get('__url__')}': {err}); "
+                                     f"check the data and the reader's options") from err
                 self.bad_samples += 1
                 self.bad_keys.append(f"{sample.get('__url__')}:{sample.get('__key__')}")
                 logger.warning("%s: skipping sample '%s' of shard '%s': %s (%d bad so far in this process)",
                                type(self).__name__, sample.get("__key__"), sample.get("__url__"), err,
                                self.bad_samples)
+                continue
+            bad_in_row = 0
+            yield decoded
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -339,7 +353,7 @@ class ShardStreamDataset(IterableDataset):
         if quota <= 0:
             return
         raw = self._raw_samples(self._passes(stream, worker, workers), stream)
-        items = self._good_items(raw)
+        items = self._decoded(raw)
         for _ in range(skip * self.plan.batch_size):  # decoded (to skip the same bad samples), no item made
             next(items)
         for _ in range(quota):
