@@ -120,3 +120,25 @@ def test_auto_resume_inside_a_shard_epoch_reproduces_losses_bit_for_bit(tiny_roo
     b = torch.load(tiny_root / "OUTPUT" / "shards_part" / "checkpoint" / "last.pth", weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_tiny_text_shapes_trains_on_token_shards_of_the_shard_set(tiny_root, monkeypatch):
+    """The scale path end to end: the shard set encoded into token shards with the config's own codec
+    (scripts/build_token_cache.py does this), then trained on through train.py (content_token batches)."""
+    from vqdiff.data.token_shards import write_token_shards
+    from vqdiff.utils.config import instantiate_from_config
+
+    monkeypatch.chdir(tiny_root)
+    cfg = load_yaml_config(REPO / "configs" / "tiny_text_shapes.yaml")
+    source = instantiate_from_config(shard_set(tiny_root / "data" / "token_source"))
+    codec_node = cfg["model"]["params"]["content_codec_config"]
+    report = write_token_shards(source, instantiate_from_config(codec_node), tiny_root / "data" / "tokens", crops=2,
+                                codec_config=codec_node)
+    assert report["samples"] == 17 and report["bad_samples"] == 1  # the corrupt sample is left out
+    cfg["dataloader"]["train_datasets"] = [{"target": "vqdiff.data.token_shards.TokenShardsDataset", "params": {
+        "urls": str(tiny_root / "data" / "tokens" / "*.tar"), "samples_per_epoch": 16,
+        "expect_codec_config": codec_node, "shuffle_buffer": 8}}]
+    save_yaml_config(cfg, tiny_root / "token_shards.yaml")
+    result = train.main(["--config_file", str(tiny_root / "token_shards.yaml"), "--name", "token_shards", "--seed",
+                         "0", "--no_progress_bar"])
+    assert result["stopped_by"] == "max_epochs" and len(result["losses"]) == 8 and all(np.isfinite(result["losses"]))
