@@ -271,3 +271,14 @@ def test_a_stream_of_only_bad_samples_is_an_error_not_an_endless_loop(tmp_path, 
     monkeypatch.setattr(shard_stream, "MAX_BAD_IN_ROW", 10)
     with pytest.raises(ValueError, match="more than 10 bad samples in a row"):
         list(WebShardsImageText(str(tmp_path / "s" / "00000.tar"), 4))
+
+
+def test_a_shard_set_must_be_the_only_entry_of_its_list(tmp_path):
+    from vqdiff.utils.config import ConfigError
+
+    write_shards(tmp_path / "s", 2, 2)
+    cfg = _config(str(tmp_path / "s" / "*.tar"), 4, 2)
+    cfg["dataloader"]["train_datasets"].append(
+        {"target": "vqdiff.data.synthetic.ShapesDataset", "params": {"num_samples": 4, "resolution": 8}})
+    with pytest.raises(ConfigError, match=r"train_datasets': a streamed data set .* must be the only entry"):
+        build_dataloader(cfg)
