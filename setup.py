@@ -21,6 +21,7 @@ setup(
         "tqdm",
         "tensorboard",
         "safetensors",
+        "webdataset==1.0.2",  # shard readers (vqdiff.data.web_shards); img2dataset itself needs its own env
     ],
     extras_require={
         "dev": [
