@@ -36,8 +36,8 @@ from vqdiff.engine.lora_config import LoraConfig
 from vqdiff.utils.config import ConfigError
 
 __all__ = ["ADAPTER_NAME", "RECORD_FILE", "LoraError", "lora_network", "linear_layer_names", "resolve_targets",
-           "resolve_train_also", "add_lora", "file_sha256", "save_adapter", "read_adapter_record", "apply_adapter",
-           "set_lora_scale", "merge_lora", "is_adapter_folder"]
+           "resolve_train_also", "add_lora", "file_sha256", "save_adapter", "read_adapter_record", "check_base",
+           "apply_adapter", "set_lora_scale", "merge_lora", "is_adapter_folder"]
 
 ADAPTER_NAME = "default"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -183,6 +183,7 @@ def save_adapter(folder: str | os.PathLike, model: nn.Module, setup: LoraSetup, 
 
     ``train_also_state``: the train_also tensors to store (default: the model's own); ``record``: the
     base checkpoint's ``base_checkpoint`` name and ``base_sha256`` and anything else to keep."""
+    import peft
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -201,8 +202,6 @@ def save_adapter(folder: str | os.PathLike, model: nn.Module, setup: LoraSetup, 
             train_also_state = {n: own[n] for n in setup.train_also}
         save_file({n: train_also_state[n].detach().cpu().contiguous() for n in setup.train_also},
                   str(tmp / TRAIN_ALSO_FILE))
-    import peft
-
     info = {**dict(record), "lora": setup.config.as_dict(), "network": f"get_ema_model().{NETWORK}",
             "train_also": list(setup.train_also), "peft_version": peft.__version__}
     (tmp / RECORD_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

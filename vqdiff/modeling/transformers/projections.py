@@ -5,7 +5,7 @@ them as one ``F.linear`` over their concatenated weights. A projection that an a
 (peft's LoRA layer, :mod:`vqdiff.engine.lora`) must not be bypassed that way, or its adapter would be silently
 ignored. :func:`fused_linear_parameters` therefore gives the weights the projections really apply:
 
-- a plain ``nn.Linear``: its ``weight`` and ``bias``;
+- an ``nn.Linear`` (subclasses too, as before): its ``weight`` and ``bias``;
 - a wrapped linear layer (it has ``get_base_layer()`` and ``get_delta_weight(adapter)``, peft's
   ``BaseTunerLayer``/LoRA API) in eval mode: ``W + sum_a scaling_a B_a A_a`` over its active adapters that are
   not merged already (LoRA, arXiv 2106.09685 eq. 3; the weight peft's ``merge()`` would write), so sampling
@@ -26,12 +26,12 @@ __all__ = ["fused_linear_parameters", "effective_linear_parameters"]
 
 def effective_linear_parameters(module: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """``(weight (out, in), bias (out,))`` that ``module(x)`` applies as ``F.linear``, or None (see module doc)."""
-    if type(module) is nn.Linear:
+    if isinstance(module, nn.Linear):
         return (module.weight, module.bias) if module.bias is not None else None
     if module.training or not (hasattr(module, "get_base_layer") and hasattr(module, "get_delta_weight")):
         return None
     base = module.get_base_layer()
-    if type(base) is not nn.Linear or base.bias is None:
+    if not isinstance(base, nn.Linear) or base.bias is None:
         return None
     weight = base.weight
     if not (getattr(module, "merged", False) or getattr(module, "disable_adapters", False)):
