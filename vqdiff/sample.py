@@ -2,8 +2,8 @@
 
 ``--label N`` samples a class model, neither ``--text`` nor ``--label`` an unconditional one; ``--lora ADAPTER
 --lora-scale S`` adds a LoRA adapter folder to the checkpoint. Images go to ``DIR/<condition>/000000.png`` …
-(``.jpg`` for class labels, as the official API saves them; plus ``grid.png`` with ``--grid``); a progress bar follows the diffusion steps. An input error prints one line
-and a hint; ``--debug`` shows the traceback.
+(``.jpg`` for class labels, as the official API saves them; plus ``grid.png`` with ``--grid``); a progress bar
+follows the diffusion steps. An input error prints one line and a hint; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations

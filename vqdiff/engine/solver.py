@@ -16,8 +16,9 @@ SIGTERM/SIGINT.
 
 The loop reads top to bottom: ``train`` -> ``train_epoch`` -> ``step``. Around it, one module per concept:
 ``solver_config`` (the typed ``solver:`` section), ``optim`` + ``lr_schedule`` (optimizers and schedules),
-``ema``, ``clip_grad_norm``, ``amp``, ``lora_training`` (``solver.lora``), ``resumable_loader`` (resuming inside an epoch), ``rng_state``,
-``solver_checkpoint`` (checkpoint layout, saving, resuming), ``validation``, ``train_log``.
+``ema``, ``clip_grad_norm``, ``amp``, ``lora_training`` (``solver.lora``), ``resumable_loader`` (resuming
+inside an epoch), ``rng_state``, ``solver_checkpoint`` (checkpoint layout, saving, resuming), ``validation``,
+``train_log``.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class Solver(SolverCheckpoints):
         self.has_ema = cfg.ema is not None  # on every rank; self.ema exists on the primary only
         self.ema: Optional[EMA] = None
         if cfg.ema is not None and self.is_primary:
-            self.ema = self.lora.build_ema(cfg.ema) if self.lora is not None else build_ema(cfg.ema, model.get_ema_model())
+            self.ema = self.lora.build_ema(cfg.ema) if self.lora is not None \
+                else build_ema(cfg.ema, model.get_ema_model())
 
         cg = cfg.clip_grad_norm
         self.clip_grad_norm: Optional[ClipGradNorm] = instantiate_from_config(cg, key_path="solver.clip_grad_norm") \
