@@ -21,6 +21,9 @@ setup(
         "tqdm",
         "tensorboard",
         "safetensors",
+        "peft==0.21.2",  # LoRA fine-tuning (solver.lora, VQ_Diffusion(lora=...)); it installs transformers
+        "accelerate==1.15.0",  # needed by peft
+        "webdataset==1.0.2",  # shard readers (vqdiff.data.web_shards); img2dataset itself needs its own env
     ],
     extras_require={
         "dev": [
