@@ -318,3 +318,23 @@ def test_the_page_handler_answers_busy_and_bad_input_with_page_messages(tiny):
     paths, info, code, images = outputs[-1]
     assert len(paths) == 2 and all(Image.open(p).size == (16, 16) for p in paths)
     assert "a red circle" in info and "inference_generate_sample_with_condition" in code and len(images) == 2
+
+
+@pytest.mark.parametrize("kind", ["text", "label", None])
+def test_the_generate_tab_is_fitted_to_the_model_kind(tiny, kind):
+    from vqdiff.app.ui import build_page
+
+    _, loaded = tiny
+    if kind == "text":
+        service = loaded
+    else:
+        model = (C_DALLE(content_codec_config=FakeCodec(), diffusion_config=make_diffusion("class"))
+                 if kind == "label" else UC_DALLE(content_codec_config=FakeCodec(), diffusion_config=make_diffusion(None)))
+        service = ModelService(_fake_engine(model), ModelSource("fake.yaml", "fake.pth"), LIMITS)
+    page = build_page(service)
+    visible = {b.elem_id: b.visible for b in page.blocks.values() if getattr(b, "elem_id", None)}
+    assert visible["generate-prompt"] is visible["generate-negative"] is visible["edit-prompt"] is (kind == "text")
+    assert visible["generate-class"] is visible["edit-class"] is (kind == "label")
+    assert visible["generate-guidance"] is visible["edit-guidance"] is (kind is not None)
+    assert visible["gallery"] and visible["editor"] and not visible["generate-maskgit"]  # shown with its sampler
+    page.close()

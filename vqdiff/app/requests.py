@@ -21,7 +21,7 @@ from vqdiff.inference.api import request_options
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
 __all__ = ["DEFAULT_FAST", "DEFAULT_MASKGIT_STEPS", "DEFAULT_PRIOR_WEIGHT", "SAMPLERS", "AppLimits", "GenerateRequest", "InputError", "NotebookCall", "OptionsCode",
-           "as_int", "parse_generate"]
+           "as_int", "parse_condition", "parse_generate", "parse_seed"]
 
 SAMPLERS = {
     "official": "official schedule (every step)",
@@ -204,6 +204,38 @@ class GenerateRequest:
         return NotebookCall(method, args, tuple(kw))
 
 
+def parse_condition(kind: Optional[str], limits: AppLimits, *, prompt: str = "", label: Any = None,
+                    num_classes: Optional[int] = None, field: str = "prompt") -> Any:
+    """The condition of a ``kind`` model from the page: the stripped ``prompt`` (text models: not blank,
+    at most ``limits.max_prompt_chars``), the class index ``label`` (below ``num_classes``), or None."""
+    if kind == "text":
+        text = (prompt or "").strip()
+        if not text:
+            raise InputError(f"the {field} is empty: this text-to-image model needs a caption, "
+                             "e.g. 'a red circle at the top left'")
+        if len(text) > limits.max_prompt_chars:
+            raise InputError(f"the {field} has {len(text)} characters; at most {limits.max_prompt_chars}")
+        return text
+    if kind == "label":
+        if label is None:
+            raise InputError("pick a class: this class-conditional model needs a class index")
+        index = as_int(label, "class")
+        if index < 0 or (num_classes is not None and index >= num_classes):
+            raise InputError(f"class must be in 0 .. {(num_classes or 1) - 1}, got {index}")
+        return index
+    return None
+
+
+def parse_seed(seed: Any) -> int:
+    """The page's seed as an int in 0 .. ``MAX_SEED`` (same seed, same images)."""
+    if seed is None:
+        raise InputError("seed is empty: give a whole number (the same seed gives the same images)")
+    value = as_int(seed, "seed")
+    if not 0 <= value <= MAX_SEED:
+        raise InputError(f"seed must be in 0 .. {MAX_SEED}, got {seed!r}")
+    return value
+
+
 def parse_generate(kind: Optional[str], limits: AppLimits, *, prompt: str = "", negative_prompt: str = "",
                    label: Any = None, num_classes: Optional[int] = None, truncation_rate: Any, guidance_scale: Any,
                    sampler: str, fast: Any, prior_weight: Any, maskgit_steps: Any, seed: Any,
@@ -212,29 +244,12 @@ def parse_generate(kind: Optional[str], limits: AppLimits, *, prompt: str = "", 
 
     ``kind`` picks the condition read: ``prompt`` (text: must not be blank), ``label`` (class: an index
     below ``num_classes``) or none; ``seed`` must be a whole number (the page fills it in)."""
-    condition: Any = None
-    negative = ""
-    if kind == "text":
-        condition = (prompt or "").strip()
-        if not condition:
-            raise InputError("the prompt is empty: this text-to-image model needs a caption, "
-                             "e.g. 'a red circle at the top left'")
-        negative = (negative_prompt or "").strip()
-        for name, text in (("prompt", condition), ("negative prompt", negative)):
-            if len(text) > limits.max_prompt_chars:
-                raise InputError(f"the {name} has {len(text)} characters; at most {limits.max_prompt_chars}")
-    elif kind == "label":
-        if label is None:
-            raise InputError("pick a class: this class-conditional model needs a class index")
-        condition = as_int(label, "class")
-        if condition < 0 or (num_classes is not None and condition >= num_classes):
-            raise InputError(f"class must be in 0 .. {(num_classes or 1) - 1}, got {condition}")
+    condition = parse_condition(kind, limits, prompt=prompt, label=label, num_classes=num_classes)
+    negative = (negative_prompt or "").strip() if kind == "text" else ""
+    if len(negative) > limits.max_prompt_chars:
+        raise InputError(f"the negative prompt has {len(negative)} characters; at most {limits.max_prompt_chars}")
     if sampler not in SAMPLERS:
         raise InputError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
-    if seed is None:
-        raise InputError("seed is empty: give a whole number (the same seed gives the same images)")
-    if not 0 <= as_int(seed, "seed") <= MAX_SEED:
-        raise InputError(f"seed must be in 0 .. {MAX_SEED}, got {seed!r}")
     n = as_int(num_images, "number of images")
     if not 1 <= n <= limits.max_images:
         raise InputError(f"number of images must be 1 .. {limits.max_images} (this server's limit), got {n}")
@@ -245,11 +260,11 @@ def parse_generate(kind: Optional[str], limits: AppLimits, *, prompt: str = "", 
         fast=as_int(fast, "fast k") if sampler == "fast" else DEFAULT_FAST,
         prior_weight=_as_float(prior_weight, "purity prior weight") if sampler == "purity" else DEFAULT_PRIOR_WEIGHT,
         maskgit_steps=as_int(maskgit_steps, "MaskGIT steps") if sampler == "maskgit" else DEFAULT_MASKGIT_STEPS,
-        seed=as_int(seed, "seed"), num_images=n,
+        seed=parse_seed(seed), num_images=n,
     )
-    try:  # the options' own range checks (one per option), with the API's argument names
-        request_options(request.truncation_rate, request.fast if sampler == "fast" else False,
-                        **{k: v for k, v in request.option_fields().items() if k not in ("truncation_rate", "skip_step")})
+    try:  # fast=k by the notebook API's own rule (k >= 2), every other field by SamplingOptions' check
+        if sampler == "fast":
+            request_options(request.truncation_rate, fast=request.fast)
         request.options("cpu")
     except ValueError as err:
         raise InputError(str(err)) from None

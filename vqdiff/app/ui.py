@@ -35,7 +35,9 @@ from .requests import (  # noqa: E402
     SAMPLERS,
     InputError,
     as_int,
+    parse_condition,
     parse_generate,
+    parse_seed,
 )
 from .service import GenerateResult, ModelService, StepUpdate  # noqa: E402
 
@@ -178,20 +180,11 @@ def _edit_handler(service: ModelService, files: ImageFiles):
             for layer in layers:
                 alpha = layer.getchannel("A") if "A" in layer.getbands() else layer.convert("L")
                 mask.paste(255, (0, 0), alpha.point(lambda v: 255 if v else 0))
-            if kind == "text":
-                condition: Any = (prompt or "").strip()
-                if not condition:
-                    raise InputError("the caption is empty: say what the painted region should become")
-            elif kind == "label":
-                condition = as_int(label, "class") if label is not None else None
-                if condition is None or not 0 <= condition < (service.num_classes or 1):
-                    raise InputError(f"class must be in 0 .. {(service.num_classes or 1) - 1}, got {label!r}")
-            else:
-                condition = None
-            if seed is None:
-                raise InputError("seed is empty: give a whole number")
+            condition = parse_condition(kind, service.limits, prompt=prompt, label=label,
+                                        num_classes=service.num_classes, field="new caption")
+            seed_value = parse_seed(seed)
             with service.gate.slot():
-                result = service.edit(background, mask, condition, truncation, guidance, as_int(seed, "seed"),
+                result = service.edit(background, mask, condition, truncation, guidance, seed_value,
                                       on_step=lambda u: progress((u.step, u.total), desc="denoising step"))
         except Exception as err:  # noqa: BLE001 - every failure becomes a message in the page
             raise gr.Error(_message(err)) from None
