@@ -210,7 +210,8 @@ def build_page(service: ModelService, defaults: PageDefaults = PageDefaults()) -
     """The page for ``service``'s model (see the module docstring)."""
     H, W = service.image_size
     guided = service.kind is not None
-    with gr.Blocks(title="vqdiff", analytics_enabled=False) as page:
+    # delete_cache: Gradio's copies of result images older than an hour go, checked hourly
+    with gr.Blocks(title="vqdiff", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(f"## VQ-Diffusion\n{service.source.describe()}  \n{KIND_NAMES[service.kind]} model, "
                     f"{W}x{H} images from {service.token_shape[0]}x{service.token_shape[1]} tokens, "
                     f"T = {service.num_timesteps} diffusion steps, running on {service.device}.")
