@@ -301,11 +301,3 @@ def assert_demo_draws_the_asked_colour(demo_dir: Path, classifier=None) -> tuple
         page.close()
     assert total == 4 * len(heldout_combinations()) and hits >= total // 2, f"{hits}/{total} images in the asked colour"
     return hits, total
-
-
-def test_demo_model_draws_the_asked_colour():
-    """Opt-in (VQDIFF_APP_DEMO_DIR): a demo run takes minutes to train, too long for this file's budget."""
-    demo = os.environ.get("VQDIFF_APP_DEMO_DIR")
-    if not demo:
-        pytest.skip("set VQDIFF_APP_DEMO_DIR to a finished run_demo_shapes.py output to check the demo model")
-    assert_demo_draws_the_asked_colour(Path(demo))
