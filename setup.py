@@ -31,6 +31,7 @@ setup(
             "torch-fidelity",  # torchmetrics' FID / IS / KID run torch-fidelity's TF-FID Inception
             "scipy",
             "openai-clip==1.0.1",
+            "einops==0.8.2",  # benchmarks/bench_precision.py --official-root: the official code imports it
         ],
     },
 )

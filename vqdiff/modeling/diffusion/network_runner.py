@@ -37,7 +37,7 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
 
     def sig(value: Any) -> Any:
         if torch.is_tensor(value):
-            return (tuple(value.shape), str(value.dtype))
+            return (tuple(value.shape), str(value.dtype)) + (("requires_grad",) if value.requires_grad else ())
         if isinstance(value, (list, tuple)):
             return tuple(sig(v) for v in value)
         return type(value).__name__
