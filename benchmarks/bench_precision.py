@@ -127,6 +127,10 @@ def vqdiff_columns(d: Any, device: torch.device, backend: str) -> dict[str, Samp
             "vqdiff auto+compile": base.replace(precision="auto", compile=True, compile_backend=backend)}
 
 
+def _progress(msg: str) -> None:
+    print(f"[bench_precision {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def measure(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -153,6 +157,7 @@ def measure(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         denoisers["vqdiff auto+compile"](x, t)
     res["compile_seconds"] = time.perf_counter() - start
+    _progress(f"compiled ({args.compile_backend}) in {res['compile_seconds']:.1f} s")
 
     # agreement of the reduced / compiled networks with fp32 on one input: log p(x_0|x_t) before truncation
     def log_p(name: str) -> torch.Tensor:
@@ -212,8 +217,12 @@ def measure(args: argparse.Namespace) -> dict:
                                                          torch.Generator(device=device).manual_seed(0))
     with torch.no_grad():
         res["forward_s"] = _medians(alternating(forward, args.repeats, flush))
+        _progress(f"forward row done: {res['forward_s']}")
         res["step_s"] = _medians(alternating(step, args.repeats, flush))
-        res["sampling_s"] = _medians(alternating(sampling, args.sampling_repeats, flush, warmup=0))
+        _progress(f"step row done: {res['step_s']}")
+        res["sampling_s"] = {}
+        if args.sampling_repeats > 0:
+            res["sampling_s"] = _medians(alternating(sampling, args.sampling_repeats, flush, warmup=0))
     return res
 
 
@@ -240,6 +249,8 @@ def table(res: dict) -> str:
         row = res[key]
         lines.append(f"| {label} | " + " | ".join(fmt.format(scale * row[n]) if n in row else "not measured"
                                                   for n in names) + " |")
+    if not res["sampling_s"]:
+        lines.append("\nthe sampling row: not measured (--sampling-repeats 0)")
     diffs = res["max_abs_diff_log_p_vs_fp32"]
     lines.append("| max abs diff of log p(x_0 given x_t) vs fp32 | " + " | ".join(
         f"{diffs[n]:.1e}" if n in diffs else ("0" if n == "vqdiff fp32" else "–") for n in names) + " |")
@@ -247,12 +258,12 @@ def table(res: dict) -> str:
         lines.append("\nofficial: not measured (give --official-root, a microsoft/VQ-Diffusion checkout)")
     if res["machine"]["device"].startswith("cpu"):
         lines.append("GPU row: not measured in this run (python benchmarks/bench_precision.py --device cuda)")
-    ref = res["sampling_s"]
-    for other in ("official", "vqdiff fp32"):
-        if other in ref:
-            lines.append(f"{T}-step sampling, {other} / vqdiff auto+compile: "
-                         f"{ref[other] / ref['vqdiff auto+compile']:.2f}x; {other} / vqdiff auto: "
-                         f"{ref[other] / ref['vqdiff auto']:.2f}x")
+    for key, label in (("step_s", "one sampling step"), ("sampling_s", f"{T}-step sampling")):
+        ref = res[key]
+        for other in ("official", "diffusers", "vqdiff fp32"):
+            if other in ref:
+                lines.append(f"{label}, {other} / vqdiff auto+compile: {ref[other] / ref['vqdiff auto+compile']:.2f}x; "
+                             f"{other} / vqdiff auto: {ref[other] / ref['vqdiff auto']:.2f}x")
     return "\n".join(lines)
 
 
@@ -262,7 +273,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:i]'")
     ap.add_argument("--official-root", default=None, help="a microsoft/VQ-Diffusion checkout (holds image_synthesis)")
     ap.add_argument("--repeats", type=int, default=5, help="rounds of the forward and step rows")
-    ap.add_argument("--sampling-repeats", type=int, default=2, help="rounds of the T-step sampling row")
+    ap.add_argument("--sampling-repeats", type=int, default=2, help="rounds of the T-step sampling row (0: skip it)")
     ap.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; "
                     "--quick: aot_eager, which needs no C++ build)")
     ap.add_argument("--denormals", choices=("flush-all", "library"), default="flush-all",
