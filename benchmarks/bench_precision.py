@@ -249,11 +249,11 @@ def table(res: dict) -> str:
         row = res[key]
         lines.append(f"| {label} | " + " | ".join(fmt.format(scale * row[n]) if n in row else "not measured"
                                                   for n in names) + " |")
-    if not res["sampling_s"]:
-        lines.append("\nthe sampling row: not measured (--sampling-repeats 0)")
     diffs = res["max_abs_diff_log_p_vs_fp32"]
     lines.append("| max abs diff of log p(x_0 given x_t) vs fp32 | " + " | ".join(
         f"{diffs[n]:.1e}" if n in diffs else ("0" if n == "vqdiff fp32" else "–") for n in names) + " |")
+    if not res["sampling_s"]:
+        lines.append("\nthe sampling row: not measured (--sampling-repeats 0)")
     if "official" not in names:
         lines.append("\nofficial: not measured (give --official-root, a microsoft/VQ-Diffusion checkout)")
     if res["machine"]["device"].startswith("cpu"):

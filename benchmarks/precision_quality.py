@@ -7,7 +7,8 @@
   - the official-made ``official_tiny_ithq`` model (PatchVQGAN tokens, CLIP text, learned null text): its
     fp32 tokens for the fixture's seed first checked equal to the official code's (``sample_tokens``), then,
     per seed, the share of sampled tokens that bf16 (and fp16) draws equal to fp32 with the same seed
-    (truncation 0.85, guidance 1 and 3), and the largest |log p(x_0|x_t) bf16 - fp32| at the fixture's x_t, t;
+    (truncation 0.85, guidance 1 and 3), beside the share two fp32 runs with different seeds agree on (the
+    sampling noise), and the largest |log p(x_0|x_t) bf16 - fp32| at the fixture's x_t, t;
   - a released-size network (the COCO / CUB config: 19 layers, width 1024, 16 heads, 32x32 tokens,
     K = 2887, 77x512 text; random weights, as no released weights can be downloaded here): the largest
     and the 99.9th-percentile |log p(x_0|x_t) bf16 - fp32| at a few steps, over the tokens whose fp32
@@ -80,18 +81,19 @@ def fixture_agreement(fixtures: Path, seeds: list[int], precisions: list[str]) -
         tokens = exp["condition_token"]
         uncond = d.empty_text_embed.float().unsqueeze(0).expand(tokens.shape[0], -1, -1)
         res["tokens_per_run"] = int(tokens.shape[0] * d.content_seq_len)
+        def run(scale: float, precision: str, seed: int) -> torch.Tensor:
+            o = SamplingOptions(truncation_rate=0.85, guidance_scale=scale, precision=precision,
+                                generator=torch.Generator().manual_seed(seed))
+            return sample_tokens(d, o, condition_token=tokens, uncond_emb=uncond if scale != 1.0 else None)
+
         for scale in (1.0, 3.0):
+            fp32 = {seed: run(scale, "fp32", seed) for seed in seeds + [seeds[-1] + 1]}
+            # the yardstick: two fp32 runs whose seeds differ (the sampling noise itself)
+            res[f"token_agreement_fp32_next_seed_guidance{scale:g}"] = [
+                float((fp32[seed] == fp32[seed + 1]).float().mean()) if seed + 1 in fp32 else None for seed in seeds]
             for prec in precisions:
-                shares = []
-                for seed in seeds:
-                    runs = {}
-                    for p in ("fp32", prec):
-                        o = SamplingOptions(truncation_rate=0.85, guidance_scale=scale, precision=p,
-                                            generator=torch.Generator().manual_seed(seed))
-                        runs[p] = sample_tokens(d, o, condition_token=tokens,
-                                                uncond_emb=uncond if scale != 1.0 else None)
-                    shares.append(float((runs[prec] == runs["fp32"]).float().mean()))
-                res[f"token_agreement_{prec}_guidance{scale:g}"] = shares
+                res[f"token_agreement_{prec}_guidance{scale:g}"] = [
+                    float((run(scale, prec, seed) == fp32[seed]).float().mean()) for seed in seeds]
         x, t = exp["x_t"] if "x_t" in exp else None, exp.get("t")
         if x is not None and t is not None:
             ref = log_p_in(d, "fp32", x, cond[: x.shape[0]], t)
