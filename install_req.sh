@@ -29,6 +29,6 @@ else
   "$PYTHON" -m pip install "${TORCH_PINS[@]}"
 fi
 
-# The package itself, editable, with the test/benchmark extras.
-"$PYTHON" -m pip install -e ".[dev]"
+# The package itself, editable, with the test/benchmark extras and the web page (gradio).
+"$PYTHON" -m pip install -e ".[dev,app]"
 "$PYTHON" -c "import torch, vqdiff; print('[install_req] vqdiff', vqdiff.__version__, '| torch', torch.__version__, '| cuda available:', torch.cuda.is_available())"

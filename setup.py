@@ -21,6 +21,9 @@ setup(
         "tqdm",
         "tensorboard",
         "safetensors",
+        "peft==0.21.2",  # LoRA fine-tuning (solver.lora, VQ_Diffusion(lora=...)); it installs transformers
+        "accelerate==1.15.0",  # needed by peft
+        "webdataset==1.0.2",  # shard readers (vqdiff.data.web_shards); img2dataset itself needs its own env
     ],
     extras_require={
         "dev": [
@@ -32,6 +35,13 @@ setup(
             "scipy",
             "openai-clip==1.0.1",
             "einops==0.8.2",  # benchmarks/bench_precision.py --official-root: the official code imports it
+            "selenium==4.51.0",  # tests/test_app_browser.py; 4.52 needs a certifi newer than some mirrors serve
+        ],
+        # the web page (python -m vqdiff.app). Gradio 6 requires pillow<13: the pin below makes that choice
+        # explicit here (vqdiff itself works with either), so that every part's requirements are met.
+        "app": [
+            "gradio==6.31.0",
+            "pillow>=10,<13",
         ],
     },
 )

@@ -87,6 +87,7 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main_worker(args: argparse.Namespace) -> dict:
     from vqdiff import distributed as dist_utils
     from vqdiff.data.build import build_dataloader
+    from vqdiff.data.image_class_folder import save_class_names
     from vqdiff.engine.solver import Solver
     from vqdiff.utils.config import instantiate_from_config, load_yaml_config, merge_opts_to_config, save_yaml_config
     from vqdiff.utils.config_sections import check_config_sections
@@ -134,9 +135,11 @@ def main_worker(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(args.seed or 0)
     loaders = build_dataloader(config, args, distributed=args.distributed, seed=args.seed or 0,
                                epoch_generator=generator)
+    if rank == 0:  # class folders: the label -> class name table goes with the run
+        save_class_names(loaders["train_loader"].dataset, save_dir / "configs")
     solver = Solver(config=config, args=args, model=model, dataloader=loaders, logger=logger, tb_writer=tb,
                     epoch_generator=generator)
-    if args.load_path is not None:
+    if args.load_path is not None and solver.lora is None:  # a LoRA run loaded it before injecting adapters
         solver.resume(path=args.load_path, load_optimizer_and_scheduler=False, load_others=False,
                       allow_unsafe=args.allow_unsafe_load)
     if args.auto_resume:

@@ -5,7 +5,11 @@
 
 1. Inpainting: for real held-out images, the quadrant holding the shape is repainted with a caption that
    asks for another colour at the same place; the attribute classifier reads the colour of the result
-   (asked colour vs. original colour), and the tokens outside the quadrant are checked to be unchanged.
+   (asked colour vs. original colour), and the tokens outside the region are checked to be unchanged.
+   Two regions on the same images, captions and draws: the quadrant alone, and the quadrant grown by a
+   ring of one token (``--ring``: the codec's encoder sees past its own patch, so the background tokens
+   next to the shape still carry its old colour; see docs/beyond.md). ``inpainting`` reports the
+   ``--ring`` variant, ``inpainting_variants`` both.
 2. Samplers at an equal budget of network calls: ancestral sampling with skipped steps (``fast``) and the
    confidence-ordered (MaskGIT-style) sampler, both with S calls, next to the full 100-step sampler.
 Writes ``editing_results.json`` and ``inpaint_examples.png`` into --output.
@@ -48,6 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance-scale", type=float, default=3.0,
                         help="classifier-free guidance for every sampler here (1 = off), as the demo samples")
+    parser.add_argument("--ring", type=int, default=1,
+                        help="tokens added around the shape's quadrant for the reported inpainting (0: the "
+                             "quadrant alone; both are measured): the codec's encoder sees past its patch, so "
+                             "kept tokens next to the region still carry the old colour")
     args = parser.parse_args(argv)
     out = Path(args.output)
     cfg, ckpt = out / "configs" / "demo_text_shapes.yaml", out / "diffusion" / "checkpoint" / "last.pth"
@@ -55,13 +63,16 @@ def main(argv: list[str] | None = None) -> dict:
         raise FileNotFoundError(f"no trained demo in '{out}' (need {cfg} and {ckpt}); run run_demo_shapes.py first")
 
     from inference_VQ_Diffusion import VQ_Diffusion
-    from vqdiff.editing import inpaint_tokens, save_inpaint_figure, token_mask_to_pixels
-    from vqdiff.evaluation.shapes_classifier import attribute_accuracy, classify, train_shapes_classifier
+    from vqdiff.editing import dilate_token_mask, inpaint_tokens, save_inpaint_figure, token_mask_to_pixels
+    from vqdiff.evaluation.shapes_classifier import (attribute_accuracy, classify, load_shapes_classifier,
+                                                     train_shapes_classifier)
 
     api = VQ_Diffusion(config=str(cfg), path=str(ckpt), device="cpu")
     model, codec = api.model, api.model.content_codec
     token_shape = tuple(codec.token_shape)
-    clf = train_shapes_classifier(resolution=32, num_samples=1500, steps=250, seed=args.seed, split="train")
+    saved_ruler = out / "shapes_classifier.pt"  # the demo's own classifier when it saved one
+    clf = (load_shapes_classifier(saved_ruler) if saved_ruler.is_file()
+           else train_shapes_classifier(resolution=32, num_samples=1500, steps=250, seed=args.seed, split="train"))
     colors = list(COLORS)
 
     log("1/2 inpainting: repaint the shape's quadrant with another colour")
@@ -70,27 +81,37 @@ def main(argv: list[str] | None = None) -> dict:
     images = torch.stack([it["image"] for it in items])
     tokens = codec.get_tokens(images)["token"]
     new_color = torch.tensor([(it["color"] + 1 + i % 3) % len(colors) for i, it in enumerate(items)])
-    masks = torch.stack([quadrant_token_mask(it["position"], token_shape).flatten() for it in items])
-    texts = [make_caption(ShapeSpec(colors[int(c)], spec_shape, spec_pos))
-             for c, spec_shape, spec_pos in zip(new_color, [real.spec(i).shape for i in range(len(real))],
-                                               [real.spec(i).position for i in range(len(real))])]
-    g = torch.Generator().manual_seed(args.seed)
-    res = inpaint_tokens(model, tokens, masks, texts, sample_type="top0.85r", guidance_scale=args.guidance_scale,
-                         generator=g)
-    unchanged = bool((res["content_token"][~masks] == tokens[~masks]).all())
-    pred = classify(clf, res["content"])
-    inpaint = {
-        "asked_colour_rate": float((pred["color"] == new_color).float().mean()),
-        "original_colour_rate": float((pred["color"] == torch.tensor([it["color"] for it in items])).float().mean()),
-        "shape_kept_rate": float((pred["shape"] == torch.tensor([it["shape"] for it in items])).float().mean()),
-        "position_kept_rate": float((pred["position"] == torch.tensor([it["position"] for it in items])).float().mean()),
-        "tokens_outside_mask_unchanged": unchanged,
-        "chance_colour": 1 / len(colors),
-        "num_images": len(items),
-    }
-    pix = token_mask_to_pixels(masks, token_shape, images.shape[-2:])
-    save_inpaint_figure(out / "inpaint_examples.png", images[:6], pix[:6], res["content"][:6])
-    log(f"inpainting: {inpaint}")
+    quadrants = torch.stack([quadrant_token_mask(it["position"], token_shape).flatten() for it in items])
+    texts = [make_caption(ShapeSpec(colors[int(c)], real.spec(i).shape, real.spec(i).position))
+             for i, c in enumerate(new_color)]
+    truth = {k: torch.tensor([it[k] for it in items]) for k in ("color", "shape", "position")}
+    # the same images, captions and draws for every variant: only the repainted region / guidance differ
+    variants = {f"quadrant + {r}-token ring" if r else "quadrant": (r, args.guidance_scale) for r in (0, 1)}
+    results_by_variant, shown = {}, None
+    for name, (ring, guidance) in variants.items():
+        masks = dilate_token_mask(quadrants, token_shape, ring)
+        res = inpaint_tokens(model, tokens, masks, texts, sample_type="top0.85r", guidance_scale=guidance,
+                             generator=torch.Generator().manual_seed(args.seed))
+        pred = classify(clf, res["content"])
+        results_by_variant[name] = {
+            "ring_tokens": ring,
+            "guidance_scale": guidance,
+            "asked_colour_rate": float((pred["color"] == new_color).float().mean()),
+            "original_colour_rate": float((pred["color"] == truth["color"]).float().mean()),
+            "shape_kept_rate": float((pred["shape"] == truth["shape"]).float().mean()),
+            "position_kept_rate": float((pred["position"] == truth["position"]).float().mean()),
+            "tokens_outside_mask_unchanged": bool((res["content_token"][~masks] == tokens[~masks]).all()),
+            "chance_colour": 1 / len(colors),
+            "num_images": len(items),
+        }
+        log(f"inpainting, {name}: {results_by_variant[name]}")
+        if ring == args.ring:
+            shown = (masks, res)
+    if shown is None:
+        raise SystemExit(f"--ring must be one of {sorted(r for r, _ in variants.values())}")
+    inpaint = next(v for v in results_by_variant.values() if v["ring_tokens"] == args.ring)
+    pix = token_mask_to_pixels(shown[0], token_shape, images.shape[-2:])
+    save_inpaint_figure(out / "inpaint_examples.png", images[:6], pix[:6], shown[1]["content"][:6])
 
     log(f"2/2 samplers at {args.calls} network calls vs. 100 steps")
     specs = heldout_combinations()
@@ -114,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
         acc = attribute_accuracy(clf, out_imgs["content"], targets)
         comparison[name] = {"network_calls": len(calls), "seconds": time.time() - t, **acc}
         log(f"{name}: {comparison[name]}")
-    results = {"guidance_scale": args.guidance_scale, "inpainting": inpaint, "samplers": comparison}
+    results = {"guidance_scale": args.guidance_scale, "inpainting": inpaint,
+               "inpainting_variants": results_by_variant, "samplers": comparison}
     (out / "editing_results.json").write_text(json.dumps(results, indent=2))
     return results
 

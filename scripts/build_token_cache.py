@@ -17,6 +17,15 @@ of the official train preprocessing (default 4 for --split train, 0 for validati
 --encoding train (default for --split train) encodes as training steps do (the Gumbel codecs sample
 codes, as the official training saw them); eval (default for validation) takes the argmax.
 Caption/label dropout (drop_caption_rate) is never stored: the reader applies it.
+
+Shards: when the data set is WebDataset shards (vqdiff.data.web_shards.WebShardsImageText), --out becomes a
+folder of token shards, one per input shard with the same name (vqdiff.data.token_shards), so the job
+runs in parallel and resumes per shard: --jobs N --job-index J writes shards J, J+N, ...; a shard already
+written is kept (--overwrite rewrites). Train on them with {target: vqdiff.data.token_shards.TokenShardsDataset,
+params: {urls: '<out>/*.tar', samples_per_epoch: ...}}.
+
+    python scripts/build_token_cache.py --config configs/cc.yaml --out OUTPUT/cache/cc3m_tokens \
+        --jobs 8 --job-index 0 dataloader.train_datasets.0.params.urls='data/cc3m/{00000..00331}.tar'
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import torch  # noqa: E402
 
 from vqdiff.data.build import build_datasets  # noqa: E402
 from vqdiff.data.token_cache import TokenCacheDataset, write_token_cache  # noqa: E402
+from vqdiff.data.token_shards import write_token_shards  # noqa: E402
+from vqdiff.data.web_shards import WebShardsImageText  # noqa: E402
 from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, merge_opts_to_config  # noqa: E402
 
 
@@ -63,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train: the codec's training encoding (Gumbel: sampled); eval: its default (argmax). "
                          "Default: train for --split train, eval for validation")
     ap.add_argument("--seed", type=int, default=0, help="seeds the crops and the sampled codes")
+    ap.add_argument("--jobs", type=int, default=1, help="shard data sets: number of parallel jobs")
+    ap.add_argument("--job-index", type=int, default=0, help="shard data sets: this job's index (0..jobs-1)")
     ap.add_argument("opts", nargs="*", default=[], help="config overrides KEY=VALUE")
     args = ap.parse_args(argv)
 
@@ -78,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     train_split = args.split == "train"
     crops = args.crops if args.crops is not None else (4 if train_split else 0)
     encoding = args.encoding or ("train" if train_split else "eval")
+    if isinstance(dataset, WebShardsImageText):
+        report = write_token_shards(dataset, codec, args.out, crops=crops, batch_size=args.batch_size,
+                                    device=args.device, codec_config=codec_node, for_training=encoding == "train",
+                                    seed=args.seed, jobs=args.jobs, job_index=args.job_index,
+                                    overwrite=args.overwrite)
+        print(f"wrote {len(report['written'])} token shards ({report['samples']} samples, {report['bad_samples']} "
+              f"bad skipped), kept {len(report['kept'])} finished ones, x {1 + crops} views x {codec.token_shape} "
+              f"tokens, encoding '{encoding}', to {args.out}")
+        return 0
     out = write_token_cache(dataset, codec, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
                             device=args.device, codec_config=codec_node, overwrite=args.overwrite, crops=crops,
                             for_training=encoding == "train", seed=args.seed)

@@ -1,9 +1,12 @@
-"""The CPU demo end to end (--quick): codec, token cache, train.py, notebook API, attribute classifier.
+"""The CPU demo end to end (``--preset ci``): codec, token cache, train.py, notebook API, attribute classifier,
+editing, and the web page on the trained model.
 
-Every stage must run and report well-formed figures, and the quick model must already follow the text
-on held-out combinations: colour and position well above chance and above the same model sampled with an
-empty caption, and all three attributes right far more often than chance (the full demo's figures are in
-the README, "Results").
+The ``ci`` preset is the demo's smallest run. What it asserts is what held on every seed and thread count
+tried (benchmarks/demo_spread.py --preset ci; README "Results"), with a margin: the codec keeps colour and
+position, and on held-out combinations the model follows the caption's colour far better than with an
+empty caption and gets all three attributes right more often than without the text. Figures that move
+with the seed (the shape and all-three rates of so short a run) are reported, not asserted; the quick and
+full presets' figures are in the README with their spread.
 """
 
 import json
@@ -15,13 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_every_stage(tmp_path, monkeypatch):
+def test_ci_demo_runs_every_stage(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.syspath_prepend(str(REPO / "running_command"))
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
     import run_demo_shapes
 
     out = tmp_path / "demo"
-    results = run_demo_shapes.main(["--quick", "--output", str(out)])
+    results = run_demo_shapes.main(["--preset", "ci", "--output", str(out)])
     acc = results["accuracy"]
     # the attribute classifier must be reliable on real held-out images, or the other rows mean nothing
     assert acc["real held-out images (classifier check)"]["all"] > 0.9
@@ -29,18 +33,18 @@ def test_quick_demo_runs_every_stage(tmp_path, monkeypatch):
         assert set(acc[row]) == {"color", "shape", "position", "all"}
         assert all(0.0 <= v <= 1.0 for v in acc[row].values())
     assert acc["chance"]["all"] == pytest.approx(1 / 48)
-    # the codec keeps what the captions talk about (an L1-trained codec decoded every shape as one blob)
-    assert acc["VQ-VAE reconstructions (ceiling)"]["color"] > 0.9
-    # learning: on combinations never seen in training the samples show what the caption asks, far above
-    # chance (0.25) and above the no-text baseline
+    # the codec keeps the colours and positions (a merged code once drew red and yellow as orange)
+    ceiling = acc["VQ-VAE reconstructions (ceiling)"]
+    assert ceiling["color"] >= 0.9 and ceiling["position"] >= 0.9, ceiling
+    # learning: on combinations never seen in training the samples show the asked colour, far above
+    # chance (0.25) and the empty caption, and all three attributes more often than without the text
     text, none = acc["generated, with text"], acc["generated, empty text"]
-    for attr in ("color", "position"):  # measured: 1.00 / 1.00 with text, 0.19 / 0.25 without
-        assert text[attr] >= 0.6, text
-        assert text[attr] >= none[attr] + 0.3, (text, none)
-    assert text["all"] >= 0.2, text  # all three right: chance is 1/48
+    assert text["color"] >= 0.7 and text["color"] >= none["color"] + 0.35, (text, none)
+    assert text["all"] >= none["all"] + 0.05, (text, none)
     saved = json.loads((out / "results.json").read_text())
-    assert saved["preset"] == "quick" and saved["accuracy"] == json.loads(json.dumps(acc))
-    assert (out / "heldout_grid.png").is_file()
+    assert saved["preset"] == "ci" and saved["accuracy"] == json.loads(json.dumps(acc))
+    assert saved["seed"] == 0 and saved["data"] == "cache"
+    assert (out / "heldout_grid.png").is_file() and (out / "shapes_classifier.pt").is_file()
     assert (out / "diffusion" / "checkpoint" / "last.pth").is_file()
     assert (out / "token_cache" / "tokens.npy").is_file()
     # the samples with text were saved by the notebook API under their captions
@@ -50,9 +54,20 @@ def test_quick_demo_runs_every_stage(tmp_path, monkeypatch):
     import run_demo_editing
 
     edit = run_demo_editing.main(["--output", str(out), "--num-images", "4", "--calls", "5"])
-    assert edit["inpainting"]["tokens_outside_mask_unchanged"] is True
+    variants = edit["inpainting_variants"]
+    assert set(variants) == {"quadrant", "quadrant + 1-token ring"}
+    assert all(v["tokens_outside_mask_unchanged"] for v in variants.values())
+    assert edit["inpainting"] == variants["quadrant + 1-token ring"]  # --ring 1 is reported
     calls = {name: row["network_calls"] for name, row in edit["samplers"].items()}
     assert calls["ancestral, 100 steps"] == 100
     assert calls["confidence (MaskGIT), 5 calls"] == 5
     assert calls["ancestral, fast (5 calls)"] in (5, 6)  # the official skip-step list appends step 0
     assert (out / "inpaint_examples.png").is_file() and (out / "editing_results.json").is_file()
+
+    # the web page serves the trained demo: typed captions come out in the asked colour (issue 27)
+    from test_app_browser import assert_demo_draws_the_asked_colour
+
+    from vqdiff.evaluation.shapes_classifier import load_shapes_classifier
+
+    hits, total = assert_demo_draws_the_asked_colour(out, load_shapes_classifier(out / "shapes_classifier.pt"))
+    assert total == 32 and hits >= 16

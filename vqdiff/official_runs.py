@@ -59,6 +59,9 @@ OFFICIAL_RUNS: dict[str, OfficialRun] = {r.script: r for r in (
     # coco_pretrained.pth: the same file on a case-insensitive file system only. Either name is taken.
     OfficialRun("run_tune_coco.py", "coco_tune", "configs/coco_tune.yaml", f"{_P}/COCO_pretrained.pth",
                 f"{_P}/coco_pretrained.pth"),
+    # Not an official launcher: the Conceptual Captions pretraining behind CC_pretrained.pth, which the
+    # official code has no launcher, config or reader for (configs/cc.yaml, from scratch: no --load_path).
+    OfficialRun("run_train_cc.py", "cc_pretrain", "configs/cc.yaml"),
 )}
 
 

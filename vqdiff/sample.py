@@ -1,9 +1,9 @@
 """Command line sampling: ``python -m vqdiff.sample --config C --ckpt P --text "…" -n 8 --out DIR``.
 
-``--label N`` samples a class model, neither ``--text`` nor ``--label`` an unconditional one. Images go
-to ``DIR/<condition>/000000.png`` … (``.jpg`` for class labels, as the official API saves them; plus
-``grid.png`` with ``--grid``); a progress bar follows the diffusion steps. An input error prints one line
-and a hint; ``--debug`` shows the traceback.
+``--label N`` samples a class model, neither ``--text`` nor ``--label`` an unconditional one; ``--lora ADAPTER
+--lora-scale S`` adds a LoRA adapter folder to the checkpoint. Images go to ``DIR/<condition>/000000.png`` …
+(``.jpg`` for class labels, as the official API saves them; plus ``grid.png`` with ``--grid``); a progress bar
+follows the diffusion steps. An input error prints one line and a hint; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="store_true", help="also save all images as one grid.png")
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="allow a legacy checkpoint that needs full unpickling (trusted files only)")
+    p.add_argument("--lora", default=None, help="a LoRA adapter folder (checkpoint/last_lora of a solver.lora run)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (0: the base model, 1: as trained)")
+    p.add_argument("--lora-strict", action="store_true",
+                   help="refuse an adapter whose recorded base SHA-256 differs from --ckpt (default: warn)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback (default: one line)")
     return p
@@ -74,7 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = request_options(args.truncation, args.fast, args.infer_speed, precision=args.precision,
                               compile=args.compile)  # validate early
     engine = VQ_Diffusion(config=args.config, path=args.ckpt, imagenet_cf=args.imagenet_cf, device=args.device,
-                          allow_unsafe_pickle=args.allow_unsafe_pickle)
+                          allow_unsafe_pickle=args.allow_unsafe_pickle, lora=args.lora, lora_scale=args.lora_scale,
+                          lora_strict=args.lora_strict)
     bar = None
     callback = None
     if not args.no_progress:

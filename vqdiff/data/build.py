@@ -9,6 +9,11 @@ when not distributed), so the order of epoch ``e`` is a function of ``(seed, e)`
 ``train_loader.sampler.set_epoch(e)`` at the start of each epoch, and a resumed run sees the same batches
 as an uninterrupted one. Under ``torch.distributed`` rank ``r`` of ``W`` takes every ``W``-th index of
 that same permutation, so the union of the ranks' batches is one global batch.
+
+Streamed data sets (an :class:`~torch.utils.data.IterableDataset` such as the WebDataset shard readers)
+get no sampler: they split their shards by rank and worker themselves, after ``configure(StreamPlan)``
+tells them the batch size, rank, world size and workers; their length is the samples this rank yields per
+epoch, so ``train_iterations`` is the same as for a map-style set of ``samples_per_epoch`` items.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import inspect
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, IterableDataset, SequentialSampler
 
 from .. import distributed as dist_utils
 from ..utils.config import ConfigError, instantiate_from_config, resolve_target
 from ..utils.seed import worker_init_fn
+from .shard_stream import StreamPlan
 
 __all__ = ["build_dataloader", "build_datasets", "collate_batch"]
 
@@ -76,7 +82,19 @@ def build_datasets(nodes: Sequence[Mapping] | None, data_root: str | None, key_p
             params["data_root"] = data_root
         node["params"] = params
         datasets.append(instantiate_from_config(node, key_path=node_path))
+    if len(datasets) > 1 and any(isinstance(d, IterableDataset) for d in datasets):
+        raise ConfigError(f"'{key_path}': a streamed data set ({', '.join(type(d).__name__ for d in datasets)}) "
+                          f"must be the only entry; list all of its shards in its urls")
     return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+
+
+def _stream_loader(dataset: IterableDataset, plan: StreamPlan, drop_last: bool, **loader_kw: Any) -> DataLoader:
+    """A loader over a streamed data set: no sampler; the data set splits itself by rank and worker."""
+    if not callable(getattr(dataset, "configure", None)):
+        raise ConfigError(f"{type(dataset).__name__} is an IterableDataset without configure(StreamPlan): "
+                          f"it cannot split itself by rank and worker")
+    dataset.configure(plan)
+    return DataLoader(dataset, drop_last=drop_last, **loader_kw)
 
 
 def build_dataloader(
@@ -128,16 +146,23 @@ def build_dataloader(
         batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_batch,
         worker_init_fn=worker_init_fn if num_workers > 0 else None, persistent_workers=num_workers > 0,
     )
-    if len(train_set) < batch_size * world:
-        raise ValueError(f"the train data set has {len(train_set)} items, fewer than one global batch "
-                         f"({batch_size} x {world} processes); lower dataloader.batch_size")
-    train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(seed),
-                                       drop_last=True)
+    plan = StreamPlan(batch_size=batch_size, rank=rank, world_size=world, num_workers=num_workers)
     generator = epoch_generator if epoch_generator is not None else torch.Generator().manual_seed(int(seed))
-    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=True, generator=generator, **loader_kw)
+    if isinstance(train_set, IterableDataset):
+        train_loader = _stream_loader(train_set, plan, True, generator=generator, **loader_kw)
+    else:
+        if len(train_set) < batch_size * world:
+            raise ValueError(f"the train data set has {len(train_set)} items, fewer than one global batch "
+                             f"({batch_size} x {world} processes); lower dataloader.batch_size")
+        train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(seed),
+                                           drop_last=True)
+        train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=True, generator=generator,
+                                  **loader_kw)
 
     val_loader = None
-    if val_set is not None:
+    if isinstance(val_set, IterableDataset):
+        val_loader = _stream_loader(val_set, plan, False, **loader_kw)
+    elif val_set is not None:
         val_sampler = (DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False)
                        if distributed else SequentialSampler(val_set))
         val_loader = DataLoader(val_set, sampler=val_sampler, drop_last=False, **loader_kw)

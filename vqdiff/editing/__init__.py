@@ -4,6 +4,7 @@ from .figure import inpaint_figure, save_inpaint_figure
 from .inpaint import (
     as_image_tensor,
     as_mask_tensor,
+    dilate_token_mask,
     edit_tokens,
     inpaint_image,
     inpaint_tokens,
@@ -14,6 +15,7 @@ from .inpaint import (
 __all__ = [
     "as_image_tensor",
     "as_mask_tensor",
+    "dilate_token_mask",
     "edit_tokens",
     "inpaint_image",
     "inpaint_tokens",

@@ -29,6 +29,7 @@ __all__ = [
     "as_mask_tensor",
     "token_mask_from_pixel_mask",
     "token_mask_to_pixels",
+    "dilate_token_mask",
     "as_image_tensor",
     "inpaint_tokens",
     "edit_tokens",
@@ -92,6 +93,32 @@ def token_mask_to_pixels(token_mask: torch.Tensor, token_shape: Sequence[int], s
     h, w = int(token_shape[0]), int(token_shape[1])
     m = token_mask.reshape(-1, 1, h, w).float()
     return F.interpolate(m, size=(int(size[0]), int(size[1])), mode="nearest")[:, 0] > 0.5
+
+
+def dilate_token_mask(token_mask: torch.Tensor, token_shape: Sequence[int], radius: int = 1) -> torch.Tensor:
+    """Grow a token mask ``(B, h*w)`` (or ``(h*w,)``) by ``radius`` tokens in every direction (a square
+    structuring element), clipped at the grid's border.
+
+    Why: a codec's encoder sees past its token's own pixels (its receptive field spans the neighbouring
+    patches), so the tokens just outside an edited region still describe what was inside it -- the
+    background tokens around a red shape encode "background next to red". Kept, they pin that context
+    and the sampler tends to redraw the old content (in the shapes demo, the old colour). Repainting a
+    ring of ``radius`` tokens around the region lets the model redraw that context with the new caption.
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    m = token_mask.bool()
+    squeeze = m.dim() == 1
+    if squeeze:
+        m = m.unsqueeze(0)
+    h, w = int(token_shape[0]), int(token_shape[1])
+    if m.shape[-1] != h * w:
+        raise ValueError(f"token mask has {m.shape[-1]} positions, token_shape {h}x{w} has {h * w}")
+    if radius > 0:
+        grid = m.view(-1, 1, h, w).float()
+        grid = F.max_pool2d(grid, kernel_size=2 * radius + 1, stride=1, padding=radius)
+        m = grid.view(-1, h * w) > 0
+    return m[0] if squeeze else m
 
 
 def as_image_tensor(image: Any) -> torch.Tensor:

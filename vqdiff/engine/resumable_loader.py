@@ -3,13 +3,15 @@
 The checkpoint stores ``data_state = {epoch, batches_done}``; the solver re-seeds the epoch's sampler
 exactly as the first run did, then iterates :func:`loader_skipping` ``(loader, batches_done)``, which
 draws the same index order and drops its first ``batches_done x batch_size`` indices without loading them.
+A streamed data set (an IterableDataset with ``resume_after_batches``, e.g. the shard readers) has no
+sampler: it is told to start after ``batches_done`` batches itself (see ``vqdiff.data.shard_stream``).
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 __all__ = ["SkipSampler", "loader_skipping"]
 
@@ -32,7 +34,17 @@ class SkipSampler(Sampler):
 
 def loader_skipping(loader: DataLoader, batches: int) -> DataLoader:
     """A loader like ``loader`` (same dataset, batch size, workers, collate, generator) whose iteration
-    starts after ``batches`` batches; ``loader`` itself when ``batches <= 0``."""
+    starts after ``batches`` batches; ``loader`` itself when ``batches <= 0``. A streamed data set is
+    told to skip (or, with 0, not to skip) through its ``resume_after_batches`` and ``loader`` returned."""
+    if isinstance(loader.dataset, IterableDataset):
+        resume = getattr(loader.dataset, "resume_after_batches", None)
+        if callable(resume):
+            resume(max(0, int(batches)))
+            return loader
+        if batches > 0:
+            raise ValueError(f"cannot resume inside an epoch of {type(loader.dataset).__name__}: it is an "
+                             f"IterableDataset without resume_after_batches(batches)")
+        return loader
     if batches <= 0:
         return loader
     return DataLoader(

@@ -16,8 +16,9 @@ SIGTERM/SIGINT.
 
 The loop reads top to bottom: ``train`` -> ``train_epoch`` -> ``step``. Around it, one module per concept:
 ``solver_config`` (the typed ``solver:`` section), ``optim`` + ``lr_schedule`` (optimizers and schedules),
-``ema``, ``clip_grad_norm``, ``amp``, ``resumable_loader`` (resuming inside an epoch), ``rng_state``,
-``solver_checkpoint`` (checkpoint layout, saving, resuming), ``validation``, ``train_log``.
+``ema``, ``clip_grad_norm``, ``amp``, ``lora_training`` (``solver.lora``), ``resumable_loader`` (resuming
+inside an epoch), ``rng_state``, ``solver_checkpoint`` (checkpoint layout, saving, resuming), ``validation``,
+``train_log``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from vqdiff.data.token_cache import set_dataset_epoch
 from vqdiff.engine.amp import resolve_amp
 from vqdiff.engine.clip_grad_norm import ClipGradNorm
 from vqdiff.engine.ema import EMA, build_ema
+from vqdiff.engine.lora_training import LoraRun
 from vqdiff.engine.optim import build_optimizers_and_schedulers
 from vqdiff.engine.resumable_loader import loader_skipping
 from vqdiff.engine.solver_checkpoint import SolverCheckpoints
@@ -126,10 +128,15 @@ class Solver(SolverCheckpoints):
         self._stop_signal: Optional[int] = None
         self._progress: Optional[ProgressLine] = None  # set by train() (or the first log line without it)
 
+        # solver.lora: the base checkpoint loads, then peft's adapters are injected (before EMA, optimizer, DDP)
+        self.lora: Optional[LoraRun] = LoraRun.prepare(cfg.lora, model, args, self.ckpt_dir, logger) \
+            if cfg.lora is not None else None
         # EMA of the trained network, primary rank only, built before the device move (official)
         self.has_ema = cfg.ema is not None  # on every rank; self.ema exists on the primary only
-        self.ema: Optional[EMA] = build_ema(cfg.ema, model.get_ema_model()) \
-            if cfg.ema is not None and self.is_primary else None
+        self.ema: Optional[EMA] = None
+        if cfg.ema is not None and self.is_primary:
+            self.ema = self.lora.build_ema(cfg.ema) if self.lora is not None \
+                else build_ema(cfg.ema, model.get_ema_model())
 
         cg = cfg.clip_grad_norm
         self.clip_grad_norm: Optional[ClipGradNorm] = instantiate_from_config(cg, key_path="solver.clip_grad_norm") \

@@ -4,7 +4,9 @@ Layout (official keys first): ``model``, ``ema`` (with an EMA), ``last_epoch`` (
 ``last_iter`` (last finished iteration), ``clip_grad_norm`` (with clipping), ``optimizer_and_scheduler``
 (a scheduler's ``step_iteration`` stored as iterations, ``epoch`` resolved, as official); added:
 ``scaler``, ``rng`` (one :func:`~vqdiff.engine.rng_state.get_rng_state` per rank), ``data_state``
-``{epoch, batches_done, seed, world_size}``, ``nonfinite_steps``. Files: ``last.pth`` after every epoch
+``{epoch, batches_done, seed, world_size}``, ``nonfinite_steps``; a LoRA run (``solver.lora``) stores its
+trained tensors only under ``model``/``ema`` and the base file under ``lora`` (``lora_training``), and writes
+the adapter folder beside each file (``last.pth`` -> ``last_lora/``). Files: ``last.pth`` after every epoch
 (and on a stop), ``{epoch:06d}e_{iter}iter.pth`` when ``save_epochs``/``save_iterations`` say so.
 """
 
@@ -42,13 +44,16 @@ class SolverCheckpoints:
                 entry["scheduler"] = {"step_iteration": op_sc["scheduler"]["step_iteration"],
                                       "module": op_sc["scheduler"]["module"].state_dict()}
             ops[name] = entry
-        state = {"last_epoch": self.last_epoch, "last_iter": self.last_iter, "model": self.raw_model.state_dict()}
+        model_state = self.lora.trained_state() if self.lora is not None else self.raw_model.state_dict()
+        state = {"last_epoch": self.last_epoch, "last_iter": self.last_iter, "model": model_state}
         # official layout: 'ema' and 'clip_grad_norm' only when they exist (the official loader calls
         # load_state_dict on any value stored under these keys, so None would break it)
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.clip_grad_norm is not None:
             state["clip_grad_norm"] = self.clip_grad_norm.state_dict()
+        if self.lora is not None:
+            state["lora"] = self.lora.record()
         return {
             **state,
             "optimizer_and_scheduler": ops,
@@ -77,6 +82,9 @@ class SolverCheckpoints:
             written.append(save_checkpoint(state, self.ckpt_dir / "last.pth"))
         for p in written:
             self.logger.info(f"saved checkpoint {p}")
+            if self.lora is not None:
+                folder = self.lora.save_adapter(p, self.ema, self.last_epoch, self.last_iter)
+                self.logger.info(f"saved LoRA adapter {folder}")
         return written
 
     def _check_loaded(self, path: str | os.PathLike, what: str, missing: list, unexpected: list,
@@ -104,13 +112,16 @@ class SolverCheckpoints:
         ckpt = load_checkpoint(path, map_location="cpu", allow_unsafe=allow_unsafe)
         if not isinstance(ckpt, Mapping) or "model" not in ckpt:
             raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {list(ckpt)[:8]})")
-        require_same_shapes(self.raw_model, ckpt["model"], path)
-        missing, unexpected = self.raw_model.load_state_dict(ckpt["model"], strict=False)
-        self._check_loaded(path, "model", missing, unexpected, load_others)
-        if self.ema is not None and ckpt.get("ema") is not None:
-            require_same_shapes(self.ema.ema_model, ckpt["ema"], path, what="EMA model")
-            missing, unexpected = self.ema.load_state_dict(ckpt["ema"], strict=False)
-            self._check_loaded(path, "EMA model", missing, unexpected, load_others)
+        if self.lora is not None:  # a LoRA run's checkpoint: its trained tensors (the base loaded already)
+            self.lora.load_trained_state(ckpt, path, self.ema)
+        else:
+            require_same_shapes(self.raw_model, ckpt["model"], path)
+            missing, unexpected = self.raw_model.load_state_dict(ckpt["model"], strict=False)
+            self._check_loaded(path, "model", missing, unexpected, load_others)
+            if self.ema is not None and ckpt.get("ema") is not None:
+                require_same_shapes(self.ema.ema_model, ckpt["ema"], path, what="EMA model")
+                missing, unexpected = self.ema.load_state_dict(ckpt["ema"], strict=False)
+                self._check_loaded(path, "EMA model", missing, unexpected, load_others)
         if self.clip_grad_norm is not None and ckpt.get("clip_grad_norm") is not None:
             self.clip_grad_norm.load_state_dict(ckpt["clip_grad_norm"])
         if load_optimizer_and_scheduler:

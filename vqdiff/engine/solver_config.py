@@ -3,7 +3,7 @@
 Every key the official ``image_synthesis.engine.solver.Solver`` reads is accepted in every form it accepts
 (``save_epochs``/``validation_epochs`` as an int or a list of epoch numbers, a scheduler
 ``step_iteration: epoch``, ``sample_iterations: epoch``), plus vqdiff's additions (``max_iterations``,
-``grad_accumulation_steps``, ``max_nonfinite_steps``, ``amp_dtype``). An unknown key (a typo such as
+``grad_accumulation_steps``, ``max_nonfinite_steps``, ``amp_dtype``, ``lora``). An unknown key (a typo such as
 ``max_iteratons``) or a value of the wrong type is a :class:`ConfigError` that names the key path
 (``solver.optimizers_and_schedulers.0.scheduler.step_iteration``) and, for typos, the closest known key.
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 from vqdiff.engine.amp import AMP_DTYPE_NAMES
+from vqdiff.engine.lora_config import LoraConfig, parse_lora_config
 from vqdiff.utils.config import ConfigError
 from vqdiff.utils.config_sections import EMAConfig, parse_ema_config
 
@@ -189,6 +190,7 @@ class SolverConfig:
         amp_dtype: the autocast dtype under ``--amp`` when the flag names none: fp16 (with a GradScaler), bf16
             (also on the CPU) or auto (bf16 where the device runs it natively; ``vqdiff.engine.amp``).
         ema: the typed EMA section (None when absent); clip_grad_norm: the sub-section as given (None when absent).
+        lora: the typed LoRA section (``lora_config``; None: every trainable weight trains, as official).
     """
 
     base_lr: float
@@ -205,6 +207,7 @@ class SolverConfig:
     amp_dtype: str = "fp16"
     ema: Optional[EMAConfig] = None
     clip_grad_norm: Optional[Mapping] = None
+    lora: Optional[LoraConfig] = None
 
     def total_iterations(self, train_iterations: int) -> int:
         """Iterations the run will make: ``max_epochs x train_iterations``, or fewer with ``max_iterations``."""
@@ -278,4 +281,5 @@ def parse_solver_config(section: Any, key_path: str = "solver") -> SolverConfig:
         amp_dtype=amp_dtype,
         ema=parse_ema_config(ema, kp("ema")) if ema is not None else None,
         clip_grad_norm=clip_grad_norm,
+        lora=parse_lora_config(section["lora"], kp("lora")) if section.get("lora") is not None else None,
     )

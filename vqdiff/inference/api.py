@@ -96,6 +96,10 @@ class VQ_Diffusion:
         device: where to run; default CUDA when available, else CPU.
         allow_unsafe_pickle: allow a legacy checkpoint that ``torch.load(weights_only=True)`` refuses
             (unpickling can run code: only for files you trust).
+        lora: a LoRA adapter folder (``OUTPUT/<run>/checkpoint/last_lora``, written by a ``solver.lora`` run)
+            added to the ``path`` model; ``lora_scale`` scales it (0: the base model exactly, 1: as trained);
+            when ``path``'s SHA-256 differs from the one the adapter records it warns, or with ``lora_strict``
+            raises ``LoraError`` (docs/finetuning.md).
 
     Raises:
         FileNotFoundError: ``path`` (or a file the config names) does not exist.
@@ -109,8 +113,14 @@ class VQ_Diffusion:
         device: Optional[str | torch.device] = None,
         allow_unsafe_pickle: bool = False,
         learnable_cf: Optional[bool] = None,
+        lora: Optional[str | os.PathLike] = None,
+        lora_scale: float = 1.0,
+        lora_strict: bool = False,
     ):
+        self.lora_record: Optional[dict] = None
         if is_diffusers_folder(config) or is_diffusers_folder(path):  # a VQDiffusionPipeline folder
+            if lora is not None:
+                raise TypeError("lora= needs a checkpoint 'path' (its SHA-256 is checked), not a diffusers folder")
             self._init_from_diffusers(config if is_diffusers_folder(config) else path, device)
             return
         if path is None:
@@ -123,6 +133,11 @@ class VQ_Diffusion:
         self.model = self.info["model"]
         self.epoch = self.info["epoch"]
         self.model_name = self.info["model_name"]
+        if lora is not None:
+            from vqdiff.engine.lora import apply_adapter
+
+            self.lora_record = apply_adapter(self.model, lora, scale=float(lora_scale), base_path=path,
+                                             strict=bool(lora_strict))
         self.model.to(self.device)
         freeze_for_inference(self.model)
 

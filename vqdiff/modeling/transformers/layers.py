@@ -4,8 +4,9 @@ Every module here keeps the official parameter and buffer names (``key``, ``quer
 ``emb``, ``linear``, ``mlp.0`` / ``mlp.2`` or ``mlp.conv1`` / ``mlp.conv2``, the cross attention's
 ``mask`` buffer) so the released checkpoints load with ``strict=True``.  The computation is written for
 speed: attention goes through :func:`torch.nn.functional.scaled_dot_product_attention`, the self
-attention's three projections run as one matmul, and the cross attention's keys/values of the condition
-can be computed once per image (:meth:`CrossAttention.condition_kv`) and reused at every diffusion step.
+attention's three projections run as one matmul (also with an adapter on them: ``projections``), and
+the cross attention's keys/values of the condition can be computed once per image
+(:meth:`CrossAttention.condition_kv`) and reused at every diffusion step.
 
 Shapes: ``B`` batch, ``N`` image tokens, ``D`` width, ``h`` heads, ``d = D / h``, ``Lc`` condition length.
 """
@@ -18,6 +19,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vqdiff.modeling.transformers.projections import fused_linear_parameters
 
 __all__ = [
     "GELU2",
@@ -204,9 +207,11 @@ class FullAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, N, D) -> (B, N, D)."""
-        w = torch.cat([self.query.weight, self.key.weight, self.value.weight], dim=0)  # (3D, D)
-        b = torch.cat([self.query.bias, self.key.bias, self.value.bias], dim=0)
-        q, k, v = F.linear(x, w, b).chunk(3, dim=-1)  # (B, N, D) each
+        fused = fused_linear_parameters((self.query, self.key, self.value))  # (3D, D), (3D,)
+        if fused is not None:
+            q, k, v = F.linear(x, *fused).chunk(3, dim=-1)  # (B, N, D) each
+        else:  # a projection carries an adapter that acts on the input (training): call each
+            q, k, v = self.query(x), self.key(x), self.value(x)
         y = F.scaled_dot_product_attention(
             _split_heads(q, self.n_head),
             _split_heads(k, self.n_head),
@@ -254,11 +259,13 @@ class CrossAttention(nn.Module):
 
     def condition_kv(self, cond: torch.Tensor) -> KV:
         """cond (B, Lc, Dc) -> (k, v), each (B, h, Lc, d): computed once per image, reused every step."""
-        w = torch.cat([self.key.weight, self.value.weight], dim=0)  # (2D, Dc)
-        b = torch.cat([self.key.bias, self.value.bias], dim=0)
         if cond.dtype == torch.float64:
             cond = cond.float()  # the learnable empty-text embedding is a float64 parameter (official)
-        k, v = F.linear(cond, w, b).chunk(2, dim=-1)
+        fused = fused_linear_parameters((self.key, self.value))  # (2D, Dc), (2D,)
+        if fused is not None:
+            k, v = F.linear(cond, *fused).chunk(2, dim=-1)
+        else:  # a projection carries an adapter that acts on the input (training): call each
+            k, v = self.key(cond), self.value(cond)
         return _split_heads(k, self.n_head), _split_heads(v, self.n_head)
 
     def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None, kv: Optional[KV] = None) -> torch.Tensor:

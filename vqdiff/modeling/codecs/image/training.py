@@ -5,8 +5,7 @@ Config layout (YAML)::
 
     model:      {target: VQModel | GumbelVQ (taming or vqdiff path), params: {ddconfig, n_embed, embed_dim,
                  lossconfig: {target: VQLPIPSWithDiscriminator, params: …}, …}}
-    solver:     {base_lr, max_steps, batch_size, log_frequency, betas, gumbel_temperature: [start, end],
-                 codebook_init: data|none, dead_code_restart: every N steps (0: off)}
+    solver:     see :class:`CodecSolverConfig` (every key, its default and its check)
     dataloader: {train_datasets: [{target, params}]}   # items {'image': (3, H, W) in [0, 255]}
 
 Outputs (``output_dir``): ``checkpoint/last.pth`` = ``{'state_dict': model (+ 'loss.*'), 'global_step'}``
@@ -19,6 +18,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+import dataclasses
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,7 +31,8 @@ from vqdiff.utils.config import ConfigError, instantiate_from_config, save_yaml_
 from .quantizers import GumbelQuantize, VectorQuantizer
 from .vqgan import GumbelVQ, VQModel
 
-__all__ = ["load_images", "train_vqvae", "save_taming_checkpoint", "DeadCodeRestarter"]
+__all__ = ["CodecSolverConfig", "load_images", "train_vqvae", "save_taming_checkpoint", "DeadCodeRestarter",
+           "codec_learning_rate"]
 
 
 def load_images(dataset_configs: list[Mapping[str, Any]]) -> torch.Tensor:
@@ -42,6 +44,90 @@ def load_images(dataset_configs: list[Mapping[str, Any]]) -> torch.Tensor:
     if not images:
         raise ConfigError("dataloader.train_datasets yields no images")
     return torch.stack(images).float()
+
+
+@dataclass(frozen=True)
+class CodecSolverConfig:
+    """The ``solver:`` section of a codec training config: one default and one check per key.
+
+    The schedule matters as much as the model for a small codebook. With a constant learning rate the
+    weights at the last step are one noisy draw among many nearby ones, and which draw a run ends on is
+    decided by float summation order (thread count, CPU): on one machine a code for "red" survived, on
+    another it drifted to orange. Decaying the rate to ``min_lr_ratio * base_lr`` (cosine, after a linear
+    warm-up) ends every run in a settled minimum instead; restarting dead codes stops at
+    ``dead_code_restart_until`` of the run, so the decoder has the last part of it to learn what the
+    moved codes mean (a code moved at the very last step decodes as whatever it meant before).
+    """
+
+    base_lr: float = 1.0e-3
+    max_steps: int = 1000
+    batch_size: int = 16
+    log_frequency: int = 50
+    betas: tuple[float, float] = (0.5, 0.9)
+    lr_schedule: str = "cosine"            # "cosine" (warm-up, then cosine decay) or "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.02             # the cosine decay ends at base_lr * min_lr_ratio
+    gumbel_temperature: tuple[float, float] = (1.0, 1.0 / 16)
+    codebook_init: str = "data"            # "data" (k-means++ seeding from encoder outputs) or "none"
+    dead_code_restart: int = 0             # every N steps (0: off)
+    dead_code_restart_until: float = 0.75  # fraction of max_steps after which no code is moved
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any] | None, key_path: str = "solver") -> "CodecSolverConfig":
+        """Parse and check ``section``; an unknown key or a bad value raises naming ``key_path.key``."""
+        section = dict(section or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"{key_path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        try:
+            values = {
+                "base_lr": float(section.get("base_lr", cls.base_lr)),
+                "max_steps": int(section.get("max_steps", cls.max_steps)),
+                "batch_size": int(section.get("batch_size", cls.batch_size)),
+                "log_frequency": int(section.get("log_frequency", cls.log_frequency)),
+                "betas": tuple(float(b) for b in section.get("betas", cls.betas)),
+                "lr_schedule": str(section.get("lr_schedule", cls.lr_schedule)),
+                "warmup_steps": int(section.get("warmup_steps", cls.warmup_steps)),
+                "min_lr_ratio": float(section.get("min_lr_ratio", cls.min_lr_ratio)),
+                "gumbel_temperature": tuple(float(t) for t in section.get("gumbel_temperature", cls.gumbel_temperature)),
+                "codebook_init": str(section.get("codebook_init", cls.codebook_init)),
+                "dead_code_restart": int(section.get("dead_code_restart", cls.dead_code_restart) or 0),
+                "dead_code_restart_until": float(section.get("dead_code_restart_until", cls.dead_code_restart_until)),
+            }
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key_path}: {exc}") from exc
+        checks = {
+            "base_lr": values["base_lr"] > 0,
+            "max_steps": values["max_steps"] > 0,
+            "batch_size": values["batch_size"] > 0,
+            "log_frequency": values["log_frequency"] > 0,
+            "betas": len(values["betas"]) == 2 and all(0 <= b < 1 for b in values["betas"]),
+            "lr_schedule": values["lr_schedule"] in ("cosine", "constant"),
+            "warmup_steps": values["warmup_steps"] >= 0,
+            "min_lr_ratio": 0 <= values["min_lr_ratio"] <= 1,
+            "gumbel_temperature": len(values["gumbel_temperature"]) == 2 and min(values["gumbel_temperature"]) > 0,
+            "codebook_init": values["codebook_init"] in ("data", "none"),
+            "dead_code_restart": values["dead_code_restart"] >= 0,
+            "dead_code_restart_until": 0 <= values["dead_code_restart_until"] <= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{key_path}.{key}: invalid value {section.get(key, values[key])!r}")
+        return cls(**values)
+
+
+def codec_learning_rate(step: int, cfg: CodecSolverConfig) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): linear warm-up over ``warmup_steps``, then
+    constant or a cosine decay from ``base_lr`` to ``base_lr * min_lr_ratio`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.base_lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.base_lr
+    span = max(cfg.max_steps - 1 - cfg.warmup_steps, 1)
+    frac = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    floor = cfg.base_lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.base_lr - floor) * (1.0 + math.cos(math.pi * frac))
 
 
 def _d2_sample(z: torch.Tensor, codes: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -146,28 +232,26 @@ def train_vqvae(
         raise ConfigError(f"model must be a VQModel or GumbelVQ, got {type(model).__name__}")
     lossconfig = config["model"].get("params", {}).get("lossconfig")
     loss_fn = instantiate_from_config(lossconfig, key_path="model.params.lossconfig") if lossconfig else None
-    solver = dict(config.get("solver") or {})
-    steps = int(max_steps if max_steps is not None else solver.get("max_steps", 1000))
-    batch_size = int(solver.get("batch_size", 16))
-    lr = float(solver.get("base_lr", 1e-3))
-    betas = tuple(solver.get("betas", (0.5, 0.9)))
-    log_every = int(solver.get("log_frequency", 50))
-    t_start, t_end = solver.get("gumbel_temperature", (1.0, 1.0 / 16))
+    cfg = CodecSolverConfig.from_mapping(config.get("solver"))
+    if max_steps is not None:
+        cfg = dataclasses.replace(cfg, max_steps=int(max_steps))
+    steps = cfg.max_steps
+    t_start, t_end = cfg.gumbel_temperature
 
     if images is None:
         images = load_images(list((config.get("dataloader") or {}).get("train_datasets") or []))
-    if solver.get("codebook_init", "data") == "data":
+    if cfg.codebook_init == "data":
         _init_codebook_from_data(model, images, gen)
 
-    restart_every = int(solver.get("dead_code_restart", 0) or 0)
     restarter = None
-    if restart_every > 0 and isinstance(model.quantize, VectorQuantizer):
-        restarter = DeadCodeRestarter(model.quantize, restart_every, gen)
+    restart_until = int(cfg.dead_code_restart_until * steps)
+    if cfg.dead_code_restart > 0 and isinstance(model.quantize, VectorQuantizer):
+        restarter = DeadCodeRestarter(model.quantize, cfg.dead_code_restart, gen)
 
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+    opt = torch.optim.Adam(model.parameters(), lr=codec_learning_rate(0, cfg), betas=cfg.betas)
     disc = getattr(loss_fn, "discriminator", None)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas) if disc is not None else None
+    opt_d = torch.optim.Adam(disc.parameters(), lr=codec_learning_rate(0, cfg), betas=cfg.betas) if disc is not None else None
     history: list[tuple[int, float]] = []
     bar = None
     if progress:
@@ -176,10 +260,15 @@ def train_vqvae(
         bar = tqdm(total=steps, desc="train_vqvae", dynamic_ncols=True)
     t0 = time.time()
     for step in range(steps):
+        lr = codec_learning_rate(step, cfg)
+        for optimizer in (opt, opt_d):
+            if optimizer is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
         if isinstance(model.quantize, GumbelQuantize):  # cosine anneal of the Gumbel temperature
             frac = step / max(steps - 1, 1)
             model.quantize.temperature = t_end + 0.5 * (t_start - t_end) * (1 + math.cos(math.pi * frac))
-        idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
+        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
         x = images[idx] / 127.5 - 1.0
         xrec, qloss = model(x)
         if loss_fn is not None:
@@ -189,7 +278,7 @@ def train_vqvae(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if restarter is not None:
+        if restarter is not None and step < restart_until:
             restarter.step(step)
         if opt_d is not None and step >= loss_fn.discriminator_iter_start:
             d_loss, _ = loss_fn(qloss.detach(), x, xrec.detach(), 1, step)
@@ -197,7 +286,7 @@ def train_vqvae(
             d_loss.backward()
             opt_d.step()
         rec = (x - xrec).abs().mean().item()
-        if step % log_every == 0 or step == steps - 1:
+        if step % cfg.log_frequency == 0 or step == steps - 1:
             history.append((step, rec))
         if bar is not None:
             bar.update(1)

@@ -40,6 +40,10 @@ class VQModel(nn.Module):
         lossconfig: the training loss config (kept, not built).
         ckpt_path: optional checkpoint to load (strict after dropping ``loss.*``).
         beta: commitment weight of the quantizer.
+        legacy_quantizer_loss: taming's form (the default, as every released taming model was trained):
+            ``||z_e - sg[e]||^2 + beta ||sg[z_e] - e||^2``, which pulls encoder outputs onto their code four
+            times harder (beta = 0.25) than the code follows them. ``False`` is the VQ-VAE paper's form
+            (arXiv 1711.00937, Eq. 3; beta on the commitment term). Training only; inference is the same.
     """
 
     def __init__(
@@ -57,9 +61,11 @@ class VQModel(nn.Module):
         sane_index_shape: bool = False,
         beta: float = 0.25,
         allow_unsafe_pickle: bool = False,
+        legacy_quantizer_loss: bool = True,
         **ignore_kwargs: Any,
     ):
         super().__init__()
+        self.legacy_quantizer_loss = bool(legacy_quantizer_loss)
         if remap is not None:
             raise ConfigError("VQModel: taming's in-quantizer 'remap' is not supported; use the codec's "
                               "'mapping_path' / 'quantize_number' instead")
@@ -78,7 +84,7 @@ class VQModel(nn.Module):
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, allow_unsafe_pickle=allow_unsafe_pickle)
 
     def _make_quantizer(self, beta: float) -> nn.Module:
-        return VectorQuantizer(self.n_embed, self.embed_dim, beta=beta)
+        return VectorQuantizer(self.n_embed, self.embed_dim, beta=beta, legacy=self.legacy_quantizer_loss)
 
     def init_from_ckpt(self, path: str | Path, ignore_keys: Sequence[str] = (),
                        allow_unsafe_pickle: bool = False) -> list[str]:

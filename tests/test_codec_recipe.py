@@ -1,0 +1,83 @@
+"""The codec training recipe: the typed solver section, the learning-rate schedule, dead-code restarts that
+stop before the end, and the quantizer-loss form (issue 23: a demo codec that keeps every colour)."""
+
+import math
+
+import pytest
+import torch
+
+from vqdiff.modeling.codecs.image.quantizers import VectorQuantizer
+from vqdiff.modeling.codecs.image.training import CodecSolverConfig, codec_learning_rate, train_vqvae
+from vqdiff.modeling.codecs.image.vqgan import VQModel
+from vqdiff.utils.config import ConfigError
+
+TINY_DD = dict(double_z=False, z_channels=8, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 1],
+               num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+
+
+def test_solver_section_defaults_and_checks_name_the_key():
+    cfg = CodecSolverConfig.from_mapping({"base_lr": 3e-3, "max_steps": 10})
+    assert (cfg.base_lr, cfg.max_steps, cfg.lr_schedule, cfg.batch_size) == (3e-3, 10, "cosine", 16)
+    with pytest.raises(ConfigError, match=r"solver: unknown key\(s\) \['base_lrr'\]"):
+        CodecSolverConfig.from_mapping({"base_lrr": 1e-3})
+    with pytest.raises(ConfigError, match=r"solver\.lr_schedule: invalid value 'step'"):
+        CodecSolverConfig.from_mapping({"lr_schedule": "step"})
+    with pytest.raises(ConfigError, match=r"solver\.dead_code_restart_until"):
+        CodecSolverConfig.from_mapping({"dead_code_restart_until": 1.5})
+    with pytest.raises(ConfigError, match=r"solver: .*"):
+        CodecSolverConfig.from_mapping({"max_steps": "many"})
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    cfg = CodecSolverConfig(base_lr=1e-3, max_steps=101, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [codec_learning_rate(s, cfg) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[10] == pytest.approx(1e-3) and lrs[100] == pytest.approx(1e-4)
+    # the cosine's midpoint lies halfway between the peak and the floor
+    assert lrs[55] == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    constant = CodecSolverConfig(base_lr=1e-3, max_steps=50, lr_schedule="constant")
+    assert {codec_learning_rate(s, constant) for s in range(50)} == {1e-3}
+
+
+def test_quantizer_loss_forms():
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    for legacy, enc_weight, code_weight in ((True, 1.0, 0.25), (False, 0.25, 1.0)):
+        vq = VectorQuantizer(8, 4, beta=0.25, legacy=legacy)
+        _, loss, _ = vq(z)
+        (g_z,) = torch.autograd.grad(loss, z, retain_graph=True)
+        g_code = torch.autograd.grad(loss, vq.embedding.weight)[0]
+        zq = vq.embedding.weight[vq.get_indices(z).flatten()].view(2, 3, 3, 4).permute(0, 3, 1, 2)
+        # d/dz of w * mean((z - sg[e])^2) is 2w (z - e) / numel: the commitment pulls with the encoder's weight
+        assert torch.allclose(g_z, enc_weight * 2 * (z - zq).detach() / z.numel(), atol=1e-6)
+        # ... and the codebook term moves each code towards its encoder outputs with the code's weight
+        idx = vq.get_indices(z).flatten()
+        z_rows = z.detach().permute(0, 2, 3, 1).reshape(-1, 4)
+        expected = torch.zeros(8, 4).index_add_(0, idx, code_weight * 2 * (vq.embedding.weight[idx].detach() - z_rows)
+                                                / z.numel())
+        assert torch.allclose(g_code, expected, atol=1e-6)
+    model = VQModel(TINY_DD, n_embed=8, embed_dim=4, legacy_quantizer_loss=False)
+    assert model.quantize.legacy is False
+    assert VQModel(TINY_DD, n_embed=8, embed_dim=4).quantize.legacy is True  # taming's default kept
+
+
+def test_dead_code_restarts_stop_before_the_end(monkeypatch):
+    from vqdiff.modeling.codecs.image import training
+
+    steps_restarted = []
+    real_step = training.DeadCodeRestarter.step
+
+    def spy(self, step):
+        steps_restarted.append(step)
+        return real_step(self, step)
+
+    monkeypatch.setattr(training.DeadCodeRestarter, "step", spy)
+    config = {
+        "model": {"target": "vqdiff.modeling.codecs.image.vqgan.VQModel",
+                  "params": {"ddconfig": TINY_DD, "n_embed": 8, "embed_dim": 4}},
+        "solver": {"max_steps": 20, "batch_size": 2, "dead_code_restart": 2, "dead_code_restart_until": 0.5},
+    }
+    images = torch.rand(6, 3, 16, 16) * 255
+    result = train_vqvae(config, max_steps=20, progress=False, images=images)
+    assert steps_restarted == list(range(10))  # asked on every step of the first half only
+    assert len(result["history"]) >= 1

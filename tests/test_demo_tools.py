@@ -1,0 +1,83 @@
+"""The demo's evidence tools (issue 23): the codec robustness table, the seed-spread summary, the editing
+region grown by the codec's reach, and the demo's preset switch."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(monkeypatch, name):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "running_command"))
+    monkeypatch.syspath_prepend(str(REPO))
+    return __import__(name)
+
+
+def test_dilate_token_mask_grows_by_the_radius_and_stops_at_the_border():
+    from vqdiff.editing import dilate_token_mask
+
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[0, :4, :4] = True      # the top-left quadrant of an 8x8 grid
+    mask[1, 7, 7] = True        # a corner token
+    grown = dilate_token_mask(mask.view(2, 64), (8, 8), radius=1).view(2, 8, 8)
+    assert grown[0, :5, :5].all() and grown[0].sum() == 25  # one ring on the two open sides
+    assert grown[1, 6:, 6:].all() and grown[1].sum() == 4   # clipped at the corner
+    assert torch.equal(dilate_token_mask(mask.view(2, 64), (8, 8), 0), mask.view(2, 64))
+    assert dilate_token_mask(mask[0].flatten(), (8, 8), 2).view(8, 8)[:6, :6].all()  # unbatched
+    with pytest.raises(ValueError, match="radius"):
+        dilate_token_mask(mask.view(2, 64), (8, 8), -1)
+    with pytest.raises(ValueError, match="64 positions"):
+        dilate_token_mask(mask.view(2, 64), (4, 4), 1)
+
+
+def test_robustness_table_prints_a_row_per_codec_and_fails_below_the_floor(monkeypatch, tmp_path, capsys):
+    bench = _load(monkeypatch, "demo_robustness")
+    out = tmp_path / "rows.json"
+    argv = ["--seeds", "0-1", "--threads", "1", "--presets", "quick,full", "--images", "8", "--max-steps", "3",
+            "--classifier-steps", "5", "--json", str(out)]
+    with pytest.raises(SystemExit) as stop:  # three steps of training cannot reach a 0.97 ceiling
+        bench.main(argv)
+    assert stop.value.code == 1
+    printed = capsys.readouterr().out
+    assert "below 0.97" in printed and "classifier on the real held-out images" in printed
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
+    # the two presets train the same codec at the same step count: trained once per seed and thread count
+    assert [(r["preset"], r["seed"], r["threads"]) for r in rows] == [("quick+full", 0, 1), ("quick+full", 1, 1)]
+    for row in rows:
+        assert {"color", "shape", "position", "all", "pixel_l1", "shape_pixel_l1", "mean_intensity_recon",
+                "mean_intensity_input", "codes_used"} <= set(row)
+        assert 0 <= row["shape_pixel_l1"] <= 255 and 0 < row["mean_intensity_input"] < 255
+    rows = bench.main(argv[:-2] + ["--min-ceiling", "0", "--seeds", "0"])  # with no floor the same run passes
+    assert len(rows) == 1
+
+
+def test_seed_spread_summary_reads_every_row_and_editing_variant(monkeypatch):
+    spread = _load(monkeypatch, "demo_spread")
+
+    def result(v):
+        row = {"color": v, "shape": v, "position": v, "all": v}
+        return {"accuracy": {key: row for key in spread.ROWS.values()}}
+
+    def edit(v):
+        variant = {k: v for k in spread.EDIT_KEYS}
+        return {"inpainting": variant, "inpainting_variants": {"quadrant": variant, "ring": variant}}
+
+    summary = spread.summarize([result(0.5), result(1.0)], [edit(0.25), edit(0.75)])
+    assert summary["demo"]["with text"]["shape"] == [0.5, 1.0]
+    assert summary["editing"]["ring"]["asked_colour_rate"] == [0.25, 0.75]
+    assert spread.spread([0.5, 1.0]) == "0.750 (0.500-1.000)"
+
+
+def test_demo_preset_switch(monkeypatch, tmp_path):
+    demo = _load(monkeypatch, "run_demo_shapes")
+    assert {"quick", "full", "ci"} <= set(demo.PRESETS)
+    with pytest.raises(SystemExit):  # --quick and another preset contradict each other
+        demo.main(["--quick", "--preset", "full", "--output", str(tmp_path), "--eval-only"])
+    with pytest.raises(FileNotFoundError, match="--eval-only needs a trained demo"):
+        demo.main(["--preset", "ci", "--output", str(tmp_path), "--eval-only"])
