@@ -275,3 +275,4 @@ def test_compiled_sampling_has_no_graph_break_compiles_once_per_shape_and_matche
     comp = sampling.Denoiser(d, cond, None, SamplingOptions(truncation_rate=None, **fast))(x, t)
     torch.testing.assert_close(comp, eager, rtol=0, atol=1e-4)
     assert not any(k.startswith("_compiled") for k in d.state_dict())  # the compiled network is not state
+    torch._dynamo.reset()  # leave no compiled graphs to later tests
