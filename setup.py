@@ -34,6 +34,7 @@ setup(
             "torch-fidelity",  # torchmetrics' FID / IS / KID run torch-fidelity's TF-FID Inception
             "scipy",
             "openai-clip==1.0.1",
+            "einops==0.8.2",  # benchmarks/bench_precision.py --official-root: the official code imports it
             "selenium==4.51.0",  # tests/test_app_browser.py; 4.52 needs a certifi newer than some mirrors serve
         ],
         # the web page (python -m vqdiff.app). Gradio 6 requires pillow<13: the pin below makes that choice

@@ -52,9 +52,10 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cudnn_deterministic", action="store_true")
     p.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA: fp16 autocast + GradScaler as official (bf16: --amp_dtype bf16)")
-    p.add_argument("--amp_dtype", choices=["fp16", "bf16"], default=None,
-                   help="autocast dtype under --amp (default: solver.amp_dtype, which defaults to fp16)")
+                   help="mixed precision: fp16 autocast + GradScaler on CUDA as official (bf16: --amp_dtype bf16)")
+    p.add_argument("--amp_dtype", choices=["fp16", "bf16", "auto"], default=None,
+                   help="autocast dtype under --amp (default: solver.amp_dtype, which defaults to fp16); bf16 also "
+                        "on the CPU; auto: bf16 where the GPU/CPU runs it natively, else fp16 (CUDA) or fp32 (CPU)")
     p.add_argument("--debug", action="store_true",
                    help="name 'debug', batch size 1, no workers; errors show their full traceback")
     p.add_argument("--overwrite", action="store_true",

@@ -75,7 +75,7 @@ def _solver(tmp_path, model=None, val=False, amp=False, **over):
     ({"save_epochs": [1, "x"]}, "'solver.save_epochs.1' must be an integer"),
     ({"validation_epochs": "often"}, "'solver.validation_epochs' must be an integer or a list of epoch numbers"),
     ({"sample_iterations": "epochs"}, "'solver.sample_iterations' must be an integer or 'epoch'"),
-    ({"amp_dtype": "fp8"}, "'solver.amp_dtype' must be 'fp16' or 'bf16'"),
+    ({"amp_dtype": "fp8"}, "'solver.amp_dtype' must be 'fp16', 'bf16' or 'auto'"),
     ({"optimizers_and_schedulers": [{"name": "none", "optimiser": {}}]},
      "unknown key 'solver.optimizers_and_schedulers.0.optimiser'; did you mean "
      "'solver.optimizers_and_schedulers.0.optimizer'?"),
@@ -206,7 +206,7 @@ def test_amp_is_fp16_with_a_grad_scaler_and_bf16_an_option():
     off = resolve_amp(True, "fp16", "cpu")
     assert not off.enabled and off.dtype == torch.float32 and "ignored on cpu" in off.note
     assert not resolve_amp(False, "fp16", "cuda").enabled
-    with pytest.raises(ValueError, match="--amp must be fp16 or bf16, got 'fp8'"):
+    with pytest.raises(ValueError, match="--amp must be fp16, bf16 or auto, got 'fp8'"):
         resolve_amp("fp8", "fp16", "cuda")
 
 

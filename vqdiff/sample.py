@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE
+from vqdiff.utils.precision import PRECISIONS
 
 __all__ = ["build_parser", "main"]
 
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imagenet-cf", action="store_true", help="1001-class network (learned null class)")
     p.add_argument("--seed", type=int, default=None, help="random seed (reproducible images)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the network's precision (default fp32: the official tokens for a seed); auto: bf16 where "
+                        "the GPU or CPU runs it natively (AMX / AVX512-BF16), else fp32; the choice is logged")
+    p.add_argument("--compile", action="store_true", help="run the network through torch.compile (first call "
+                   "of a shape pays the compile time)")
     p.add_argument("--grid", action="store_true", help="also save all images as one grid.png")
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="allow a legacy checkpoint that needs full unpickling (trusted files only)")
@@ -69,7 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.ckpt is None and not is_diffusers_folder(args.config):
         parser.error("--ckpt is required unless --config is a diffusers folder (one with model_index.json)")
 
-    options = request_options(args.truncation, args.fast, args.infer_speed)  # validate early
+    options = request_options(args.truncation, args.fast, args.infer_speed, precision=args.precision,
+                              compile=args.compile)  # validate early
     engine = VQ_Diffusion(config=args.config, path=args.ckpt, imagenet_cf=args.imagenet_cf, device=args.device,
                           allow_unsafe_pickle=args.allow_unsafe_pickle, lora=args.lora, lora_scale=args.lora_scale,
                           lora_strict=args.lora_strict)
@@ -84,7 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bar.update(1)
 
     common = dict(truncation_rate=args.truncation, save_root=args.out, batch_size=args.num, fast=args.fast,
-                  infer_speed=args.infer_speed, seed=args.seed, callback=callback)
+                  infer_speed=args.infer_speed, seed=args.seed, callback=callback, precision=args.precision,
+                  compile=args.compile)
     try:
         if args.text is not None:
             images = engine.inference_generate_sample_with_condition(
@@ -103,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     folder = Path(args.out) / safe_name(name)
     if args.grid:
         make_grid(images).save(folder / "grid.png")
-    print(f"saved {len(images)} images to {folder}")
+    print(f"saved {len(images)} images to {folder} ({images[0].info.get('sampling_options', '')})")
     return 0
 
 

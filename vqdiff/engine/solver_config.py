@@ -18,6 +18,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from vqdiff.engine.amp import AMP_DTYPE_NAMES
 from vqdiff.engine.lora_config import LoraConfig, parse_lora_config
 from vqdiff.utils.config import ConfigError
 from vqdiff.utils.config_sections import EMAConfig, parse_ema_config
@@ -167,7 +168,6 @@ class OptimizerAndSchedulerConfig:
                    **windows)
 
 
-_AMP_DTYPES = ("fp16", "bf16")
 _ADJUST_LR = ("none", "sqrt", "linear")
 # official keys that change nothing here (the official solver reads ``debug`` for its debug loader only;
 # ``print_specific_things`` is read by no official code)
@@ -187,7 +187,8 @@ class SolverConfig:
         sample_iterations: iterations between sample grids, or ``'epoch'``; <= 0: never.
         grad_accumulation_steps: micro-batches per optimizer step (1 = official).
         max_nonfinite_steps: stop after this many skipped non-finite steps in a row (<= 0: never stop).
-        amp_dtype: the autocast dtype under ``--amp`` when the flag names none: fp16 (with a GradScaler) or bf16.
+        amp_dtype: the autocast dtype under ``--amp`` when the flag names none: fp16 (with a GradScaler), bf16
+            (also on the CPU) or auto (bf16 where the device runs it natively; ``vqdiff.engine.amp``).
         ema: the typed EMA section (None when absent); clip_grad_norm: the sub-section as given (None when absent).
         lora: the typed LoRA section (``lora_config``; None: every trainable weight trains, as official).
     """
@@ -246,8 +247,8 @@ def parse_solver_config(section: Any, key_path: str = "solver") -> SolverConfig:
     if adjust not in _ADJUST_LR:
         raise ConfigError(f"'{kp('adjust_lr')}' must be one of {', '.join(_ADJUST_LR)}, got {adjust!r}")
     amp_dtype = section.get("amp_dtype", "fp16")
-    if amp_dtype not in _AMP_DTYPES:
-        raise ConfigError(f"'{kp('amp_dtype')}' must be 'fp16' or 'bf16', got {amp_dtype!r}")
+    if amp_dtype not in AMP_DTYPE_NAMES:
+        raise ConfigError(f"'{kp('amp_dtype')}' must be 'fp16', 'bf16' or 'auto', got {amp_dtype!r}")
     max_iterations = section.get("max_iterations")
     max_iterations = None if max_iterations is None else _int(max_iterations, kp("max_iterations"))
     accum = _int(section.get("grad_accumulation_steps", 1), kp("grad_accumulation_steps"))

@@ -269,16 +269,21 @@ class VQ_Diffusion:
     ) -> list[Image.Image]:
         """The core of the three official methods: ``batch_size`` images of ``condition`` (a caption, a class
         label, or None for an unconditional model) under ``options``, saved as ``save_root/<condition>/000000.png``
-        (``.jpg`` for class labels, as the official method; ``unconditional/`` without condition) and returned."""
+        (``.jpg`` for class labels, as the official method; ``unconditional/`` without condition) and returned.
+        Each image's ``info['sampling_options']`` is the request as run, precision included ('top0.85r,fp32')."""
         n = self._check_batch(batch_size)
         kind = self.condition_kind
         name = "unconditional" if kind is None else str(condition)
         batch = None if kind is None else {kind: [condition]}
-        logger.info("sampling %d image(s) of %r with %s", n, name, options)
+        options = options.for_device(self.device)  # precision 'auto': the choice is logged here
+        logger.info("sampling %d image(s) of %r with %s", n, name, options.to_sample_type(with_precision=True))
         self._output_folder(save_root, name)
         out = self.model.generate_content(batch=batch, filter_ratio=0, replicate=n, options=options,
                                           callback=callback, negative_prompt=negative_prompt)
-        return self._finish(out["content"], save_root, name, ext="jpg" if kind == "label" else "png")
+        images = self._finish(out["content"], save_root, name, ext="jpg" if kind == "label" else "png")
+        for image in images:
+            image.info["sampling_options"] = out["options"]
+        return images
 
     @torch.no_grad()
     def inference_inpaint(
@@ -293,17 +298,20 @@ class VQ_Diffusion:
         filter_ratio: float = 0.0,
         seed: Optional[int] = None,
         callback: Optional[Callable[[dict], None]] = None,
+        precision: str = "fp32",
     ) -> list[Image.Image]:
         """Repaint the part of ``image`` under ``mask`` following ``text`` (or a class label); keep the rest.
 
         ``image``: PIL, array or (B, 3, H, W) tensor in [0, 255]; ``mask``: pixel (H, W) or token (h, w)
         space, nonzero = repaint (a token is repainted when any of its pixels is). Only the masked tokens
         are sampled, the others stay fixed at every step. With ``save_root`` the results are saved as
-        ``save_root/<text>/000000.png`` and ``inpaint_000000.png`` shows input | mask | result.
+        ``save_root/<text>/000000.png`` and ``inpaint_000000.png`` shows input | mask | result. ``precision`` as
+        in :meth:`inference_generate_sample_with_condition`.
         """
         from vqdiff.editing import inpaint_image
 
-        options = request_options(truncation_rate, guidance_scale=guidance_scale, generator=self._generator(seed))
+        options = request_options(truncation_rate, guidance_scale=guidance_scale, generator=self._generator(seed),
+                                  precision=precision).for_device(self.device)
         self._output_folder(save_root, str(text))
         out = inpaint_image(
             self.model, image, mask, text, options=options, negative_prompt=negative_prompt,
@@ -328,6 +336,8 @@ class VQ_Diffusion:
         seed: Optional[int] = None,
         callback: Optional[Callable[[dict], None]] = None,
         negative_prompt: Optional[str] = None,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> list[Image.Image]:
         """``batch_size`` images of ``text``, saved as ``save_root/<text>/000000.png`` … and returned.
 
@@ -338,7 +348,10 @@ class VQ_Diffusion:
         high-quality / purity rules. ``seed`` makes the call reproducible; ``callback(info)`` runs after
         every diffusion step; ``save_root=None`` saves nothing. ``guidance_scale`` may also be a schedule
         over the steps (``'linear:a:b'``, ``'cosine:a:b'``, a list of T values); ``negative_prompt`` replaces
-        the unconditional branch of guidance by that text ('' = ordinary guidance).
+        the unconditional branch of guidance by that text ('' = ordinary guidance). ``precision``: the network's
+        precision, ``'fp32'`` (default, the official tokens), ``'bf16'``, ``'fp16'`` or ``'auto'`` (bf16 where
+        the device runs it natively, else fp32; the choice is logged and in each image's
+        ``info['sampling_options']``); ``compile=True`` runs the network through ``torch.compile``.
         """
         self._require("text", "inference_generate_sample_with_condition")
         if not isinstance(text, str):
@@ -346,7 +359,8 @@ class VQ_Diffusion:
         self._check_batch(batch_size)
         options = request_options(truncation_rate, fast, infer_speed, guidance_scale=guidance_scale,
                                   null_condition=self._null_condition(learnable_cf), prior_rule=int(prior_rule),
-                                  prior_weight=float(prior_weight), generator=self._generator(seed))
+                                  prior_weight=float(prior_weight), generator=self._generator(seed),
+                                  precision=precision, compile=compile)
         return self.inference_generate_sample(text, options, save_root, batch_size, callback, negative_prompt)
 
     @torch.no_grad()
@@ -362,13 +376,16 @@ class VQ_Diffusion:
         seed: Optional[int] = None,
         callback: Optional[Callable[[dict], None]] = None,
         text: Optional[int] = None,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> list[Image.Image]:
         """``batch_size`` images of class ``label``, saved as ``save_root/<label>/000000.jpg`` … and returned.
 
         ``text=`` is the official name of the class argument (give one of ``label`` and ``text``); the
         images are JPEG files as the official method writes them. Guidance (``guidance_scale`` != 1, a
         number or a schedule) uses the null label: the learned row when the model was built with
-        ``imagenet_cf=True``, else the mean class embedding (official behaviour).
+        ``imagenet_cf=True``, else the mean class embedding (official behaviour). ``precision`` and ``compile``
+        as in :meth:`inference_generate_sample_with_condition`.
         """
         self._require("label", "inference_generate_sample_with_class")
         if text is not None:
@@ -383,7 +400,7 @@ class VQ_Diffusion:
             raise ValueError(f"label must be a non-negative int class index, got {label!r}")
         self._check_batch(batch_size)
         options = request_options(truncation_rate, fast, infer_speed, guidance_scale=guidance_scale,
-                                  generator=self._generator(seed))
+                                  generator=self._generator(seed), precision=precision, compile=compile)
         return self.inference_generate_sample(label, options, save_root, batch_size, callback)
 
     @torch.no_grad()
@@ -396,9 +413,13 @@ class VQ_Diffusion:
         infer_speed: Any = False,
         seed: Optional[int] = None,
         callback: Optional[Callable[[dict], None]] = None,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> list[Image.Image]:
-        """``batch_size`` images of an unconditional model (FFHQ), saved as ``save_root/unconditional/…``."""
+        """``batch_size`` images of an unconditional model (FFHQ), saved as ``save_root/unconditional/…``;
+        ``precision`` and ``compile`` as in :meth:`inference_generate_sample_with_condition`."""
         self._require(None, "inference_generate_sample_unconditional")
         self._check_batch(batch_size)
-        options = request_options(truncation_rate, fast, infer_speed, generator=self._generator(seed))
+        options = request_options(truncation_rate, fast, infer_speed, generator=self._generator(seed),
+                                  precision=precision, compile=compile)
         return self.inference_generate_sample(None, options, save_root, batch_size, callback)

@@ -23,6 +23,7 @@ from vqdiff.utils.config import instantiate_from_config
 
 from . import forward_process, losses, posterior
 from .log_ops import CLAMP_MIN, index_to_log_onehot, log_onehot_to_index, log_sample_categorical, multinomial_kl
+from .network_runner import CompiledNetwork
 from .sampling import sample_tokens
 from .sampling_options import SamplingOptions
 from .schedule import LogSchedule, log_schedule
@@ -114,6 +115,7 @@ class DiffusionTransformer(nn.Module):
             self.register_buffer(name, value.float())
         self.register_buffer("Lt_history", torch.zeros(self.num_timesteps))
         self.register_buffer("Lt_count", torch.zeros(self.num_timesteps))
+        self._compiled_networks: dict[str, CompiledNetwork] = {}  # compile=True sampling, per backend (not state)
 
         # -- learnable classifier-free guidance (Improved VQ-Diffusion, Sec. 3.2) ---------------------
         self.condition_seq_len = int(net_params.get("condition_seq_len", 77))
@@ -194,12 +196,22 @@ class DiffusionTransformer(nn.Module):
             return None
         return fn(cond_emb)
 
-    def _net_log_probs(self, x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor, cond_cache: Any = None) -> torch.Tensor:
-        """``log p(x_0 | x_t)`` over the K tokens, clamped: (B, K, N) float32."""
+    def compiled_network(self, backend: str = "inductor") -> CompiledNetwork:
+        """The network through ``torch.compile`` (one per backend, made on first use and kept: its graphs are
+        reused by every later request of the same shape); see :mod:`network_runner`."""
+        if backend not in self._compiled_networks:
+            self._compiled_networks[backend] = CompiledNetwork(self.transformer, backend)
+        return self._compiled_networks[backend]
+
+    def _net_log_probs(self, x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor, cond_cache: Any = None,
+                       network: Optional[Callable[..., torch.Tensor]] = None) -> torch.Tensor:
+        """``log p(x_0 | x_t)`` over the K tokens, clamped: (B, K, N) float32 whatever precision the network ran
+        in (``network``: a request's ``NetworkRunner``; None: ``self.transformer`` as it is)."""
+        net = self.transformer if network is None else network
         if cond_cache is not None:
-            out = self.transformer(x_t, cond_emb, t, cond_cache=cond_cache)
+            out = net(x_t, cond_emb, t, cond_cache=cond_cache)
         else:
-            out = self.transformer(x_t, cond_emb, t)
+            out = net(x_t, cond_emb, t)
         K = self.num_classes - 1
         if out.dim() != 3 or out.shape[0] != x_t.shape[0] or out.shape[1] != K or out.shape[2] != x_t.shape[1]:
             raise ValueError(

@@ -27,9 +27,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from vqdiff.utils.precision import resolve_precision
+
 from .guidance import guidance_number
 from .log_ops import CLAMP_MIN, sample_categorical_index
 from .maskgit import sample_maskgit
+from .network_runner import NetworkRunner
 from .sampling_options import SamplingOptions
 
 __all__ = [
@@ -147,7 +150,9 @@ class Denoiser:
     options (``options.is_guided``) make a single conditional call. The condition cache (cross-attention
     keys/values) is computed here once. ``uncond_emb`` may be any embedding of the condition's shape: the
     null text, or a negative prompt; the guidance scale is a number or a schedule (then ``s = s(t)`` per row).
-    Truncation (``options.truncation_rate``, then ``options.top_k``) follows.
+    Truncation (``options.truncation_rate``, then ``options.top_k``) follows. The network (and its condition
+    cache) runs in ``options.precision`` (``auto`` resolved for the model's device), compiled with
+    ``options.compile`` (``network_runner.NetworkRunner``); its log-softmax and all the above are fp32.
 
     Args:
         diffusion: the ``DiffusionTransformer`` (``_net_log_probs``, ``precompute_condition``,
@@ -179,7 +184,10 @@ class Denoiser:
             self.net_cond = torch.cat([cond_emb, uncond_emb], dim=0)
         else:
             self.net_cond = cond_emb
-        self.cache = diffusion.precompute_condition(self.net_cond)
+        self.precision = resolve_precision(options.precision, diffusion.device, "sampling option precision")
+        self.network = NetworkRunner(diffusion, self.precision, options.compile, options.compile_backend)
+        with self.network.autocast():
+            self.cache = diffusion.precompute_condition(self.net_cond)
         number = guidance_number(options.guidance_scale)
         self.scale = number
         self.table = None if number is not None else torch.tensor(
@@ -188,13 +196,13 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         d = self.diffusion
         if self.guided:
-            both = d._net_log_probs(torch.cat([x_t, x_t]), self.net_cond, torch.cat([t, t]), self.cache)
+            both = d._net_log_probs(torch.cat([x_t, x_t]), self.net_cond, torch.cat([t, t]), self.cache, self.network)
             log_c, log_u = both.chunk(2, dim=0)
             s = self.scale if self.table is None else self.table.to(t.device)[t].view(-1, 1, 1)
             log_p = log_u + s * (log_c - log_u)
             log_p = (log_p - torch.logsumexp(log_p, dim=1, keepdim=True)).clamp(CLAMP_MIN, 0)
         else:
-            log_p = d._net_log_probs(x_t, self.net_cond, t, self.cache)
+            log_p = d._net_log_probs(x_t, self.net_cond, t, self.cache, self.network)
         log_p = d._append_mask_row(log_p)
         if self.options.truncation_rate is not None:
             log_p = truncate_log_probs(log_p, self.options.truncation_rate)

@@ -77,11 +77,13 @@ def sample_tokens(
     ancestral sampler, or MaskGIT from the partly masked tokens). ``uncond_emb``: the unconditional branch of
     guidance (null text, null label or a negative prompt); None takes the learned null text when guidance
     is on. ``batch_size`` is needed only without condition and start tokens. ``fixed = (mask, tokens)`` pins
-    tokens; ``callback(info)`` runs after every step.
+    tokens; ``callback(info)`` runs after every step. ``options.precision`` ``auto`` is resolved for the model's
+    device here (and logged: :meth:`SamplingOptions.for_device`).
     """
     B = _batch_size(condition_token, condition_embed, content_token, batch_size=batch_size)
     T, K, N = diffusion.num_timesteps, diffusion.num_classes - 1, diffusion.content_seq_len
     device = diffusion.device
+    options = options.for_device(device)
     cond_emb = condition_embedding(diffusion, condition_token, condition_embed)
     if uncond_emb is None and options.is_guided(T):
         uncond_emb = learned_null_embedding(diffusion, B)

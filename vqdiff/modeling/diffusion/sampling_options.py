@@ -11,11 +11,16 @@ Which sampler runs (:meth:`SamplingOptions.sampler_kind`):
 * ``'ancestral'`` (arXiv 2111.14822 Eq. 11) with ``prior_rule`` 0, for skip-step sampling
   (``skip_step > 0``, the official ``sample_fast``) and when starting from noised tokens (``filter_ratio > 0``);
 * ``'improved'`` (arXiv 2205.16007 Sec. 3.3) with ``prior_rule`` 1 or 2, or ``time{s}`` with s < 1.
+
+Precision (``precision``, ``compile``): the network runs in the chosen precision (``vqdiff.utils.precision``;
+``auto`` is resolved per device by :meth:`SamplingOptions.for_device`) and, with ``compile``, through
+``torch.compile`` (``network_runner.py``); the diffusion math around it stays fp32.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 from dataclasses import dataclass
@@ -23,10 +28,14 @@ from typing import Any, Optional
 
 import torch
 
+from vqdiff.utils.precision import PRECISIONS, resolve_precision
+
 from .guidance import guidance_number, guidance_scales
 from .maskgit import MASK_SCHEDULES
 
 __all__ = ["DEFAULT_TRUNCATION_RATE", "NULL_CONDITIONS", "SamplingOptions", "speed_fields"]
+
+logger = logging.getLogger("vqdiff.sampling")
 
 DEFAULT_TRUNCATION_RATE = 0.85
 """The one default truncation rate (the official ``generate_content`` default ``'top0.85r'``)."""
@@ -67,6 +76,12 @@ class SamplingOptions:
         maskgit_steps: S >= 1: the confidence-ordered sampler with S network calls (``maskgit{S}``).
         maskgit_schedule: its mask schedule, one of ``maskgit.MASK_SCHEDULES``.
         choice_temperature: its confidence noise scale, >= 0.
+        precision: the network's precision, one of ``vqdiff.utils.precision.PRECISIONS``: ``fp32`` (default:
+            the official code's tokens for the same seed), ``bf16``, ``fp16`` (autocast of the network only;
+            posteriors, truncation, guidance and the Gumbel draw stay fp32) or ``auto`` (bf16 where the device
+            runs it natively, else fp32; resolved by :meth:`for_device`).
+        compile: run the network through ``torch.compile`` (``fullgraph``, compiled once per input shape).
+        compile_backend: the ``torch.compile`` backend (``'inductor'``; ``'aot_eager'`` needs no C++ build).
     """
 
     truncation_rate: Optional[float] = DEFAULT_TRUNCATION_RATE
@@ -84,6 +99,9 @@ class SamplingOptions:
     maskgit_steps: Optional[int] = None
     maskgit_schedule: str = "cosine"
     choice_temperature: float = 4.5
+    precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         r = self.truncation_rate
@@ -114,6 +132,10 @@ class SamplingOptions:
                f"one of {sorted(MASK_SCHEDULES)}")
         _check(_real(self.choice_temperature) and self.choice_temperature >= 0, "choice_temperature",
                self.choice_temperature, ">= 0")
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check(isinstance(self.compile, bool), "compile", self.compile, "True or False")
+        _check(isinstance(self.compile_backend, str) and bool(self.compile_backend), "compile_backend",
+               self.compile_backend, "a torch.compile backend name")
 
     # ------------------------------------------------------------------------------------------ building
     def replace(self, **changes: Any) -> "SamplingOptions":
@@ -127,7 +149,8 @@ class SamplingOptions:
         ``'top{r}r'`` truncation rate r; ``'top{k}p'`` top-k; ``'normal'``/``''``/None nothing; then optional
         comma-separated parts: ``'time{s}'`` (s >= 2: ``skip_step = int(s) - 1``; s < 1: ``time_ratio = s``;
         1 <= s < 2: plain), ``'fast{k}'`` (skip k steps), ``'q{p}'`` (re-run probability p); vqdiff's own
-        ``'maskgit{S}'`` or ``'maskgit{S}:{schedule}'``. A string without a ``top`` part has no truncation.
+        ``'maskgit{S}'`` or ``'maskgit{S}:{schedule}'``; a precision (``'fp32'``, ``'bf16'``, ``'fp16'``,
+        ``'auto'``) and ``'compile'``. A string without a ``top`` part has no truncation.
         """
         parsed: dict[str, Any] = {"truncation_rate": None}
         parts = [p.strip() for p in str(sample_type or "").split(",") if p.strip()]
@@ -145,6 +168,10 @@ class SamplingOptions:
                 parsed["top_k"] = int(num(part[3:-1], part))
             elif part in ("normal", "debug") and i == 0:
                 pass
+            elif part in PRECISIONS:
+                parsed["precision"] = part
+            elif part == "compile":
+                parsed["compile"] = True
             elif part.startswith("time"):
                 parsed.update(speed_fields(num(part[4:], part), f"sample_type {sample_type!r}: {part}"))
             elif part.startswith("maskgit"):
@@ -164,13 +191,15 @@ class SamplingOptions:
             else:
                 raise ValueError(
                     f"sample_type {sample_type!r}: unknown part {part!r} (expected 'top{{r}}r', 'top{{k}}p', "
-                    "'time{s}', 'fast{k}', 'q{p}' or 'maskgit{S}[:schedule]')"
+                    "'time{s}', 'fast{k}', 'q{p}', 'maskgit{S}[:schedule]', a precision or 'compile')"
                 )
         return cls(**{**parsed, **others})
 
-    def to_sample_type(self) -> str:
+    def to_sample_type(self, with_precision: bool = False) -> str:
         """The official ``sample_type`` string of these options (round-trips through :meth:`from_sample_type`;
-        guidance, prior, generator and the other non-string options are not part of it)."""
+        guidance, prior, generator and the other non-string options are not part of it). The precision is
+        appended when it is not the default fp32, or always with ``with_precision`` (the form a sampling
+        result reports, e.g. ``'top0.85r,fp32'``); ``compile`` when on."""
         if self.truncation_rate is not None:
             parts = [f"top{float(self.truncation_rate)!r}r"]
         elif self.top_k is not None:
@@ -186,12 +215,26 @@ class SamplingOptions:
         if self.maskgit_steps is not None:
             schedule = "" if self.maskgit_schedule == "cosine" else f":{self.maskgit_schedule}"
             parts.append(f"maskgit{self.maskgit_steps}{schedule}")
+        if with_precision or self.precision != "fp32":
+            parts.append(self.precision)
+        if self.compile:
+            parts.append("compile")
         return ",".join(parts)
 
     def __str__(self) -> str:
         return self.to_sample_type()
 
     # ------------------------------------------------------------------------------------------ decisions
+    def for_device(self, device: torch.device | str) -> "SamplingOptions":
+        """These options with ``precision`` resolved for ``device`` (``auto`` -> bf16 where the device runs it
+        natively, else fp32: ``vqdiff.utils.precision.resolve_precision``); the choice and its reason are
+        logged (logger ``vqdiff.sampling``). Other values come back unchanged."""
+        if self.precision != "auto":
+            return self
+        chosen = resolve_precision(self.precision, device, "sampling option precision")
+        logger.info("sampling precision auto -> %s on %s: %s", chosen.name, torch.device(device), chosen.reason)
+        return self.replace(precision=chosen.name)
+
     def guidance_table(self, num_timesteps: int) -> list[float]:
         """The guidance scale at each step ``t = 0 .. T-1`` (range-checked by ``guidance_scales``)."""
         return guidance_scales(self.guidance_scale, num_timesteps)

@@ -147,7 +147,8 @@ class TokenModelMixin:
         negative_prompt: Any = None,
         **option_fields: Any,
     ) -> dict:
-        """Generate images: ``{'content': (B, 3, H, W) in [0, 255], 'content_token': (B, N)}`` for the batch's
+        """Generate images: ``{'content': (B, 3, H, W) in [0, 255], 'content_token': (B, N), 'options': the
+        request as a ``sample_type`` string with its precision, e.g. 'top0.85r,fp32'}`` for the batch's
         captions (``batch['text']``) or labels (``batch['label']``), each ``replicate`` times (unconditional:
         ``replicate`` images).
 
@@ -173,9 +174,11 @@ class TokenModelMixin:
             uncond = None
             if options.is_guided(self.transformer.num_timesteps):
                 uncond = self._null_condition(B, options, negative_prompt)
+            options = options.for_device(self.transformer.device)  # precision 'auto' resolved (and logged) once
             tokens = sample_tokens(self.transformer, options, uncond_emb=uncond, content_token=start,
                                    filter_ratio=filter_ratio, fixed=fixed, callback=callback, **cond)
-            return {"content": self._decode(tokens), "content_token": tokens}
+            return {"content": self._decode(tokens), "content_token": tokens,
+                    "options": options.to_sample_type(with_precision=True)}
 
     @torch.no_grad()
     def sample(
