@@ -168,8 +168,11 @@ def test_antithetic_times_are_stratified():
 
 def test_network_step_matches_the_mask_rate():
     T = 10
-    rates = torch.tensor([0.0, 0.05, 0.1, 0.11, 0.5, 0.999, 1.0], dtype=torch.float64)
-    assert me.network_step(1 - rates, T).tolist() == [0, 0, 0, 1, 4, 9, 9]
+    t = torch.tensor([0.0, 0.05, 0.1, 0.11, 0.4, 0.5, 0.999, 1.0], dtype=torch.float64)
+    assert me.network_step(t, me.MaskedELBOOptions(), T).tolist() == [0, 0, 0, 1, 3, 4, 9, 9]
+    assert me.network_step(torch.arange(1, T + 1) / T, me.MaskedELBOOptions(), T).tolist() == list(range(T))
+    cosine = me.MaskedELBOOptions(schedule="cosine")  # mask rate cos(pi/2 (1 - t)): 0.5 at t = 1/3
+    assert me.network_step(torch.tensor([1 / 3 - 1e-3, 1 / 3 + 1e-3]), cosine, T).tolist() == [4, 5]
 
 
 def test_mask_tokens_keeps_tokens_with_probability_alpha():

@@ -38,7 +38,7 @@ reconstruction term ``N (1 - alpha_0) log K`` (a token still masked at t = 0 cos
 Time is drawn antithetically, ``t_i = (u + i / B) mod 1`` with one ``u ~ U[0, 1)`` per batch (both papers'
 default), which lowers the variance of the batch mean. The network of this project takes an integer step
 in ``0 .. T-1`` (its time embedding); it gets the step whose mask rate matches: ``ceil((1 - alpha_t) T) - 1``
-(:func:`network_step`), the same rule MaskGIT sampling uses (``maskgit.py``), so any schedule feeds it the
+(:func:`network_step`, from the unclamped abar_t), the same rule MaskGIT sampling uses (``maskgit.py``), so any schedule feeds it the
 masked fraction it sees. The bound holds for any such network (``p_theta`` may depend on x_t alone, MDLM).
 Shapes: tokens (B, N) with [MASK] = K, log-probabilities (B, K, N) or (B, K+1, N), times (B,).
 """
@@ -208,10 +208,12 @@ def masked_cross_entropy(log_p_x0: torch.Tensor, x0: torch.Tensor, x_t: torch.Te
     return -(log_p_true * masked).sum(dim=1)
 
 
-def network_step(alpha_t: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """The network's integer step (B,) for mask rate ``1 - alpha_t``: ``ceil((1 - alpha_t) T) - 1`` in 0..T-1."""
-    rate = (1.0 - alpha_t.double()) * num_steps
-    return torch.clamp(torch.ceil(rate - 1e-9) - 1, 0, num_steps - 1).long()
+def network_step(t: torch.Tensor, opts: MaskedELBOOptions, num_steps: int) -> torch.Tensor:
+    """The network's integer step (B,) at time t (B,): ``ceil((1 - abar_t) T) - 1`` in 0..T-1, the step whose
+    share of the T steps matches the mask rate (unclamped, so the uniform grid ``t = (j + 1) / T`` of the
+    linear schedule feeds step j exactly; the clamp moves the rate by at most eps)."""
+    rate = (1.0 - _alpha_bar(t.double(), opts)) * num_steps
+    return torch.clamp(torch.ceil(rate - 1e-4) - 1, 0, num_steps - 1).long()  # slack: float32 times
 
 
 def prior_term(opts: MaskedELBOOptions, seq_len: int, num_tokens: int) -> float:
@@ -247,6 +249,6 @@ def diffusion_loss(predict_log_x0: Any, x0: torch.Tensor, opts: MaskedELBOOption
         weight = loss_weight(t, opts)
     a_t = alpha(t.double(), opts)
     x_t = mask_tokens(x0, a_t, mask_id, generator)
-    log_p = predict_log_x0(x_t, network_step(a_t, num_steps))
+    log_p = predict_log_x0(x_t, network_step(t, opts, num_steps))
     ce = masked_cross_entropy(log_p.float(), x0, x_t, mask_id)
     return weight.to(ce.dtype) * ce, log_p, x_t, t

@@ -11,6 +11,9 @@ Which sampler runs (:meth:`SamplingOptions.sampler_kind`):
 * ``'ancestral'`` (arXiv 2111.14822 Eq. 11) with ``prior_rule`` 0, for skip-step sampling
   (``skip_step > 0``, the official ``sample_fast``) and when starting from noised tokens (``filter_ratio > 0``);
 * ``'improved'`` (arXiv 2205.16007 Sec. 3.3) with ``prior_rule`` 1 or 2, or ``time{s}`` with s < 1.
+
+For an ``objective: masked_elbo`` model ``sampling.sample_tokens`` runs ``'masked'`` instead of the last two
+(``masked_sampler.py``, with ``time_grid``); MaskGIT is shared.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Optional
 import torch
 
 from .guidance import guidance_number, guidance_scales
+from .masked_sampler import TIME_GRIDS
 from .maskgit import MASK_SCHEDULES
 
 __all__ = ["DEFAULT_TRUNCATION_RATE", "NULL_CONDITIONS", "SamplingOptions", "speed_fields"]
@@ -67,6 +71,8 @@ class SamplingOptions:
         maskgit_steps: S >= 1: the confidence-ordered sampler with S network calls (``maskgit{S}``).
         maskgit_schedule: its mask schedule, one of ``maskgit.MASK_SCHEDULES``.
         choice_temperature: its confidence noise scale, >= 0.
+        time_grid: the time grid of the masked-diffusion sampler (``objective: masked_elbo`` models), one of
+            ``masked_sampler.TIME_GRIDS``; other models take only ``'uniform'``.
     """
 
     truncation_rate: Optional[float] = DEFAULT_TRUNCATION_RATE
@@ -84,6 +90,7 @@ class SamplingOptions:
     maskgit_steps: Optional[int] = None
     maskgit_schedule: str = "cosine"
     choice_temperature: float = 4.5
+    time_grid: str = "uniform"
 
     def __post_init__(self) -> None:
         r = self.truncation_rate
@@ -114,6 +121,7 @@ class SamplingOptions:
                f"one of {sorted(MASK_SCHEDULES)}")
         _check(_real(self.choice_temperature) and self.choice_temperature >= 0, "choice_temperature",
                self.choice_temperature, ">= 0")
+        _check(self.time_grid in TIME_GRIDS, "time_grid", self.time_grid, f"one of {TIME_GRIDS}")
 
     # ------------------------------------------------------------------------------------------ building
     def replace(self, **changes: Any) -> "SamplingOptions":
