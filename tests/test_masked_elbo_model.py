@@ -4,6 +4,7 @@ tiny config trained through train.py then sampled through the notebook API."""
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -204,3 +205,35 @@ def test_tiny_config_with_masked_elbo_trains_and_samples(tmp_path, monkeypatch):
     assert len(ims) == 2
     with pytest.raises(ValueError, match="objective: masked_elbo"):  # the unchanged config refuses it
         VQ_Diffusion(config=str(REPO / "configs" / "tiny_text_shapes.yaml"), path=str(ckpt))
+
+
+# --------------------------------------------------------------------------------------------------
+# the validation bound of both objectives (validation_bound.py)
+# --------------------------------------------------------------------------------------------------
+class UniformNet(nn.Module):
+    """p(x_0 | x_t) uniform over the K tokens whatever x_t."""
+
+    content_seq_len = N
+
+    def forward(self, x, cond, t):
+        return torch.zeros(x.shape[0], K, x.shape[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("objective", ["vq_diffusion", "masked_elbo"])
+def test_validation_bound_of_a_uniform_model(objective, seed):
+    from vqdiff.modeling.diffusion.validation_bound import bits_per_token, negative_elbo, vq_diffusion_prior_kl
+
+    d = DiffusionTransformer(content_emb_config={"params": {"num_embed": K}}, transformer_config=UniformNet(),
+                             diffusion_step=T, objective=objective)
+    x0 = torch.randint(0, K, (512, N), generator=gen(seed))
+    nats = torch.cat([negative_elbo(d, x0, None, gen(seed + 10 * i)) for i in range(4)])
+    exact = N * math.log(K)
+    se = float(nats.std()) / math.sqrt(nats.numel())
+    # x0 uniform: E[-log p(x0)] >= N log K for any model (Gibbs), so no valid bound may fall below it
+    assert float(nats.mean()) > exact - 5 * se
+    if objective == "masked_elbo":  # the bound's expectation is N log K ((1 - 2 eps) + eps + eps) exactly
+        assert abs(float(nats.mean()) - exact) < 5 * se
+    else:
+        assert 0 < vq_diffusion_prior_kl(d) < 1e-4
+    assert bits_per_token(nats, N) == pytest.approx(float(nats.mean()) / (N * math.log(2)))
