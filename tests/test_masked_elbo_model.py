@@ -237,3 +237,12 @@ def test_validation_bound_of_a_uniform_model(objective, seed):
     else:
         assert 0 < vq_diffusion_prior_kl(d) < 1e-4
     assert bits_per_token(nats, N) == pytest.approx(float(nats.mean()) / (N * math.log(2)))
+
+
+def test_diffusers_export_refuses_a_masked_elbo_model():
+    from vqdiff.inference.diffusers_export import scheduler_config
+
+    model = DALLE(content_codec_config=FakeCodec(), condition_codec_config=FakeTokenizer(),
+                  diffusion_config=masked_diffusion())
+    with pytest.raises(ValueError, match="masked_elbo"):
+        scheduler_config(model)
