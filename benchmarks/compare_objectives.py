@@ -193,11 +193,12 @@ def one_run(kind: str, objective: str, seed: int, shared: tuple, p: dict, args, 
 # --------------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------------
-def spread(values: list) -> str:
-    return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+def spread(values: list, fmt: str = ".3f") -> str:
+    return f"{statistics.mean(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def table(runs: list[dict]) -> str:
+    """The markdown table: per set, objective and condition the mean (min-max) over the seeds' runs."""
     lines = ["| set | objective | condition | colour | shape | position | all | samples | bound (bits/token) | "
              "train wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for kind in ("text", "class"):
@@ -211,7 +212,7 @@ def table(runs: list[dict]) -> str:
                          for k in ("color", "shape", "position", "all")]
                 lines.append(f"| {kind} | {objective} | {cond} | " + " | ".join(cells) +
                              f" | {len(mine)} x {accs[0]['n']} | {spread([r['bits_per_token'] for r in mine])} | "
-                             f"{spread([r['train_s'] for r in mine])} |")
+                             f"{spread([r['train_s'] for r in mine], '.0f')} |")
     return "\n".join(lines)
 
 
