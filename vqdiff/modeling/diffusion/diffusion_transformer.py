@@ -161,7 +161,8 @@ class DiffusionTransformer(nn.Module):
         request from it (:func:`samplers.n_sample_table`)."""
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        self._check_objective_record(state_dict.get(prefix + RECORD_KEY))
+        masked_elbo_module.check_checkpoint_record(self.masked_elbo_options, self.objective,
+                                                   state_dict.get(prefix + RECORD_KEY), RECORD_KEY)
         key = prefix + "empty_text_embed"
         if key in state_dict and not self.learnable_cf:
             warnings.warn(
@@ -171,25 +172,6 @@ class DiffusionTransformer(nn.Module):
                 stacklevel=3,
             )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
-    def _check_objective_record(self, record: Optional[torch.Tensor]) -> None:
-        """A masked-ELBO checkpoint loads only into a masked-ELBO model with the same schedule; a checkpoint
-        without the record (VQ-Diffusion's, the official ones) into a masked-ELBO model is a fine-tuning start."""
-        if record is None:
-            if self.masked_elbo_options is not None:
-                warnings.warn("loading a checkpoint without a masked_elbo record (a 'vq_diffusion' network) into "
-                              "an 'objective: masked_elbo' model: its network starts from those weights",
-                              stacklevel=4)
-            return
-        if self.masked_elbo_options is None:
-            raise ValueError("this checkpoint was trained with 'objective: masked_elbo' (it has "
-                             f"'{RECORD_KEY}') but the model is built with objective {self.objective!r}; set "
-                             "'objective: masked_elbo' (and its masked_elbo options) in diffusion_config.params")
-        mine = self.masked_elbo_options.record()
-        if record.shape != mine.shape or not torch.allclose(record.double().cpu(), mine):
-            raise ValueError(f"checkpoint's masked_elbo schedule (index into {masked_elbo_module.SCHEDULES}, "
-                             f"exponent, eps) = {record.tolist()} differs from the model's {mine.tolist()}; set "
-                             "diffusion_config.params.masked_elbo to the checkpoint's")
 
     def _mask_and_replace_only(self, what: str) -> None:
         if self.objective != "vq_diffusion":
