@@ -232,6 +232,9 @@ def learned_embeddings_to_diffusers(model: nn.Module) -> tuple[dict, dict[str, t
 def scheduler_config(model: nn.Module) -> dict:
     """``VQDiffusionScheduler`` config: K+1 classes, T steps and the released alpha1 endpoints."""
     trans = model.transformer
+    if getattr(trans, "objective", "vq_diffusion") != "vq_diffusion":
+        raise ValueError(f"diffusers' VQDiffusionScheduler is the mask-and-replace chain; a model trained with "
+                         f"objective {trans.objective!r} has no diffusers scheduler to export to")
     return {**_meta("VQDiffusionScheduler"), "num_vec_classes": int(trans.num_classes),
             "num_train_timesteps": int(trans.num_timesteps), **ALPHA1_ENDPOINTS}
 

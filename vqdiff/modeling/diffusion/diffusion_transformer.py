@@ -22,13 +22,19 @@ from torch import nn
 from vqdiff.utils.config import instantiate_from_config
 
 from . import forward_process, losses, posterior
+from . import masked_elbo as masked_elbo_module
 from .log_ops import CLAMP_MIN, index_to_log_onehot, log_onehot_to_index, log_sample_categorical, multinomial_kl
 from .network_runner import CompiledNetwork
 from .sampling import sample_tokens
 from .sampling_options import SamplingOptions
 from .schedule import LogSchedule, log_schedule
 
-__all__ = ["DiffusionTransformer"]
+__all__ = ["DiffusionTransformer", "OBJECTIVES"]
+
+OBJECTIVES = ("vq_diffusion", "masked_elbo")
+"""``diffusion_config.params.objective``: VQ-Diffusion's mask-and-replace bound with its auxiliary loss (the
+default), or the absorbing-state masked-diffusion ELBO of MD4 / MDLM (:mod:`masked_elbo`)."""
+RECORD_KEY = "masked_elbo_schedule"
 
 
 def _params(cfg: Any) -> dict:
@@ -51,6 +57,10 @@ class DiffusionTransformer(nn.Module):
         adaptive_auxiliary_loss: weight the auxiliary loss by ``2 - t/T``.
         mask_weight: [weight of masked positions, weight of unmasked positions] in the KL.
         learnable_cf: learn the null-text embedding ``empty_text_embed`` (Improved, Sec. 3.2).
+        objective: one of ``OBJECTIVES``. ``'masked_elbo'`` trains the same network with the masked-diffusion
+            ELBO (:mod:`masked_elbo`); its checkpoints carry the buffer ``masked_elbo_schedule``, and the
+            mask-and-replace methods (``q_pred``, ``q_sample``, ``q_posterior``, ``p_sample``) refuse to run.
+        masked_elbo: the options of that objective (:class:`masked_elbo.MaskedELBOOptions`), or None.
     """
 
     def __init__(
@@ -65,8 +75,18 @@ class DiffusionTransformer(nn.Module):
         adaptive_auxiliary_loss: bool = False,
         mask_weight: Sequence[float] = (1.0, 1.0),
         learnable_cf: bool = False,
+        objective: str = "vq_diffusion",
+        masked_elbo: Optional[Mapping] = None,
     ):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"diffusion_config.params.objective must be one of {OBJECTIVES}, got {objective!r}")
+        if masked_elbo is not None and objective != "masked_elbo":
+            raise ValueError("diffusion_config.params.masked_elbo is given but objective is "
+                             f"{objective!r}; set 'objective: masked_elbo' or remove it")
+        self.objective = objective
+        self.masked_elbo_options = (masked_elbo_module.MaskedELBOOptions.from_config(masked_elbo)
+                                    if objective == "masked_elbo" else None)
         if transformer_config is None:
             raise ValueError("DiffusionTransformer needs 'transformer_config' (the network's target + params)")
         # -- condition embedding (frozen CLIP text / class labels) ----------------------------------
@@ -116,6 +136,8 @@ class DiffusionTransformer(nn.Module):
         self.register_buffer("Lt_history", torch.zeros(self.num_timesteps))
         self.register_buffer("Lt_count", torch.zeros(self.num_timesteps))
         self._compiled_networks: dict[str, CompiledNetwork] = {}  # compile=True sampling, per backend (not state)
+        if self.masked_elbo_options is not None:  # the checkpoint records the objective and its schedule
+            self.register_buffer(RECORD_KEY, self.masked_elbo_options.record())
 
         # -- learnable classifier-free guidance (Improved VQ-Diffusion, Sec. 3.2) ---------------------
         self.condition_seq_len = int(net_params.get("condition_seq_len", 77))
@@ -141,6 +163,8 @@ class DiffusionTransformer(nn.Module):
         request from it (:func:`samplers.n_sample_table`)."""
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        masked_elbo_module.check_checkpoint_record(self.masked_elbo_options, self.objective,
+                                                   state_dict.get(prefix + RECORD_KEY), RECORD_KEY)
         key = prefix + "empty_text_embed"
         if key in state_dict and not self.learnable_cf:
             warnings.warn(
@@ -150,6 +174,14 @@ class DiffusionTransformer(nn.Module):
                 stacklevel=3,
             )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _mask_and_replace_only(self, what: str) -> None:
+        if self.objective != "vq_diffusion":
+            raise ValueError(
+                f"{what} is the mask-and-replace process of objective 'vq_diffusion', but this model was trained "
+                f"with objective {self.objective!r}: sample it with sample() / sampling.sample_tokens (the "
+                "masked-diffusion ancestral sampler or MaskGIT), noise it with masked_elbo.mask_tokens"
+            )
 
     # ----------------------------------------------------------------------------------------------
     # forward process q (Eq. 4-5) and posterior (Eq. 7, 11): forward_process.py, posterior.py
@@ -161,19 +193,23 @@ class DiffusionTransformer(nn.Module):
 
     def q_pred_one_timestep(self, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log q(x_t | x_{t-1} = j)`` (Eq. 4): :func:`forward_process.q_pred_one_timestep`."""
+        self._mask_and_replace_only("q_pred_one_timestep")
         return forward_process.q_pred_one_timestep(self.schedule, log_x_t, t)
 
     def q_pred(self, log_x_start: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log q(x_t | x_0)`` (Eq. 5), ``t = -1`` the identity: :func:`forward_process.q_pred`."""
+        self._mask_and_replace_only("q_pred")
         return forward_process.q_pred(self.schedule, log_x_start, t)
 
     def q_sample(self, log_x_start: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Draw ``x_t ~ q(x_t | x_0)`` as a log one-hot (B, K+1, N): :func:`forward_process.q_sample`."""
+        self._mask_and_replace_only("q_sample")
         return forward_process.q_sample(self.schedule, log_x_start, t, generator)
 
     def q_sample_index(self, x_start: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """:meth:`q_sample` from tokens x_0 (B, N) to tokens x_t (B, N), the same Gumbel draw:
         :func:`forward_process.q_sample_index`."""
+        self._mask_and_replace_only("q_sample_index")
         return forward_process.q_sample_index(self.schedule, x_start, t, self.num_classes, generator)
 
     def q_posterior(self, log_x_start: torch.Tensor, log_x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -184,6 +220,7 @@ class DiffusionTransformer(nn.Module):
     def q_posterior_index(self, log_x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log sum_k q(x_{t-1} | x_t, x_0 = k) p(x_0 = k)`` (Eq. 11), x_t as tokens (B, N):
         :func:`posterior.q_posterior_index`."""
+        self._mask_and_replace_only("q_posterior")
         return posterior.q_posterior_index(self.schedule, log_x_start, x_t, t)
 
     # ----------------------------------------------------------------------------------------------
@@ -274,6 +311,8 @@ class DiffusionTransformer(nn.Module):
         :meth:`predict_start_index`, :meth:`q_posterior_index` (true and model posteriors), then the
         bound (:func:`losses.vlb_terms`), the history update with its NaN guard and the auxiliary term.
         """
+        if self.masked_elbo_options is not None:
+            return self._masked_elbo_loss(x, cond_emb, generator)
         b, device = x.shape[0], x.device
         t, pt = self.sample_time(b, device, "importance", generator)
         log_x_start = index_to_log_onehot(x, self.num_classes)
@@ -294,6 +333,16 @@ class DiffusionTransformer(nn.Module):
                 )
                 loss = loss + aux / pt
         return log_model_prob, loss
+
+    def _masked_elbo_loss(self, x: torch.Tensor, cond_emb: Any, generator=None):
+        """``objective: masked_elbo``: one draw of the masked-diffusion bound per image (B,) in nats and
+        ``log p_theta(x_0 | x_t)`` (B, K+1, N): :func:`masked_elbo.diffusion_loss` on this network."""
+        def predict(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+            return self.predict_start_index(x_t, cond_emb, step)
+
+        loss, log_x0, _, _ = masked_elbo_module.diffusion_loss(
+            predict, x, self.masked_elbo_options, self.num_timesteps, self.num_classes - 1, generator)
+        return log_x0, loss
 
     def _condition_embedding(self, input: Mapping) -> Any:
         """The condition for the network, with the learnable-cf swap of empty captions in training."""
@@ -323,7 +372,8 @@ class DiffusionTransformer(nn.Module):
         """Training forward: ``input`` has ``content_token`` (B, N) and the condition
         (``condition_token`` [+ ``condition_mask``], or ``condition_embed_token``).
 
-        Returns ``{'logits': p_theta(x_{t-1} | x_t) (B, K+1, N), 'loss': per-token loss}``.
+        Returns ``{'logits': p_theta(x_{t-1} | x_t) (B, K+1, N), 'loss': per-token loss}`` (for
+        ``objective: masked_elbo`` the logits are ``p_theta(x_0 | x_t)`` and the loss its bound, per token).
         """
         x = input["content_token"]
         cond_emb = self._condition_embedding(input)

@@ -17,7 +17,8 @@ Every sampler has ONE signature and is found by name in ``SAMPLERS`` (keys of
   (``generator``, ``rerun_prob``, prior rule, MaskGIT settings);
 * ``callback(info: dict)`` — called after every step with ``step``, ``t``, ``x`` and ``log_x0``.
 
-The MaskGIT-style confidence sampler (``maskgit.sample_maskgit``) is ``SAMPLERS['maskgit']``.
+The MaskGIT-style confidence sampler (``maskgit.sample_maskgit``) is ``SAMPLERS['maskgit']``; the ancestral
+sampler of ``objective: masked_elbo`` models (``masked_sampler.sample_masked``) is ``SAMPLERS['masked']``.
 No step loop calls ``.item()`` or otherwise synchronises with the host: loop counts are known in advance.
 """
 
@@ -31,6 +32,7 @@ from vqdiff.utils.precision import resolve_precision
 
 from .guidance import guidance_number
 from .log_ops import CLAMP_MIN, sample_categorical_index
+from .masked_sampler import sample_masked
 from .maskgit import sample_maskgit
 from .network_runner import NetworkRunner
 from .sampling_options import SamplingOptions
@@ -324,4 +326,5 @@ def sample_improved(denoise: Denoiser, x: torch.Tensor, steps: Sequence[int], op
     return x
 
 
-SAMPLERS = {"ancestral": sample_ancestral, "improved": sample_improved, "maskgit": sample_maskgit}
+SAMPLERS = {"ancestral": sample_ancestral, "improved": sample_improved, "maskgit": sample_maskgit,
+            "masked": sample_masked}

@@ -16,6 +16,7 @@ import torch
 from vqdiff.utils.denormals import flushes_denormals_on_cpu
 
 from .log_ops import index_to_log_onehot, log_onehot_to_index
+from .masked_sampler import masked_sampler_kind, noise_to_step
 from .maskgit import maskgit_timesteps
 from .samplers import SAMPLERS, Denoiser, timesteps
 from .sampling_options import SamplingOptions
@@ -90,6 +91,11 @@ def sample_tokens(
     denoise = Denoiser(diffusion, cond_emb, uncond_emb, options, fixed)
     start_step = min(int(T * filter_ratio), T)
     kind = options.sampler_kind(N, T, from_noised_tokens=start_step > 0)
+    masked_elbo = getattr(diffusion, "masked_elbo_options", None) is not None
+    if masked_elbo:
+        kind = masked_sampler_kind(kind, options)
+    elif options.time_grid != "uniform":
+        raise ValueError(f"sampling option time_grid={options.time_grid!r} is for 'objective: masked_elbo' models")
     if start_step == 0:
         x = torch.full((B, N), K, dtype=torch.long, device=device)
     else:
@@ -97,7 +103,9 @@ def sample_tokens(
             raise ValueError(f"filter_ratio={filter_ratio} > 0 needs content_token (the tokens to start from)")
         t = torch.full((B,), start_step - 1, device=device, dtype=torch.long)
         x0 = content_token.to(device)
-        if kind == "maskgit":
+        if masked_elbo:
+            x = noise_to_step(diffusion, x0, start_step, options.time_grid, options.generator)
+        elif kind == "maskgit":
             x = diffusion.q_sample_index(x0, t, options.generator)
         else:  # the official one-hot form of the same draw
             x = log_onehot_to_index(diffusion.q_sample(index_to_log_onehot(x0, diffusion.num_classes), t,

@@ -15,6 +15,9 @@ Which sampler runs (:meth:`SamplingOptions.sampler_kind`):
 Precision (``precision``, ``compile``): the network runs in the chosen precision (``vqdiff.utils.precision``;
 ``auto`` is resolved per device by :meth:`SamplingOptions.for_device`) and, with ``compile``, through
 ``torch.compile`` (``network_runner.py``); the diffusion math around it stays fp32.
+
+For an ``objective: masked_elbo`` model ``sampling.sample_tokens`` runs ``'masked'`` instead of the last two
+(``masked_sampler.py``, with ``time_grid``); MaskGIT is shared.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from vqdiff.utils.precision import PRECISIONS, resolve_precision
 
 from .guidance import guidance_number, guidance_scales
+from .masked_sampler import TIME_GRIDS
 from .maskgit import MASK_SCHEDULES
 
 __all__ = ["DEFAULT_TRUNCATION_RATE", "NULL_CONDITIONS", "SamplingOptions", "speed_fields"]
@@ -82,6 +86,8 @@ class SamplingOptions:
             runs it natively, else fp32; resolved by :meth:`for_device`).
         compile: run the network through ``torch.compile`` (``fullgraph``, compiled once per input shape).
         compile_backend: the ``torch.compile`` backend (``'inductor'``; ``'aot_eager'`` needs no C++ build).
+        time_grid: the time grid of the masked-diffusion sampler (``objective: masked_elbo`` models), one of
+            ``masked_sampler.TIME_GRIDS``; other models take only ``'uniform'``.
     """
 
     truncation_rate: Optional[float] = DEFAULT_TRUNCATION_RATE
@@ -102,6 +108,7 @@ class SamplingOptions:
     precision: str = "fp32"
     compile: bool = False
     compile_backend: str = "inductor"
+    time_grid: str = "uniform"
 
     def __post_init__(self) -> None:
         r = self.truncation_rate
@@ -136,6 +143,7 @@ class SamplingOptions:
         _check(isinstance(self.compile, bool), "compile", self.compile, "True or False")
         _check(isinstance(self.compile_backend, str) and bool(self.compile_backend), "compile_backend",
                self.compile_backend, "a torch.compile backend name")
+        _check(self.time_grid in TIME_GRIDS, "time_grid", self.time_grid, f"one of {TIME_GRIDS}")
 
     # ------------------------------------------------------------------------------------------ building
     def replace(self, **changes: Any) -> "SamplingOptions":
