@@ -129,8 +129,7 @@ class Solver(SolverCheckpoints):
         self._progress: Optional[ProgressLine] = None  # set by train() (or the first log line without it)
 
         # solver.lora: the base checkpoint loads, then peft's adapters are injected (before EMA, optimizer, DDP)
-        self.lora: Optional[LoraRun] = LoraRun.prepare(cfg.lora, model, args, self.ckpt_dir, logger) \
-            if cfg.lora is not None else None
+        self.lora: Optional[LoraRun] = cfg.lora and LoraRun.prepare(cfg.lora, model, args, self.ckpt_dir, logger)
         # EMA of the trained network, primary rank only, built before the device move (official)
         self.has_ema = cfg.ema is not None  # on every rank; self.ema exists on the primary only
         self.ema: Optional[EMA] = None
