@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .image_groups import ImageGroups
+from .image_groups import ImageGroups, group_captioned_rows
 from .robust import CaptionedImageDataset, require_dir, require_file
 
 __all__ = ["CocoDataset"]
@@ -53,16 +53,4 @@ class CocoDataset(CaptionedImageDataset):
     def image_groups(self) -> ImageGroups:
         """Distinct images (in order of first annotation) with all their captions; one sample per
         annotation, as this reader iterates (for the token cache)."""
-        group_of: dict[int, int] = {}
-        representative: list[int] = []
-        captions: list[list[str]] = []
-        samples: list[tuple[int, int]] = []
-        for index, (image_id, caption) in enumerate(self.annotations):
-            if image_id not in group_of:
-                group_of[image_id] = len(representative)
-                representative.append(index)
-                captions.append([])
-            g = group_of[image_id]
-            samples.append((g, len(captions[g])))
-            captions[g].append(caption.lower())
-        return ImageGroups(representative, captions, None, samples)
+        return group_captioned_rows(self.annotations)

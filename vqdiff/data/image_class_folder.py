@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 from torch.utils.data import Dataset
 
-from .image_groups import RANDOM_CAPTION, ImageGroups
+from .image_groups import ImageGroups, labelled_images
 from .image_text_folder import FOLDER_IMAGE_EXTENSIONS
 from .robust import ImageFileDataset, require_dir
 
@@ -91,9 +91,7 @@ class ImageClassFolder(ImageFileDataset):
 
     def image_groups(self) -> ImageGroups:
         """Every image with its label, one sample each (for the token cache; no label dropped)."""
-        n = len(self.entries)
-        return ImageGroups(list(range(n)), None, [label for _, label in self.entries],
-                           [(i, RANDOM_CAPTION) for i in range(n)])
+        return labelled_images([label for _, label in self.entries])
 
 
 def save_class_names(dataset: Dataset, folder: str | Path) -> Path | None:

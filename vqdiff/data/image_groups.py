@@ -12,9 +12,9 @@ among them each epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Hashable, Optional, Sequence, Union
 
-__all__ = ["ImageGroups", "RANDOM_CAPTION"]
+__all__ = ["ImageGroups", "RANDOM_CAPTION", "group_captioned_rows", "labelled_images"]
 
 RANDOM_CAPTION = -1
 """Caption index of a sample whose caption is drawn among all of its image's captions at each access."""
@@ -53,3 +53,35 @@ class ImageGroups:
                 raise ValueError(f"ImageGroups: sample image {image} out of range for {n} images")
             if cap != RANDOM_CAPTION and (self.captions is None or not 0 <= cap < len(self.captions[image])):
                 raise ValueError(f"ImageGroups: caption index {cap} out of range for image {image}")
+
+
+def group_captioned_rows(rows: Sequence[tuple[Hashable, Union[str, list[str]]]]) -> ImageGroups:
+    """Group a reader's rows ``(image key, caption)`` into images, in order of first row, one sample per row.
+
+    A row with one caption (COCO's annotations, a ``metadata.jsonl`` line) is that caption of its image; a
+    row with a list of captions is a sample whose caption is drawn among them at each access
+    (:data:`RANDOM_CAPTION`). Captions are lower-cased, as the readers return them.
+    """
+    group_of: dict[Hashable, int] = {}
+    representative: list[int] = []
+    captions: list[list[str]] = []
+    samples: list[tuple[int, int]] = []
+    for index, (key, caption) in enumerate(rows):
+        if key not in group_of:
+            group_of[key] = len(representative)
+            representative.append(index)
+            captions.append([])
+        g = group_of[key]
+        if isinstance(caption, list):
+            samples.append((g, RANDOM_CAPTION))
+            captions[g].extend(c.lower() for c in caption)
+        else:
+            samples.append((g, len(captions[g])))
+            captions[g].append(caption.lower())
+    return ImageGroups(representative, captions, None, samples)
+
+
+def labelled_images(labels: Sequence[int]) -> ImageGroups:
+    """One image per sample with its class label (ImageNet, class folders; no label dropped)."""
+    n = len(labels)
+    return ImageGroups(list(range(n)), None, list(labels), [(i, RANDOM_CAPTION) for i in range(n)])

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .image_groups import RANDOM_CAPTION, ImageGroups
+from .image_groups import ImageGroups, group_captioned_rows
 from .robust import CaptionedImageDataset
 
 __all__ = ["ImageTextFolder", "FOLDER_IMAGE_EXTENSIONS"]
@@ -148,20 +148,4 @@ class ImageTextFolder(CaptionedImageDataset):
     def image_groups(self) -> ImageGroups:
         """Distinct images (in order of first row) with all their captions; one sample per row, a listed
         caption drawn at each access (for the token cache)."""
-        group_of: dict[str, int] = {}
-        representative: list[int] = []
-        captions: list[list[str]] = []
-        samples: list[tuple[int, int]] = []
-        for index, (name, caption) in enumerate(self.samples):
-            if name not in group_of:
-                group_of[name] = len(representative)
-                representative.append(index)
-                captions.append([])
-            g = group_of[name]
-            if isinstance(caption, list):
-                samples.append((g, RANDOM_CAPTION))
-                captions[g].extend(c.lower() for c in caption)
-            else:
-                samples.append((g, len(captions[g])))
-                captions[g].append(caption.lower())
-        return ImageGroups(representative, captions, None, samples)
+        return group_captioned_rows(self.samples)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .image_groups import RANDOM_CAPTION, ImageGroups
+from .image_groups import ImageGroups, labelled_images
 from .robust import ImageFileDataset, require_dir, require_file
 
 __all__ = ["ImageNetDataset", "load_class_index", "class_index_from_folders"]
@@ -98,6 +98,4 @@ class ImageNetDataset(ImageFileDataset):
 
     def image_groups(self) -> ImageGroups:
         """Every listed image with its label, one sample each (for the token cache; no label dropped)."""
-        n = len(self.entries)
-        return ImageGroups(list(range(n)), None, [label for _, label in self.entries],
-                           [(i, RANDOM_CAPTION) for i in range(n)])
+        return labelled_images([label for _, label in self.entries])
