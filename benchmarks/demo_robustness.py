@@ -78,6 +78,13 @@ def codec_report(model: torch.nn.Module, clf: torch.nn.Module, images: torch.Ten
     }
 
 
+def format_row(row: dict, tail: str) -> str:
+    """One line of the table printed under the header of :func:`main`."""
+    return (f"{row['preset']:10s} {row['seed']:4d} {row['threads']:3d} {row['color']:6.3f} {row['shape']:6.3f} "
+            f"{row['position']:6.3f} {row['all']:6.3f} {row['pixel_l1']:6.2f} {row['shape_pixel_l1']:8.2f} "
+            f"{row['mean_intensity_recon']:6.1f}/{row['mean_intensity_input']:5.1f} {row['codes_used']:5d} {tail}")
+
+
 def load_demo_codec(run: Path) -> tuple[torch.nn.Module, dict]:
     """The VQ-VAE a demo run trained (``run/vqvae``) and ``{'preset', 'seed', 'threads'}`` of that run."""
     from vqdiff.modeling.codecs.image.vqgan import build_first_stage_from_yaml
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     images, captions = heldout_images(args.images)
     clf = train_shapes_classifier(resolution=32, num_samples=1500, steps=args.classifier_steps, seed=0, split="train")
     ruler = text_following_report(clf, images, captions, "real")["accuracy"]
-    print(f"classifier on the real held-out images: " + " / ".join(f"{a} {ruler[a]:.3f}" for a in ATTRS), flush=True)
+    print("classifier on the real held-out images: " + " / ".join(f"{a} {ruler[a]:.3f}" for a in ATTRS), flush=True)
 
     header = (f"{'preset':10s} {'seed':>4s} {'thr':>3s} {'color':>6s} {'shape':>6s} {'pos':>6s} {'all':>6s} "
               f"{'L1':>6s} {'L1 shape':>8s} {'mean rec/in':>13s} {'codes':>5s} {'s':>5s}")
@@ -141,18 +148,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 finally:
                     torch.set_num_threads(previous)
                 rows.append(row)
-                print(f"{preset:10s} {seed:4d} {threads:3d} {row['color']:6.3f} {row['shape']:6.3f} "
-                      f"{row['position']:6.3f} {row['all']:6.3f} {row['pixel_l1']:6.2f} {row['shape_pixel_l1']:8.2f} "
-                      f"{row['mean_intensity_recon']:6.1f}/{row['mean_intensity_input']:5.1f} "
-                      f"{row['codes_used']:5d} {seconds:5.0f}", flush=True)
+                print(format_row(row, f"{seconds:5.0f}"), flush=True)
     for run in map(Path, args.from_runs):
         model, meta = load_demo_codec(run)
         row = {**meta, "steps": None, "seconds": None, **codec_report(model, clf, images, captions)}
         rows.append(row)
-        print(f"{row['preset']:10s} {row['seed']:4d} {row['threads']:3d} {row['color']:6.3f} {row['shape']:6.3f} "
-              f"{row['position']:6.3f} {row['all']:6.3f} {row['pixel_l1']:6.2f} {row['shape_pixel_l1']:8.2f} "
-              f"{row['mean_intensity_recon']:6.1f}/{row['mean_intensity_input']:5.1f} "
-              f"{row['codes_used']:5d}  (demo run {run})", flush=True)
+        print(format_row(row, f" (demo run {run})"), flush=True)
     if not rows:
         raise SystemExit("no codec to score: give --seeds/--threads/--presets or --from-runs")
     for attr in ATTRS:

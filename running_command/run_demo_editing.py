@@ -35,6 +35,9 @@ def log(msg: str) -> None:
     print(f"[editing {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+RINGS = (0, 1)  # inpainting regions measured: the quadrant, and the quadrant grown by one token
+
+
 def quadrant_token_mask(position: int, token_shape: tuple[int, int]) -> torch.Tensor:
     """(h, w) bool mask of the quadrant ``position`` (0 TL, 1 TR, 2 BL, 3 BR) of the token grid."""
     h, w = token_shape
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance-scale", type=float, default=3.0,
                         help="classifier-free guidance for every sampler here (1 = off), as the demo samples")
-    parser.add_argument("--ring", type=int, default=1,
+    parser.add_argument("--ring", type=int, choices=RINGS, default=1,
                         help="tokens added around the shape's quadrant for the reported inpainting (0: the "
                              "quadrant alone; both are measured): the codec's encoder sees past its patch, so "
                              "kept tokens next to the region still carry the old colour")
@@ -85,17 +88,17 @@ def main(argv: list[str] | None = None) -> dict:
     texts = [make_caption(ShapeSpec(colors[int(c)], real.spec(i).shape, real.spec(i).position))
              for i, c in enumerate(new_color)]
     truth = {k: torch.tensor([it[k] for it in items]) for k in ("color", "shape", "position")}
-    # the same images, captions and draws for every variant: only the repainted region / guidance differ
-    variants = {f"quadrant + {r}-token ring" if r else "quadrant": (r, args.guidance_scale) for r in (0, 1)}
+    # the same images, captions and draws for every region: only the repainted tokens differ
     results_by_variant, shown = {}, None
-    for name, (ring, guidance) in variants.items():
+    for ring in RINGS:
+        name = f"quadrant + {ring}-token ring" if ring else "quadrant"
         masks = dilate_token_mask(quadrants, token_shape, ring)
-        res = inpaint_tokens(model, tokens, masks, texts, sample_type="top0.85r", guidance_scale=guidance,
+        res = inpaint_tokens(model, tokens, masks, texts, sample_type="top0.85r", guidance_scale=args.guidance_scale,
                              generator=torch.Generator().manual_seed(args.seed))
         pred = classify(clf, res["content"])
         results_by_variant[name] = {
             "ring_tokens": ring,
-            "guidance_scale": guidance,
+            "guidance_scale": args.guidance_scale,
             "asked_colour_rate": float((pred["color"] == new_color).float().mean()),
             "original_colour_rate": float((pred["color"] == truth["color"]).float().mean()),
             "shape_kept_rate": float((pred["shape"] == truth["shape"]).float().mean()),
@@ -106,10 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         log(f"inpainting, {name}: {results_by_variant[name]}")
         if ring == args.ring:
-            shown = (masks, res)
-    if shown is None:
-        raise SystemExit(f"--ring must be one of {sorted(r for r, _ in variants.values())}")
-    inpaint = next(v for v in results_by_variant.values() if v["ring_tokens"] == args.ring)
+            inpaint, shown = results_by_variant[name], (masks, res)
     pix = token_mask_to_pixels(shown[0], token_shape, images.shape[-2:])
     save_inpaint_figure(out / "inpaint_examples.png", images[:6], pix[:6], shown[1]["content"][:6])
 

@@ -304,7 +304,7 @@ def _evaluate(out: Path, cfg_path: Path, ckpt: Path, p: dict, args: argparse.Nam
     save_image(grid, out / "heldout_grid.png")
     timings["total_s"] = time.time() - t0
     trained_iters = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("last_iter", -1)) + 1
-    results = {"preset": args.preset, "seed": args.seed, "data": getattr(args, "data", "cache"), "threads": torch.get_num_threads(),
+    results = {"preset": args.preset, "seed": args.seed, "data": args.data, "threads": torch.get_num_threads(),
                "trained_iterations": trained_iters,
                "planned_iterations": p["iters"], "sampling": kw, "accuracy": rows, "timings": timings,
                "heldout_captions": [make_caption(s) for s in heldout_combinations()], "grid": str(out / "heldout_grid.png")}

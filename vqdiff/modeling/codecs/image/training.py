@@ -18,8 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -234,7 +233,7 @@ def train_vqvae(
     loss_fn = instantiate_from_config(lossconfig, key_path="model.params.lossconfig") if lossconfig else None
     cfg = CodecSolverConfig.from_mapping(config.get("solver"))
     if max_steps is not None:
-        cfg = dataclasses.replace(cfg, max_steps=int(max_steps))
+        cfg = replace(cfg, max_steps=int(max_steps))
     steps = cfg.max_steps
     t_start, t_end = cfg.gumbel_temperature
 
@@ -249,9 +248,9 @@ def train_vqvae(
         restarter = DeadCodeRestarter(model.quantize, cfg.dead_code_restart, gen)
 
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=codec_learning_rate(0, cfg), betas=cfg.betas)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.base_lr, betas=cfg.betas)  # lr set at every step below
     disc = getattr(loss_fn, "discriminator", None)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=codec_learning_rate(0, cfg), betas=cfg.betas) if disc is not None else None
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.base_lr, betas=cfg.betas) if disc is not None else None
     history: list[tuple[int, float]] = []
     bar = None
     if progress:
