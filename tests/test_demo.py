@@ -36,7 +36,7 @@ def test_ci_demo_runs_every_stage(tmp_path, monkeypatch):
     ceiling = acc["VQ-VAE reconstructions (ceiling)"]
     assert ceiling["color"] >= 0.9 and ceiling["position"] >= 0.9, ceiling
     # learning: on combinations never seen in training the samples show the asked colour, far above
-    # chance (0.25) and the empty caption, and all three attributes more often than without the text
+    # chance (0.25) and the empty caption (measured: 0.81-0.98 with the caption, 0.11-0.36 without)
     text, none = acc["generated, with text"], acc["generated, empty text"]
     assert text["color"] >= 0.6 and text["color"] >= none["color"] + 0.3, (text, none)
     saved = json.loads((out / "results.json").read_text())
