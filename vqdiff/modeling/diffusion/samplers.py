@@ -30,6 +30,7 @@ import torch
 
 from vqdiff.utils.precision import resolve_precision
 
+from .composable_guidance import compose_log_probs, split_branches, stack_branches
 from .guidance import guidance_number
 from .log_ops import CLAMP_MIN, sample_categorical_index
 from .masked_sampler import sample_masked
@@ -149,7 +150,9 @@ class Denoiser:
 
     Classifier-free guidance (Improved, Eq. 9-10): ``l = l_u + s (l_c - l_u)`` in log space, then
     renormalised and clamped, from ONE batched network call on ``cat([cond, uncond])``; unguided
-    options (``options.is_guided``) make a single conditional call. The condition cache (cross-attention
+    options (``options.is_guided``) make a single conditional call. With ``options.prompt_parts`` (P parts)
+    ``cond_emb`` holds P B rows, part by part, and the one call runs on (P + 1) B rows: composable guidance
+    ``l = l_u + sum_i w_i (l_i - l_u)`` (``composable_guidance``; ordinary guidance is its P = 1 case). The condition cache (cross-attention
     keys/values) is computed here once. ``uncond_emb`` may be any embedding of the condition's shape: the
     null text, or a negative prompt; the guidance scale is a number or a schedule (then ``s = s(t)`` per row).
     Truncation (``options.truncation_rate``, then ``options.top_k``) follows. The network (and its condition
@@ -173,17 +176,14 @@ class Denoiser:
         self.options = options
         self.fixed = fixed
         self.guided = options.is_guided(self.num_timesteps)
+        self.num_parts = options.num_parts
         if self.guided:
             if uncond_emb is None:
                 raise ValueError(
                     "guidance_scale != 1 needs an unconditional embedding (uncond_emb): the learnable "
                     "empty_text_embed (learnable_cf: True), the embedding of '' or the null class label"
                 )
-            if torch.is_tensor(uncond_emb) and torch.is_tensor(cond_emb):
-                uncond_emb = uncond_emb.to(device=cond_emb.device, dtype=cond_emb.dtype)
-                if uncond_emb.shape[0] != cond_emb.shape[0]:
-                    uncond_emb = uncond_emb.expand(cond_emb.shape[0], *uncond_emb.shape[1:])
-            self.net_cond = torch.cat([cond_emb, uncond_emb], dim=0)
+            self.net_cond = stack_branches(cond_emb, uncond_emb, self.num_parts)  # ((P + 1) B, ...)
         else:
             self.net_cond = cond_emb
         self.precision = resolve_precision(options.precision, diffusion.device, "sampling option precision")
@@ -191,6 +191,7 @@ class Denoiser:
         with self.network.autocast():
             self.cache = diffusion.precompute_condition(self.net_cond)
         number = guidance_number(options.guidance_scale)
+        self.weights = options.part_weights
         self.scale = number
         self.table = None if number is not None else torch.tensor(
             options.guidance_table(self.num_timesteps), dtype=torch.float32, device=diffusion.device)
@@ -198,11 +199,15 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         d = self.diffusion
         if self.guided:
-            both = d._net_log_probs(torch.cat([x_t, x_t]), self.net_cond, torch.cat([t, t]), self.cache, self.network)
-            log_c, log_u = both.chunk(2, dim=0)
-            s = self.scale if self.table is None else self.table.to(t.device)[t].view(-1, 1, 1)
-            log_p = log_u + s * (log_c - log_u)
-            log_p = (log_p - torch.logsumexp(log_p, dim=1, keepdim=True)).clamp(CLAMP_MIN, 0)
+            branches = self.num_parts + 1  # one network call on ((P + 1) B) rows: the parts, then the null
+            out = d._net_log_probs(torch.cat([x_t] * branches), self.net_cond, torch.cat([t] * branches),
+                                   self.cache, self.network)
+            log_cs, log_u = split_branches(out, self.num_parts)
+            if self.weights is None:  # ordinary guidance = one part with weight s(t)
+                weights = [self.scale if self.table is None else self.table.to(t.device)[t].view(-1, 1, 1)]
+            else:
+                weights = self.weights
+            log_p = compose_log_probs(log_cs, log_u, weights)
         else:
             log_p = d._net_log_probs(x_t, self.net_cond, t, self.cache, self.network)
         log_p = d._append_mask_row(log_p)

@@ -79,9 +79,18 @@ def sample_tokens(
     guidance (null text, null label or a negative prompt); None takes the learned null text when guidance
     is on. ``batch_size`` is needed only without condition and start tokens. ``fixed = (mask, tokens)`` pins
     tokens; ``callback(info)`` runs after every step. ``options.precision`` ``auto`` is resolved for the model's
-    device here (and logged: :meth:`SamplingOptions.for_device`).
+    device here (and logged: :meth:`SamplingOptions.for_device`). With ``options.prompt_parts`` (P parts) the
+    condition has P B rows, part by part (rows ``i B .. (i + 1) B - 1`` are part i), and B images come out.
     """
     B = _batch_size(condition_token, condition_embed, content_token, batch_size=batch_size)
+    if options.prompt_parts is not None and not (torch.is_tensor(condition_token) or torch.is_tensor(condition_embed)):
+        raise ValueError("sampling option prompt_parts needs a condition (P x B rows); this request has none")
+    if options.num_parts > 1:  # composable guidance: the condition holds P rows per image, part by part
+        rows = B
+        if rows % options.num_parts:
+            raise ValueError(f"the condition has {rows} rows for {options.num_parts} prompt parts; give "
+                             "P x B rows, part by part")
+        B = rows // options.num_parts
     T, K, N = diffusion.num_timesteps, diffusion.num_classes - 1, diffusion.content_seq_len
     device = diffusion.device
     options = options.for_device(device)

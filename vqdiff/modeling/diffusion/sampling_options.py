@@ -36,6 +36,7 @@ from vqdiff.utils.precision import PRECISIONS, resolve_precision
 from .guidance import guidance_number, guidance_scales
 from .masked_sampler import TIME_GRIDS
 from .maskgit import MASK_SCHEDULES
+from .prompt_parts import PromptPart, PromptPartsError, prompt_parts_from
 
 __all__ = ["DEFAULT_TRUNCATION_RATE", "NULL_CONDITIONS", "SamplingOptions", "speed_fields"]
 
@@ -88,6 +89,11 @@ class SamplingOptions:
         compile_backend: the ``torch.compile`` backend (``'inductor'``; ``'aot_eager'`` needs no C++ build).
         time_grid: the time grid of the masked-diffusion sampler (``objective: masked_elbo`` models), one of
             ``masked_sampler.TIME_GRIDS``; other models take only ``'uniform'``.
+        prompt_parts: composable guidance (Liu et al., arXiv 2206.01714): the prompt as parts, each a caption
+            or class index with its own weight (``prompt_parts.PromptPart``; also given as a written prompt
+            ``"a red shape:3 AND a circle:2"`` or ``(condition, weight)`` pairs, weight 1 where none is
+            written), combined with the null condition (``composable_guidance``); None: the request's one
+            condition. The parts carry the weights, so ``guidance_scale`` must stay 1; guidance is then on.
     """
 
     truncation_rate: Optional[float] = DEFAULT_TRUNCATION_RATE
@@ -109,6 +115,7 @@ class SamplingOptions:
     compile: bool = False
     compile_backend: str = "inductor"
     time_grid: str = "uniform"
+    prompt_parts: Optional[tuple[PromptPart, ...]] = None
 
     def __post_init__(self) -> None:
         r = self.truncation_rate
@@ -144,6 +151,13 @@ class SamplingOptions:
         _check(isinstance(self.compile_backend, str) and bool(self.compile_backend), "compile_backend",
                self.compile_backend, "a torch.compile backend name")
         _check(self.time_grid in TIME_GRIDS, "time_grid", self.time_grid, f"one of {TIME_GRIDS}")
+        if self.prompt_parts is not None:
+            try:
+                object.__setattr__(self, "prompt_parts", prompt_parts_from(self.prompt_parts))
+            except PromptPartsError as err:
+                raise ValueError(f"sampling option prompt_parts: {err}") from None
+            _check(number is not None and abs(number - 1.0) < GUIDANCE_OFF_TOLERANCE, "guidance_scale",
+                   self.guidance_scale, "1 when prompt_parts is given (each part carries its own weight)")
 
     # ------------------------------------------------------------------------------------------ building
     def replace(self, **changes: Any) -> "SamplingOptions":
@@ -247,9 +261,22 @@ class SamplingOptions:
         """The guidance scale at each step ``t = 0 .. T-1`` (range-checked by ``guidance_scales``)."""
         return guidance_scales(self.guidance_scale, num_timesteps)
 
+    @property
+    def num_parts(self) -> int:
+        """How many conditions one image has: the number of ``prompt_parts``, else 1."""
+        return 1 if self.prompt_parts is None else len(self.prompt_parts)
+
+    @property
+    def part_weights(self) -> Optional[tuple[float, ...]]:
+        """The weights ``w_i`` of ``prompt_parts`` (None without parts)."""
+        return None if self.prompt_parts is None else tuple(p.weight for p in self.prompt_parts)
+
     def is_guided(self, num_timesteps: int) -> bool:
-        """Whether guidance is on: some step's scale differs from 1 by ``GUIDANCE_OFF_TOLERANCE`` or more
-        (then the network also sees the null condition). The one place this is decided."""
+        """Whether guidance is on: always with ``prompt_parts``, else when some step's scale differs from 1
+        by ``GUIDANCE_OFF_TOLERANCE`` or more (then the network also sees the null condition). The one place
+        this is decided."""
+        if self.prompt_parts is not None:
+            return True
         return any(abs(s - 1.0) >= GUIDANCE_OFF_TOLERANCE for s in self.guidance_table(num_timesteps))
 
     def improved_prior(self, seq_len: int, num_timesteps: int) -> tuple[int, int]:

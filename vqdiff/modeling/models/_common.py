@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vqdiff.modeling.diffusion.sampling import sample_tokens
+from vqdiff.modeling.diffusion.prompt_parts import PromptPart
 from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE, SamplingOptions
 from vqdiff.utils.config import instantiate_from_config
 
@@ -110,6 +111,22 @@ class TokenModelMixin:
         """The unconditional branch of guidance (B rows): the null condition, or ``negative_prompt``'s."""
         raise NotImplementedError
 
+    part_condition_type: Optional[type] = None
+    """What a prompt part's condition is for this model (``str`` captions, ``int`` labels; None: no parts)."""
+
+    def _parts_condition_arguments(self, parts: Sequence[PromptPart], replicate: int) -> dict:
+        """The condition keywords of ``sample_tokens`` for composable guidance: P ``replicate`` rows, part by
+        part (rows ``i * replicate ..`` are part i)."""
+        kind = self.part_condition_type
+        if kind is None:
+            raise ValueError(f"prompt_parts needs a text or class condition; a {type(self).__name__} has none")
+        for i, part in enumerate(parts, 1):
+            if not isinstance(part.condition, kind):
+                raise TypeError(f"prompt part {i} of a {type(self).__name__} must be a {kind.__name__}, "
+                                f"got {part.condition!r}")
+        cond = self._condition_arguments(None, [p.condition for p in parts], 1)
+        return {k: v.repeat_interleave(replicate, 0) if torch.is_tensor(v) else v for k, v in cond.items()}
+
     # ------------------------------------------------------------------------------ training input
     def prepare_input(self, batch: Mapping) -> dict:
         """The ``DiffusionTransformer`` training input: the condition (when the model has one) and the content."""
@@ -126,8 +143,11 @@ class TokenModelMixin:
         """``SamplingOptions`` from the official ``sample_type`` string (None: ``'top0.85r'``) and fields;
         fields given as None take the model config's default (``_option_defaults``) or the dataclass's."""
         given = {k: v for k, v in fields.items() if v is not None}
+        defaults = self._option_defaults()
+        if given.get("prompt_parts") is not None:  # the parts carry the weights: no config guidance scale
+            defaults.pop("guidance_scale", None)
         return SamplingOptions.from_sample_type(DEFAULT_SAMPLE_TYPE if sample_type is None else sample_type,
-                                                **{**self._option_defaults(), **given})
+                                                **{**defaults, **given})
 
     @torch.no_grad()
     def generate_content(
@@ -162,15 +182,24 @@ class TokenModelMixin:
         unconditional branch; ``''`` is ordinary guidance. ``filter_ratio > 0`` starts from the tokens of
         ``batch['image']``/``batch['content_token']`` noised to step ``int(T * filter_ratio)``.
         ``fixed = (mask, tokens)`` pins tokens (inpainting); ``callback(info)`` runs after every step.
+        ``options.prompt_parts`` (composable guidance) is the condition: ``replicate`` images of the composed
+        prompt, with no ``condition`` (a ``batch`` then only gives the start tokens of ``filter_ratio > 0``).
         """
         if options is None:
             options = self.sampling_options(sample_type, temperature=temperature, **option_fields)
         elif sample_type is not None or option_fields:
             raise TypeError("give the request as options= or as sample_type= and option keywords, not both")
+        parts = options.prompt_parts
+        if parts is not None and condition is not None:
+            raise TypeError("give the condition as condition= or as options.prompt_parts, not both")
         with self._eval_mode():
-            cond = self._condition_arguments(batch, condition, replicate)
+            if parts is None:
+                cond = self._condition_arguments(batch, condition, replicate)
+            else:  # composable guidance: P x replicate rows, part by part; batch only gives start tokens
+                cond = self._parts_condition_arguments(parts, replicate)
             start = self._start_tokens(batch, filter_ratio, replicate)
             B = next((v.shape[0] for v in cond.values() if torch.is_tensor(v)), None) or cond.get("batch_size")
+            B //= options.num_parts
             uncond = None
             if options.is_guided(self.transformer.num_timesteps):
                 uncond = self._null_condition(B, options, negative_prompt)

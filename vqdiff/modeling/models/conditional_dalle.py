@@ -58,6 +58,8 @@ class C_DALLE(TokenModelMixin, nn.Module):
         return {"condition_token": labels.to(self.device)}
 
     # ------------------------------------------------------------------------------ sampling hooks
+    part_condition_type = int  # composable guidance: each prompt part is a class index
+
     def _option_defaults(self) -> dict:
         return {"guidance_scale": self.guidance_scale}
 

@@ -68,6 +68,8 @@ class DALLE(TokenModelMixin, nn.Module):
         return {"condition_" + k: to_device(v, self.device) for k, v in cond.items()}
 
     # ------------------------------------------------------------------------------ sampling hooks
+    part_condition_type = str  # composable guidance: each prompt part is a caption
+
     def _option_defaults(self) -> dict:
         return {"guidance_scale": self.guidance_scale, "null_condition": "learned" if self.learnable_cf else "empty"}
 
