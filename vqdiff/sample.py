@@ -1,9 +1,12 @@
 """Command line sampling: ``python -m vqdiff.sample --config C --ckpt P --text "…" -n 8 --out DIR``.
 
-``--label N`` samples a class model, neither ``--text`` nor ``--label`` an unconditional one; ``--lora ADAPTER
---lora-scale S`` adds a LoRA adapter folder to the checkpoint. Images go to ``DIR/<condition>/000000.png`` …
-(``.jpg`` for class labels, as the official API saves them; plus ``grid.png`` with ``--grid``); a progress bar
-follows the diffusion steps. An input error prints one line and a hint; ``--debug`` shows the traceback.
+``--text`` may be a composed prompt (composable guidance, arXiv 2206.01714): parts separated by `` AND ``, each
+with an optional ``:weight`` (default ``--guidance-scale``), e.g. ``--text "a red shape:3 AND a circle:2"``; the
+images then go to the folder named by the parts with their weights. ``--label N`` samples a class model,
+neither ``--text`` nor ``--label`` an unconditional one; ``--lora ADAPTER --lora-scale S`` adds a LoRA
+adapter folder to the checkpoint. Images go to ``DIR/<condition>/000000.png`` … (``.jpg`` for class labels,
+as the official API saves them; plus ``grid.png`` with ``--grid``); a progress bar follows the diffusion steps.
+An input error prints one line and a hint; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from vqdiff.modeling.diffusion.prompt_parts import format_prompt_parts, prompt_parts_of
 from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE
 from vqdiff.utils.precision import PRECISIONS
 
@@ -25,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "VQDiffusionPipeline folder (then no --ckpt)")
     p.add_argument("--ckpt", help="checkpoint (.pth official/vqdiff, or .safetensors)")
     cond = p.add_mutually_exclusive_group()
-    cond.add_argument("--text", help="caption (text-to-image models)")
+    cond.add_argument("--text", help="caption (text-to-image models); composable guidance: parts separated by "
+                      "' AND ', each with an optional ':weight' (default --guidance-scale), e.g. "
+                      "'a red shape:3 AND a circle:2'")
     cond.add_argument("--label", type=int, help="class index (class-conditional models)")
     p.add_argument("-n", "--num", type=int, default=4, help="number of images (default 4)")
     p.add_argument("--out", default="RESULT", help="output folder (default RESULT)")
@@ -77,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     options = request_options(args.truncation, args.fast, args.infer_speed, precision=args.precision,
                               compile=args.compile)  # validate early
+    parts = prompt_parts_of(args.text, args.guidance_scale)  # a composed prompt's errors, before loading
     engine = VQ_Diffusion(config=args.config, path=args.ckpt, imagenet_cf=args.imagenet_cf, device=args.device,
                           allow_unsafe_pickle=args.allow_unsafe_pickle, lora=args.lora, lora_scale=args.lora_scale,
                           lora_strict=args.lora_strict)
@@ -98,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             images = engine.inference_generate_sample_with_condition(
                 args.text, guidance_scale=args.guidance_scale, prior_rule=args.prior_rule,
                 prior_weight=args.prior_weight, learnable_cf=not args.no_learnable_cf, **common)
-            name = args.text
+            name = args.text if parts is None else format_prompt_parts(parts)
         elif args.label is not None:
             images = engine.inference_generate_sample_with_class(args.label, guidance_scale=args.guidance_scale, **common)
             name = str(args.label)

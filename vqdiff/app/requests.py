@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from vqdiff.inference.api import request_options
+from vqdiff.modeling.diffusion.prompt_parts import PromptPartsError, has_prompt_parts, parse_prompt_parts
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
 __all__ = ["DEFAULT_FAST", "DEFAULT_MASKGIT_STEPS", "DEFAULT_PRIOR_WEIGHT", "SAMPLERS", "AppLimits", "GenerateRequest", "InputError", "NotebookCall", "OptionsCode",
@@ -205,9 +206,10 @@ class GenerateRequest:
 
 
 def parse_condition(kind: Optional[str], limits: AppLimits, *, prompt: str = "", label: Any = None,
-                    num_classes: Optional[int] = None, field: str = "prompt") -> Any:
+                    num_classes: Optional[int] = None, field: str = "prompt", allow_parts: bool = False) -> Any:
     """The condition of a ``kind`` model from the page: the stripped ``prompt`` (text models: not blank,
-    at most ``limits.max_prompt_chars``), the class index ``label`` (below ``num_classes``), or None."""
+    at most ``limits.max_prompt_chars``; with ``allow_parts`` it may be a composed prompt, ``"a red shape:3 AND
+    a circle"``, checked here), the class index ``label`` (below ``num_classes``), or None."""
     if kind == "text":
         text = (prompt or "").strip()
         if not text:
@@ -215,6 +217,13 @@ def parse_condition(kind: Optional[str], limits: AppLimits, *, prompt: str = "",
                              "e.g. 'a red circle at the top left'")
         if len(text) > limits.max_prompt_chars:
             raise InputError(f"the {field} has {len(text)} characters; at most {limits.max_prompt_chars}")
+        if has_prompt_parts(text):
+            if not allow_parts:
+                raise InputError(f"the {field} is one caption here: composed prompts (' AND ') are for generation")
+            try:
+                parse_prompt_parts(text)
+            except PromptPartsError as err:
+                raise InputError(f"the {field}: {err}") from None
         return text
     if kind == "label":
         if label is None:
@@ -244,7 +253,7 @@ def parse_generate(kind: Optional[str], limits: AppLimits, *, prompt: str = "", 
 
     ``kind`` picks the condition read: ``prompt`` (text: must not be blank), ``label`` (class: an index
     below ``num_classes``) or none; ``seed`` must be a whole number (the page fills it in)."""
-    condition = parse_condition(kind, limits, prompt=prompt, label=label, num_classes=num_classes)
+    condition = parse_condition(kind, limits, prompt=prompt, label=label, num_classes=num_classes, allow_parts=True)
     negative = (negative_prompt or "").strip() if kind == "text" else ""
     if len(negative) > limits.max_prompt_chars:
         raise InputError(f"the negative prompt has {len(negative)} characters; at most {limits.max_prompt_chars}")

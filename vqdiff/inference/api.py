@@ -46,6 +46,7 @@ from vqdiff.inference.loading import (
     set_learnable_cf,
     split_checkpoint,
 )
+from vqdiff.modeling.diffusion.prompt_parts import composed_request, format_prompt_parts
 from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE, SamplingOptions, speed_fields
 from vqdiff.utils.released_files import check_released_files, files_needed_by_config
 
@@ -270,11 +271,16 @@ class VQ_Diffusion:
         """The core of the three official methods: ``batch_size`` images of ``condition`` (a caption, a class
         label, or None for an unconditional model) under ``options``, saved as ``save_root/<condition>/000000.png``
         (``.jpg`` for class labels, as the official method; ``unconditional/`` without condition) and returned.
-        Each image's ``info['sampling_options']`` is the request as run, precision included ('top0.85r,fp32')."""
+        Each image's ``info['sampling_options']`` is the request as run, precision included ('top0.85r,fp32').
+        A composed prompt (composable guidance: ``condition`` written ``"a red shape:3 AND a circle"``, a list of
+        ``(condition, weight)``, or ``options.prompt_parts``) is sampled in one batched network call per step
+        (:func:`composed_request`); its folder is the written form of its parts."""
         n = self._check_batch(batch_size)
         kind = self.condition_kind
-        name = "unconditional" if kind is None else str(condition)
-        batch = None if kind is None else {kind: [condition]}
+        condition, options = composed_request(condition, options)
+        parts = options.prompt_parts
+        name = "unconditional" if kind is None else format_prompt_parts(parts) if parts else str(condition)
+        batch = None if kind is None or parts else {kind: [condition]}
         options = options.for_device(self.device)  # precision 'auto': the choice is logged here
         logger.info("sampling %d image(s) of %r with %s", n, name, options.to_sample_type(with_precision=True))
         self._output_folder(save_root, name)
@@ -352,10 +358,12 @@ class VQ_Diffusion:
         precision, ``'fp32'`` (default, the official tokens), ``'bf16'``, ``'fp16'`` or ``'auto'`` (bf16 where
         the device runs it natively, else fp32; the choice is logged and in each image's
         ``info['sampling_options']``); ``compile=True`` runs the network through ``torch.compile``.
+        Composable guidance: ``text`` written as parts, ``"a red shape:3 AND a circle"``, or given as a list of
+        ``(text, weight)``; each part's weight (``guidance_scale`` where none is written) guides towards it.
         """
         self._require("text", "inference_generate_sample_with_condition")
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not isinstance(text, (str, list, tuple)):
+            raise TypeError(f"text must be a str (or a list of (text, weight) parts), got {type(text).__name__}")
         self._check_batch(batch_size)
         options = request_options(truncation_rate, fast, infer_speed, guidance_scale=guidance_scale,
                                   null_condition=self._null_condition(learnable_cf), prior_rule=int(prior_rule),
@@ -385,7 +393,8 @@ class VQ_Diffusion:
         images are JPEG files as the official method writes them. Guidance (``guidance_scale`` != 1, a
         number or a schedule) uses the null label: the learned row when the model was built with
         ``imagenet_cf=True``, else the mean class embedding (official behaviour). ``precision`` and ``compile``
-        as in :meth:`inference_generate_sample_with_condition`.
+        as in :meth:`inference_generate_sample_with_condition`; ``label`` may be a list of ``(label, weight)``
+        parts (composable guidance).
         """
         self._require("label", "inference_generate_sample_with_class")
         if text is not None:
@@ -396,8 +405,9 @@ class VQ_Diffusion:
         for arg, value in (("label", label), ("truncation_rate", truncation_rate), ("batch_size", batch_size)):
             if value is None:
                 raise TypeError(f"inference_generate_sample_with_class() missing required argument: '{arg}'")
-        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-            raise ValueError(f"label must be a non-negative int class index, got {label!r}")
+        if not isinstance(label, (list, tuple)) and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
+            raise ValueError(f"label must be a non-negative int class index (or a list of (label, weight) parts), "
+                             f"got {label!r}")
         self._check_batch(batch_size)
         options = request_options(truncation_rate, fast, infer_speed, guidance_scale=guidance_scale,
                                   generator=self._generator(seed), precision=precision, compile=compile)

@@ -13,10 +13,12 @@ import math
 import numbers
 import re
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
+
+from .guidance import guidance_number
 
 __all__ = ["MAX_PROMPT_PARTS", "PART_SEPARATOR", "PromptPart", "PromptPartsError", "format_prompt_parts",
-           "has_prompt_parts", "parse_prompt_parts", "prompt_parts_from"]
+           "composed_request", "has_prompt_parts", "parse_prompt_parts", "prompt_parts_from", "prompt_parts_of"]
 
 PART_SEPARATOR = " AND "
 """What separates the parts of a written prompt (any run of white space around ``AND`` is accepted)."""
@@ -127,6 +129,35 @@ def prompt_parts_from(value: Any, default_weight: float = 1.0) -> tuple[PromptPa
     return tuple(parts)
 
 
+def prompt_parts_of(condition: Any, default_weight: float = 1.0) -> Optional[tuple[PromptPart, ...]]:
+    """The parts of a caller's condition when it is composed, else None: a str written with ``' AND '``
+    (a plain caption, even one with a ``':number'`` ending, is not parsed) or a list / tuple of parts
+    (:func:`prompt_parts_from`); an int label or a plain caption gives None."""
+    if has_prompt_parts(condition) or isinstance(condition, (list, tuple)):
+        return prompt_parts_from(condition, default_weight)
+    return None
+
+
 def format_prompt_parts(parts: tuple[PromptPart, ...]) -> str:
     """The written form of ``parts`` (``'a red shape:3 AND a circle:2'``); parses back to the same parts."""
     return PART_SEPARATOR.join(str(p) for p in parts)
+
+
+def composed_request(condition: Any, options: Any) -> tuple[Any, Any]:
+    """``(condition, options)`` (a ``SamplingOptions``) with a composed prompt moved into
+    ``options.prompt_parts`` (then the condition is None): a caption written with parts (``"a red shape:3 AND
+    a circle"``) or a list of ``(condition, weight)`` pairs / conditions. Parts written without a weight take
+    ``options.guidance_scale`` (a number), which is then reset to 1 (the parts carry the weights). Other
+    conditions come back unchanged. Used by the notebook API, the CLI and the web page."""
+    if options.prompt_parts is not None:
+        if condition is not None:
+            raise TypeError("give the prompt as the condition or as options.prompt_parts, not both")
+        return None, options
+    default = guidance_number(options.guidance_scale)
+    parts = prompt_parts_of(condition, 1.0 if default is None else default)
+    if parts is None:
+        return condition, options
+    if default is None:
+        raise ValueError(f"guidance_scale must be a number when the prompt has parts (it is the weight of the "
+                         f"parts written without one), got {options.guidance_scale!r}")
+    return None, options.replace(guidance_scale=1.0, prompt_parts=parts)
