@@ -5,6 +5,8 @@ says exactly what is drawn ("a red circle at the top left on a gray background")
 shape, for class-conditional models) and its attributes (for the text-following evaluation).
 
 Sample ``i`` of a dataset depends only on ``(seed, i)``, so two datasets built alike are identical.
+With ``captions="partial"`` an item's ``text`` is the list of its :func:`partial_captions` (one, two or all
+three attributes), for a token cache that draws one per epoch, so each word is also seen on its own.
 A fixed set of (colour, shape, position) combinations is held out of the ``train`` split and forms the
 ``heldout`` split: a model that draws them correctly composes attributes it never saw together.
 """
@@ -28,6 +30,8 @@ __all__ = [
     "heldout_combinations",
     "render_shape",
     "make_caption",
+    "partial_captions",
+    "CAPTION_MODES",
     "class_label",
     "num_classes",
     "ShapesDataset",
@@ -76,6 +80,26 @@ def make_caption(spec: ShapeSpec) -> str:
     return f"a {spec.color} {spec.shape} at the {spec.position} on a gray background"
 
 
+def partial_captions(spec: ShapeSpec) -> list[str]:
+    """Every caption of ``spec`` naming a non-empty subset of its colour, shape and position, ordered by
+    how many attributes it names, then colour before shape before position; the last is :func:`make_caption`
+    (7 captions: "a red shape on a gray background", "a circle on a gray background", "a shape at the top
+    left on a gray background", "a red circle on a gray background", ..., the full caption)."""
+    out = []
+    for size in (1, 2, 3):
+        for named in itertools.combinations(("color", "shape", "position"), size):
+            noun = f"{spec.color} " if "color" in named else ""
+            noun += spec.shape if "shape" in named else "shape"
+            where = f" at the {spec.position}" if "position" in named else ""
+            out.append(f"a {noun}{where} on a gray background")
+    return out
+
+
+CAPTION_MODES = ("full", "partial")
+"""``ShapesDataset(captions=...)``: ``'full'`` one caption (str) per item, ``'partial'`` the list of
+:func:`partial_captions`."""
+
+
 def num_classes() -> int:
     return len(COLORS) * len(SHAPES)
 
@@ -121,7 +145,7 @@ class ShapesDataset(Dataset):
     """Captioned shapes in the official batch format.
 
     Items: ``{'image': float32 (3, H, W) in [0, 255], 'text': str, 'label': int,
-    'color': int, 'shape': int, 'position': int}``.
+    'color': int, 'shape': int, 'position': int}`` (``'text'`` a list of str with ``captions='partial'``).
 
     Args:
         num_samples: dataset length.
@@ -131,6 +155,9 @@ class ShapesDataset(Dataset):
         jitter: vary centre and size a little.
         drop_caption_rate: probability of an empty caption (for learnable classifier-free guidance),
             decided deterministically per index.
+        captions: one of ``CAPTION_MODES``: ``'full'`` (default) the caption naming all three attributes;
+            ``'partial'`` the list of :func:`partial_captions` (a token cache stores them all and draws one
+            per epoch; the models take one str per item, so train such a set through the cache).
     """
 
     def __init__(
@@ -142,7 +169,10 @@ class ShapesDataset(Dataset):
         jitter: bool = True,
         drop_caption_rate: float = 0.0,
         data_root: str | None = None,
+        captions: str = "full",
     ):
+        if captions not in CAPTION_MODES:
+            raise ValueError(f"ShapesDataset: captions must be one of {CAPTION_MODES}, got {captions!r}")
         if split not in ("train", "heldout", "all"):
             raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
         if num_samples <= 0:
@@ -153,6 +183,7 @@ class ShapesDataset(Dataset):
         self.seed = int(seed)
         self.jitter = jitter
         self.drop_caption_rate = float(drop_caption_rate)
+        self.captions = captions
         held = set(heldout_combinations())
         combos = all_combinations()
         if split == "train":
@@ -179,7 +210,7 @@ class ShapesDataset(Dataset):
         rng = self._rng(index)
         spec = self.combinations[int(rng.integers(len(self.combinations)))]
         image = render_shape(spec, self.resolution, rng if self.jitter else None)
-        text = make_caption(spec)
+        text = make_caption(spec) if self.captions == "full" else partial_captions(spec)
         if self.drop_caption_rate > 0 and rng.random() < self.drop_caption_rate:
             text = ""
         c, s, p = spec.indices

@@ -8,7 +8,9 @@ Two ways to see a data set:
   preprocessing (drawn from ``numpy.random.default_rng([seed, image])``); every caption (or the label) is
   kept, and the samples follow the official iteration (COCO: one per annotation).
 - **By item** (any other data set, e.g. the synthetic shapes): one view per item, as ``__getitem__``
-  returns it, with its caption and/or label.
+  returns it, with its caption and/or label. An item whose ``'text'`` is a list of captions (several
+  captions of one image, e.g. ``ShapesDataset(captions='partial')``) keeps them all, and the reader draws
+  one per ``(seed, epoch, index)``, as for CUB-200.
 
 Caption/label dropout of the source data sets (``drop_caption_rate``) is switched off while encoding and
 recorded in the meta; the reader applies it, per access.
@@ -124,6 +126,17 @@ class _ItemViews(Dataset):
         return out
 
 
+def _item_captions(text: Any, index: int) -> list[str]:
+    """An item's ``'text'`` as its list of captions: a str is one caption; a list / tuple of str (several
+    captions of one image, e.g. ``ShapesDataset(captions='partial')``) is kept whole."""
+    if not isinstance(text, (list, tuple)):
+        return [str(text)]
+    if not text or not all(isinstance(t, str) for t in text):
+        raise ValueError(f"write_token_cache: item {index}'s 'text' must be a str or a non-empty list of str, "
+                         f"got {text!r}")
+    return list(text)
+
+
 def _merge_groups(leaves: list[Dataset]) -> tuple[list[tuple[Dataset, int]], ImageGroups]:
     """The leaves' image groups as one, image and sample indices offset leaf by leaf."""
     rows: list[tuple[Dataset, int]] = []
@@ -232,7 +245,8 @@ def write_token_cache(
         tmp_dir.mkdir(parents=True)
         tokens = np.lib.format.open_memmap(tmp_dir / TOKENS_FILE, mode="w+", dtype=dtype,
                                            shape=(n_rows, n_views, n_tok))
-        texts: list[str] = []
+        texts: list[list[str]] = []  # item path: every caption of each item
+        drawn: list[bool] = []  # the item gave a list of captions: one is drawn at each access
         labels: list[int] = []
         bad_rows: list[int] = []
         loader = DataLoader(views_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -256,7 +270,9 @@ def write_token_cache(
                 raise ValueError(f"codec returned token ids outside 0..{num_tokens - 1}")
             tokens[row:row + b] = tok.reshape(b, n_views, n_tok).numpy().astype(dtype)
             bad_rows.extend(row + i for i, ok in enumerate(batch["ok"].tolist()) if not ok)
-            texts.extend(str(t) for t in batch.get("text", []))
+            for t in batch.get("text", []):
+                texts.append(_item_captions(t, len(texts)))
+                drawn.append(isinstance(t, (list, tuple)))
             labels.extend(int(v) for v in batch.get("label", []))
             row += b
             if bar is not None:
@@ -266,9 +282,8 @@ def write_token_cache(
     tokens.flush()
     del tokens
     if groups is None:
-        captions = [[t] for t in texts] if texts else None
-        groups = ImageGroups(list(range(n_rows)), captions, labels or None,
-                             [(i, 0 if texts else RANDOM_CAPTION) for i in range(n_rows)])
+        groups = ImageGroups(list(range(n_rows)), texts or None, labels or None,
+                             [(i, 0 if texts and not drawn[i] else RANDOM_CAPTION) for i in range(n_rows)])
     bad = set(bad_rows)
     samples = np.asarray([s for s in groups.samples if s[0] not in bad], dtype=np.int64).reshape(-1, 2)
     if len(samples) == 0:

@@ -64,6 +64,9 @@ class DALLE(TokenModelMixin, nn.Module):
             raise KeyError(f"batch has no '{key}' (captions) and no 'condition_token'")
         if isinstance(cond, str):
             cond = [cond]
+        if any(isinstance(c, (list, tuple)) for c in cond):
+            raise TypeError(f"'{key}' holds a list of captions for one image (e.g. ShapesDataset(captions="
+                            "'partial')): train through a token cache (write_token_cache), which draws one per epoch")
         cond = self.condition_codec.get_tokens(to_device(cond, self.device))
         return {"condition_" + k: to_device(v, self.device) for k, v in cond.items()}
 
