@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqdiff.modeling.embeddings.text_feature_cache import TextFeatureCache, cached_embedding
 from vqdiff.utils.config import instantiate_from_config
 
 from . import forward_process, losses, posterior
@@ -61,6 +62,9 @@ class DiffusionTransformer(nn.Module):
             ELBO (:mod:`masked_elbo`); its checkpoints carry the buffer ``masked_elbo_schedule``, and the
             mask-and-replace methods (``q_pred``, ``q_sample``, ``q_posterior``, ``p_sample``) refuse to run.
         masked_elbo: the options of that objective (:class:`masked_elbo.MaskedELBOOptions`), or None.
+        condition_feature_cache: keep the frozen condition embedding's features of up to this many captions
+            (``TextFeatureCache``, keyed by token ids) for training, so the tower runs once per caption; 0
+            (default) off. Used only while the embedding has no trainable parameter; sampling never uses it.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class DiffusionTransformer(nn.Module):
         learnable_cf: bool = False,
         objective: str = "vq_diffusion",
         masked_elbo: Optional[Mapping] = None,
+        condition_feature_cache: int = 0,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -96,6 +101,7 @@ class DiffusionTransformer(nn.Module):
             self.condition_emb = condition_emb_config
         else:
             self.condition_emb = instantiate_from_config(condition_emb_config)
+        self.condition_feature_cache = TextFeatureCache(condition_feature_cache) if condition_feature_cache else None
         # -- network, with the official injected params ----------------------------------------------
         net_params = _params(transformer_config)
         if isinstance(transformer_config, nn.Module):
@@ -165,6 +171,8 @@ class DiffusionTransformer(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         masked_elbo_module.check_checkpoint_record(self.masked_elbo_options, self.objective,
                                                    state_dict.get(prefix + RECORD_KEY), RECORD_KEY)
+        if self.condition_feature_cache is not None:  # the tower's weights may change: forget its features
+            self.condition_feature_cache.clear()
         key = prefix + "empty_text_embed"
         if key in state_dict and not self.learnable_cf:
             warnings.warn(
@@ -350,7 +358,7 @@ class DiffusionTransformer(nn.Module):
             emb = input.get("condition_embed_token")
             return emb.float() if torch.is_tensor(emb) and emb.is_floating_point() else emb
         with torch.autocast(self.device.type, enabled=False), torch.no_grad():
-            cond_emb = self.condition_emb(input["condition_token"])
+            cond_emb = cached_embedding(self.condition_feature_cache, self.condition_emb, input["condition_token"])
         if torch.is_tensor(cond_emb) and cond_emb.is_floating_point():
             cond_emb = cond_emb.float()
             if self.learnable_cf and input.get("condition_mask") is not None:
