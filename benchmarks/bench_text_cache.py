@@ -95,7 +95,8 @@ def bench(name: str, width: int, layers: int, pool: torch.Tensor, batch: int, st
     step_on = run(on, pool, batch, steps, seed=0)
     cache = on.condition_feature_cache
     return {"tower": name, "width": width, "layers": layers, "batch": batch, "steps": steps,
-            "pool_rows": int(pool.shape[0]), "distinct_captions": len(on.condition_feature_cache), "step_s_uncached": step_off, "step_s_cached": step_on,
+            "pool_rows": int(pool.shape[0]), "distinct_captions": len(on.condition_feature_cache),
+            "step_s_uncached": step_off, "step_s_cached": step_on,
             "speedup": step_off / step_on, "fill_s": fill_s, "cache_hits": cache.hits, "cache_misses": cache.misses}
 
 

@@ -46,11 +46,13 @@ def test_notebook_api_samples_a_written_or_listed_composed_prompt(tiny):
     assert _arrays(written) == _arrays(listed) == _arrays(engine._finish(direct["content"], None, ""))
     assert (root / "R" / safe_name("a red shape:3 AND a circle:2") / "000001.png").is_file()
     # one part with weight s is ordinary guidance with scale s
-    one = engine.inference_generate_sample_with_condition([("a cat", 3.0)], save_root=None, **{**kw, "guidance_scale": 1})
+    one = engine.inference_generate_sample_with_condition([("a cat", 3.0)], save_root=None,
+                                                          **{**kw, "guidance_scale": 1})
     plain = engine.inference_generate_sample_with_condition("a cat", save_root=None, **{**kw, "guidance_scale": 3.0})
     assert _arrays(one) == _arrays(plain)
     with pytest.raises(ValueError, match="guidance_scale must be a number when the prompt has parts"):
-        engine.inference_generate_sample_with_condition(PROMPT, save_root=None, **{**kw, "guidance_scale": "linear:1:3"})
+        engine.inference_generate_sample_with_condition(PROMPT, save_root=None,
+                                                        **{**kw, "guidance_scale": "linear:1:3"})
     with pytest.raises(ValueError, match="part 2 .* is blank"):
         engine.inference_generate_sample_with_condition("a cat AND :2", save_root=None, **kw)
 
@@ -80,3 +82,20 @@ def test_web_page_takes_a_composed_prompt_and_names_bad_parts(tiny):
     with working_directory(root):
         exec(result.code, namespace)  # the code the page shows reproduces the composed images
     assert _arrays(namespace["images"]) == _arrays(result.images)
+
+
+def test_notebook_api_composes_class_labels():
+    from _fake_parts import FakeCodec, make_diffusion
+    from vqdiff.modeling.models import C_DALLE
+
+    engine = VQ_Diffusion.__new__(VQ_Diffusion)  # the notebook API around an in-memory class model
+    engine.model = C_DALLE(content_codec_config=FakeCodec(), diffusion_config=make_diffusion("class")).eval()
+    engine.device = torch.device("cpu")
+    kw = dict(truncation_rate=0.85, save_root=None, batch_size=2, seed=1)
+    parts = engine.inference_generate_sample_with_class([(1, 2.0), (2, 1.0)], **kw)
+    g = torch.Generator().manual_seed(1)
+    direct = engine.model.generate_content(filter_ratio=0, replicate=2, prompt_parts=[(1, 2.0), (2, 1.0)], generator=g)
+    assert _arrays(parts) == _arrays(engine._finish(direct["content"], None, ""))
+    one = engine.inference_generate_sample_with_class([(1, 2.5)], **kw)
+    plain = engine.inference_generate_sample_with_class(1, guidance_scale=2.5, **kw)
+    assert _arrays(one) == _arrays(plain)

@@ -79,7 +79,8 @@ def tiny_models(tmp_path_factory):
 
 
 def _step(model, texts, seed):
-    batch = {"text": texts, "content_token": torch.randint(0, 16, (len(texts), 16), generator=torch.Generator().manual_seed(seed))}
+    tokens = torch.randint(0, 16, (len(texts), 16), generator=torch.Generator().manual_seed(seed))
+    batch = {"text": texts, "content_token": tokens}
     model.zero_grad(set_to_none=True)
     loss = model(batch, generator=torch.Generator().manual_seed(seed))["loss"]
     loss.backward()

@@ -112,7 +112,7 @@ def test_a_one_caption_cache_written_before_lists_still_loads(tmp_path):
     new = TokenCacheDataset(_write(ds, tmp_path), seed=0)
     assert new.items["captions"] == [[ds[i]["text"]] for i in range(6)]
     assert np.asarray(new.samples).tolist() == [[i, 0] for i in range(6)]
-    assert torch.equal(torch.from_numpy(np.asarray(new.tokens).astype(np.int64)), torch.from_numpy(tokens.astype(np.int64)))
+    assert np.array_equal(np.asarray(new.tokens), tokens)
 
 
 def test_a_list_of_captions_without_the_cache_is_refused_by_name():

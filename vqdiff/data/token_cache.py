@@ -4,8 +4,8 @@
 :class:`TokenCacheDataset` reads it. Per image the cache keeps the centre crop, ``crops`` random train
 crops and every caption; at each access the reader picks, from a generator seeded by ``(seed, epoch,
 index)``, one random crop (train phase; the centre crop otherwise), one caption where the official reader
-draws one (CUB-200) or the item gave a list of captions (``ShapesDataset(captions='partial')``), and drops the caption/label for classifier-free guidance with ``drop_caption_rate``
-(train phase). Call :func:`set_dataset_epoch` each epoch (the trainer does): the picks of an epoch are a
+draws one (CUB-200) or the item gave a list of captions (``ShapesDataset(captions='partial')``), and drops
+the caption/label for classifier-free guidance with ``drop_caption_rate`` (train phase). Call :func:`set_dataset_epoch` each epoch (the trainer does): the picks of an epoch are a
 function of ``(seed, epoch, index)`` alone, so a resumed run reads the same items, in worker processes
 too (the epoch lives in shared memory).
 """

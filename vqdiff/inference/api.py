@@ -405,7 +405,8 @@ class VQ_Diffusion:
         for arg, value in (("label", label), ("truncation_rate", truncation_rate), ("batch_size", batch_size)):
             if value is None:
                 raise TypeError(f"inference_generate_sample_with_class() missing required argument: '{arg}'")
-        if not isinstance(label, (list, tuple)) and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
+        single = not isinstance(label, (list, tuple))
+        if single and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
             raise ValueError(f"label must be a non-negative int class index (or a list of (label, weight) parts), "
                              f"got {label!r}")
         self._check_batch(batch_size)

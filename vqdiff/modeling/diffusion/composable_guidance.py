@@ -7,7 +7,8 @@ Liu et al. (Sec. 4.1, the conjunction AND) compose the scores of P conditions ``
 VQ-Diffusion's classifier-free guidance (Improved VQ-Diffusion, arXiv 2205.16007 Eq. 9-10) applies the same
 combination to the log-probabilities of x_0 and renormalises over the K classes::
 
-    log p(x_0 | x_t, c_1..c_P) = LSE-normalised( log p(x_0 | x_t, null) + sum_i w_i (log p(x_0 | x_t, c_i) - log p(x_0 | x_t, null)) )
+    l_i = log p(x_0 | x_t, c_i),  l_null = log p(x_0 | x_t, null)
+    log p(x_0 | x_t, c_1..c_P) = l - logsumexp_k(l),  l = l_null + sum_i w_i (l_i - l_null)
 
 With one part this is ordinary guidance with scale ``s = w_1``: :class:`samplers.Denoiser` runs ordinary
 guidance through :func:`compose_log_probs` with one part, so the two give the same bits. All P + 1

@@ -152,10 +152,11 @@ class Denoiser:
     renormalised and clamped, from ONE batched network call on ``cat([cond, uncond])``; unguided
     options (``options.is_guided``) make a single conditional call. With ``options.prompt_parts`` (P parts)
     ``cond_emb`` holds P B rows, part by part, and the one call runs on (P + 1) B rows: composable guidance
-    ``l = l_u + sum_i w_i (l_i - l_u)`` (``composable_guidance``; ordinary guidance is its P = 1 case). The condition cache (cross-attention
-    keys/values) is computed here once. ``uncond_emb`` may be any embedding of the condition's shape: the
-    null text, or a negative prompt; the guidance scale is a number or a schedule (then ``s = s(t)`` per row).
-    Truncation (``options.truncation_rate``, then ``options.top_k``) follows. The network (and its condition
+    ``l = l_u + sum_i w_i (l_i - l_u)`` (``composable_guidance``; ordinary guidance is its P = 1 case).
+    The condition cache (cross-attention keys/values) is computed here once. ``uncond_emb`` may be any
+    embedding of the condition's shape: the null text, or a negative prompt; the guidance scale is a number
+    or a schedule (then ``s = s(t)`` per row). Truncation (``options.truncation_rate``, then
+    ``options.top_k``) follows. The network (and its condition
     cache) runs in ``options.precision`` (``auto`` resolved for the model's device), compiled with
     ``options.compile`` (``network_runner.NetworkRunner``); its log-softmax and all the above are fp32.
 

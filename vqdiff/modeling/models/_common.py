@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from vqdiff.modeling.diffusion.sampling import sample_tokens
 from vqdiff.modeling.diffusion.prompt_parts import PromptPart
+from vqdiff.modeling.diffusion.sampling import sample_tokens
 from vqdiff.modeling.diffusion.sampling_options import DEFAULT_TRUNCATION_RATE, SamplingOptions
 from vqdiff.utils.config import instantiate_from_config
 
