@@ -63,8 +63,9 @@ class DiffusionTransformer(nn.Module):
             mask-and-replace methods (``q_pred``, ``q_sample``, ``q_posterior``, ``p_sample``) refuse to run.
         masked_elbo: the options of that objective (:class:`masked_elbo.MaskedELBOOptions`), or None.
         condition_feature_cache: keep the frozen condition embedding's features of up to this many captions
-            (``TextFeatureCache``, keyed by token ids) for training, so the tower runs once per caption; 0
-            (default) off. Used only while the embedding has no trainable parameter; sampling never uses it.
+            (``TextFeatureCache``, keyed by token ids) for ``forward`` (training, validation loss), so the tower
+            runs once per caption; 0 (default) off. Only while the embedding has no trainable parameter;
+            sampling never uses it.
     """
 
     def __init__(
