@@ -197,9 +197,9 @@ def _edit_handler(service: ModelService, files: ImageFiles):
 def _condition_inputs(service: ModelService, prefix: str, caption_label: str):
     """The condition fields fitted to the model: (prompt, negative prompt, class) components."""
     text_model, class_model = service.kind == "text", service.kind == "label"
-    if prefix == "generate":  # composable guidance: the same field takes weighted parts
-        caption_label += " (parts: 'a red shape:3 AND a circle:2'; a part's default weight is the guidance scale)"
-    prompt = gr.Textbox(label=caption_label, placeholder="a green triangle at the bottom right", lines=1,
+    parts = ("composable prompt: 'a red shape:3 AND a circle:2' (a part without ':weight' takes the guidance "
+             "scale)") if prefix == "generate" else None
+    prompt = gr.Textbox(label=caption_label, placeholder="a green triangle at the bottom right", lines=1, info=parts,
                         visible=text_model, elem_id=f"{prefix}-prompt")
     negative = gr.Textbox(label="negative prompt (what guidance pushes away from; empty: none)", lines=1,
                           visible=text_model and prefix == "generate", elem_id=f"{prefix}-negative")
