@@ -45,6 +45,7 @@ def test_notebook_api_samples_a_written_or_listed_composed_prompt(tiny):
                                            prompt_parts=[PromptPart("a red shape", 3.0), PromptPart("a circle", 2.0)])
     assert _arrays(written) == _arrays(listed) == _arrays(engine._finish(direct["content"], None, ""))
     assert (root / "R" / safe_name("a red shape:3 AND a circle:2") / "000001.png").is_file()
+    assert written[0].info["prompt_parts"] == "a red shape:3 AND a circle:2"
     # one part with weight s is ordinary guidance with scale s
     one = engine.inference_generate_sample_with_condition([("a cat", 3.0)], save_root=None,
                                                           **{**kw, "guidance_scale": 1})

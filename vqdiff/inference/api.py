@@ -274,7 +274,8 @@ class VQ_Diffusion:
         Each image's ``info['sampling_options']`` is the request as run, precision included ('top0.85r,fp32').
         A composed prompt (composable guidance: ``condition`` written ``"a red shape:3 AND a circle"``, a list of
         ``(condition, weight)``, or ``options.prompt_parts``) is sampled in one batched network call per step
-        (:func:`composed_request`); its folder is the written form of its parts."""
+        (:func:`composed_request`); its folder and each image's ``info['prompt_parts']`` are the written form
+        of its parts."""
         n = self._check_batch(batch_size)
         kind = self.condition_kind
         condition, options = composed_request(condition, options)
@@ -289,6 +290,8 @@ class VQ_Diffusion:
         images = self._finish(out["content"], save_root, name, ext="jpg" if kind == "label" else "png")
         for image in images:
             image.info["sampling_options"] = out["options"]
+            if parts:
+                image.info["prompt_parts"] = name
         return images
 
     @torch.no_grad()
