@@ -81,8 +81,9 @@ def app(browser_ready, tmp_path_factory):
     with working_directory(root):
         torch.set_num_threads(1)
         config, ckpt = tiny_text_model(root, trained=True)
+        # the editor holds the generated image enlarged to 256x256: the pixel limit sits above it
         url, service, page = _serve(ModelSource(config, ckpt),
-                                    AppLimits(max_images=4, max_waiting=2, max_upload_pixels=128 * 128))
+                                    AppLimits(max_images=4, max_waiting=2, max_upload_pixels=300 * 300))
         try:
             yield url, service
         finally:

@@ -132,8 +132,8 @@ def test_the_editor_hands_the_handler_checked_uploads_and_refuses_big_ones_befor
     from gradio.components.image_editor import EditorData
     from gradio.data_classes import FileData
 
-    editor = GatedImageMask(type="pil", limits=LIMITS)
-    assert editor.get_block_name() == "imageeditor"
+    editor = GatedImageMask.with_limits(LIMITS, type="pil", elem_id="ed")
+    assert editor.get_block_name() == "imageeditor" and editor.get_config()["elem_id"] == "ed"
     (tmp_path / "bg.png").write_bytes(_png((16, 16), (0, 0, 255, 0)))
     (tmp_path / "paint.png").write_bytes(_png((16, 16), (255, 0, 0, 255)))
     value = editor.preprocess(EditorData(background=FileData(path=str(tmp_path / "bg.png"), orig_name="bg.png"),

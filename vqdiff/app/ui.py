@@ -270,11 +270,12 @@ def build_page(service: ModelService, defaults: PageDefaults = PageDefaults()) -
             with gr.Tab("Edit", id="edit", elem_id="tab-edit"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        editor = GatedImageMask(type="pil", format="png", label="paint the region to change",
-                                                limits=service.limits,
-                                              sources=["upload", "clipboard"], transforms=(),
-                                              brush=gr.Brush(default_size=24, colors=["#ff3030"], color_mode="fixed"),
-                                              layers=False, canvas_size=(256, 256), elem_id="editor")
+                        editor = GatedImageMask.with_limits(service.limits, type="pil", format="png",
+                                                            label="paint the region to change",
+                                                            sources=["upload", "clipboard"], transforms=(),
+                                                            brush=gr.Brush(default_size=24, colors=["#ff3030"],
+                                                                           color_mode="fixed"),
+                                                            layers=False, canvas_size=(256, 256), elem_id="editor")
                         e_prompt, _, e_label = _condition_inputs(service, "edit", "new caption")
                         e_truncation = gr.Slider(0.05, 1.0, value=defaults.truncation_rate, step=0.01,
                                                  label="truncation rate r", elem_id="edit-truncation")

@@ -81,11 +81,16 @@ from gradio.events import Dependency
 
 class GatedImageMask(gr.ImageMask):
     """Gradio's ``ImageMask`` whose prepared value holds :class:`Upload` s (checked, not decoded) instead of
-    decoded images; the page's browser code is the editor's own."""
+    decoded images; the page's browser code is the editor's own. Make it with :meth:`with_limits` (Gradio
+    builds a component's config from its ``__init__`` signature, so this class keeps its parent's)."""
 
-    def __init__(self, *args: Any, limits: AppLimits = AppLimits(), **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.limits = limits
+    limits: AppLimits = AppLimits()
+
+    @classmethod
+    def with_limits(cls, limits: AppLimits, **kwargs: Any) -> "GatedImageMask":
+        editor = cls(**kwargs)
+        editor.limits = limits
+        return editor
 
     def get_block_name(self) -> str:
         return "imageeditor"
