@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from _app_parts import tiny_text_model, working_directory
+from conftest import require
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -30,12 +31,7 @@ WAIT_S = 40
 
 def _require(what: str, ok: bool) -> None:
     """Skip without ``what`` on a user's machine; fail under CI, where scripts/install_browser.sh ran."""
-    if ok:
-        return
-    reason = f"{what} is missing (bash scripts/install_browser.sh; pip install -e '.[dev,app]')"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so the browser test must run", pytrace=False)
-    pytest.skip(reason)
+    require(ok, what, "bash scripts/install_browser.sh; pip install -e '.[dev,app]'")
 
 
 def _importable(name: str) -> bool:
