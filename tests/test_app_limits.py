@@ -114,6 +114,8 @@ def test_uploads_over_the_byte_or_pixel_limit_are_refused_from_the_header(tmp_pa
         check_upload(bomb_png(), LIMITS)  # 15 000 x 15 000 claimed: refused without decoding
     with pytest.raises(InputError, match="bytes; this server takes at most 20000"):
         check_upload(small + b"\0" * 20_000, LIMITS)
+    with pytest.raises(InputError, match="the upload is gone"):
+        check_upload(str(tmp_path / "never_written.png"), LIMITS)
     (tmp_path / "broken.png").write_bytes(b"not an image " * 20)
     with pytest.raises(InputError, match="cannot read the photo: it is not an image"):
         check_upload(str(tmp_path / "broken.png"), LIMITS, name="the photo")

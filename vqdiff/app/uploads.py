@@ -41,7 +41,10 @@ def check_upload(source: Union[str, bytes], limits: AppLimits, name: str = "the 
                  flatten: bool = False) -> Upload:
     """``source`` as an :class:`Upload` after checking its byte size and the pixel count its header claims
     (PIL reads only the header here); :class:`InputError` naming ``name`` when over a limit or unreadable."""
-    nbytes = len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(source)
+    try:
+        nbytes = len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(source)
+    except OSError:
+        raise InputError(f"cannot read {name}: the upload is gone (try again)") from None
     if nbytes > limits.max_upload_bytes:
         raise InputError(f"{name} has {nbytes} bytes; this server takes at most {limits.max_upload_bytes}")
     try:
