@@ -68,6 +68,19 @@ def test_a_config_pipe_url_works_only_with_allow_commands(tmp_path):
         WebShardsImageText([url], 3, allow_commands="yes")
 
 
+def test_a_local_file_whose_name_reads_as_a_pipe_url_is_opened_as_a_file(tmp_path, monkeypatch):
+    """A glob in the working folder finding a file named ``pipe:touch X;cat 0.tar`` must not hand that name
+    to webdataset as a command."""
+    write_shards(tmp_path / "s", 1, 2)
+    monkeypatch.chdir(tmp_path / "s")
+    odd = tmp_path / "s" / "pipe:touch ran;cat 00000.tar"
+    odd.write_bytes((tmp_path / "s" / "00000.tar").read_bytes())
+    shards = resolve_shards("pipe*.tar")
+    assert shards == ["./pipe:touch ran;cat 00000.tar"] and not runs_command(shards[0])
+    ds = WebShardsImageText("pipe*.tar", 2, shuffle_buffer=0)
+    assert len(list(ds)) == 2 and not (tmp_path / "s" / "ran").exists()
+
+
 # ----------------------------------------------------------------------------------------- bad samples
 def test_an_image_over_the_pixel_limit_is_a_bad_sample_named_and_the_epoch_finishes(tmp_path, caplog):
     write_shards(tmp_path / "s", 2, 3)

@@ -16,6 +16,7 @@ undecodable one.
 from __future__ import annotations
 
 import glob
+import os
 import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -48,6 +49,12 @@ def runs_command(url: str) -> bool:
 
 def _is_remote(url: str) -> bool:
     return runs_command(url) or "://" in url
+
+
+def _local(path: str) -> str:
+    """A local shard path as webdataset must get it: one that would parse as a URL (a file named
+    ``pipe:cmd.tar`` or ``a.b:c.tar`` found by a glob) gets a ``./`` prefix, so it is opened as a file."""
+    return path if not urlsplit(path).scheme else os.path.join(".", path)
 
 
 def _read_list_file(listed: Path) -> list[str]:
@@ -102,9 +109,9 @@ def _resolve(urls: str | Sequence[str], allow_commands: bool) -> list[str]:
                 found = sorted(glob.glob(expanded))
                 if not found:
                     raise FileNotFoundError(f"shard pattern '{pattern}' matches no file")
-                shards.extend(found)
+                shards.extend(_local(f) for f in found)
             elif Path(expanded).is_file():
-                shards.append(expanded)
+                shards.append(_local(expanded))
             elif expanded == pattern:
                 raise FileNotFoundError(f"shard pattern '{pattern}' matches no file")
             else:
