@@ -36,6 +36,7 @@ setup(
             "openai-clip==1.0.1",
             "einops==0.8.2",  # benchmarks/bench_precision.py --official-root: the official code imports it
             "selenium==4.51.0",  # tests/test_app_browser.py; 4.52 needs a certifi newer than some mirrors serve
+            "hypothesis==6.155.2",  # tests/test_fuzz_parsers.py: property-based tests of the input parsers
         ],
         # the web page (python -m vqdiff.app). Gradio 6 requires pillow<13: the pin below makes that choice
         # explicit here (vqdiff itself works with either), so that every part's requirements are met.

@@ -27,11 +27,11 @@ from vqdiff.engine.lora import merge_lora  # noqa: E402
 from vqdiff.inference.api import VQ_Diffusion  # noqa: E402
 
 
-def merge_to_file(config: str, ckpt: str, lora: str, out: str, scale: float = 1.0, strict: bool = False,
+def merge_to_file(config: str, ckpt: str, lora: str, out: str, scale: float = 1.0, allow_base_mismatch: bool = False,
                   allow_unsafe_pickle: bool = False) -> Path:
     """Load ``ckpt`` + the adapter ``lora`` at ``scale``, merge, and write the plain checkpoint ``out``."""
     engine = VQ_Diffusion(config, ckpt, device="cpu", allow_unsafe_pickle=allow_unsafe_pickle, lora=lora,
-                          lora_scale=scale, lora_strict=strict)
+                          lora_scale=scale, lora_allow_base_mismatch=allow_base_mismatch)
     merged = merge_lora(engine.model)
     model = engine.model
     record = {k: v for k, v in (engine.lora_record or {}).items() if isinstance(v, (str, int, float))}
@@ -48,11 +48,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--lora", required=True, help="the adapter folder (OUTPUT/<run>/checkpoint/last_lora)")
     p.add_argument("--scale", type=float, default=1.0, help="adapter strength merged in (default 1)")
     p.add_argument("--out", required=True, help="the merged checkpoint to write (.pth)")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse a base whose SHA-256 differs from the adapter's record")
+    p.add_argument("--allow-base-mismatch", action="store_true",
+                   help="merge into a base whose SHA-256 differs from the adapter's record (default: refused)")
     p.add_argument("--allow-unsafe-pickle", action="store_true")
     args = p.parse_args(argv)
-    out = merge_to_file(args.config, args.ckpt, args.lora, args.out, args.scale, args.strict, args.allow_unsafe_pickle)
+    out = merge_to_file(args.config, args.ckpt, args.lora, args.out, args.scale, args.allow_base_mismatch, args.allow_unsafe_pickle)
     print(f"wrote merged checkpoint {out}")
     return 0
 

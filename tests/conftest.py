@@ -4,6 +4,8 @@ Fixtures of the official code live outside the repository (``../shared/fixtures`
 wherever ``VQDIFF_FIXTURES`` points). Tests that need them use :func:`fixtures_dir`, which skips with the
 reason when the folder is absent (a user's clone). CI sets ``VQDIFF_REQUIRE_FIXTURES=1`` (``.ci/run``):
 then a missing folder fails the test instead, so the official-parity evidence cannot silently vanish.
+Other optional inputs (the CLIP BPE vocabulary) go through :func:`require`: skipped on a user's machine,
+failed under CI (``CI`` set, as ``.ci/run`` does).
 """
 
 from __future__ import annotations
@@ -39,6 +41,22 @@ def fixtures_dir(sub: str = "") -> Path:
                         pytrace=False)
         pytest.skip(reason)
     return path
+
+
+def under_ci() -> bool:
+    """Whether the suite runs under CI (``CI`` set to anything but empty/``0``/``false``; ``.ci/run`` sets it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def require(ok: bool, what: str, install: str) -> None:
+    """Skip the calling test when ``what`` is missing on a user's machine; under CI (:func:`under_ci`) fail
+    instead, naming it and how to ``install`` it, so the check cannot silently vanish."""
+    if ok:
+        return
+    reason = f"{what} is missing ({install})"
+    if under_ci():
+        pytest.fail(f"{reason}; CI is set, so this test must run", pytrace=False)
+    pytest.skip(reason)
 
 
 def copy_fixture(name: str, dst_root: Path) -> Path:

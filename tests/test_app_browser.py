@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from _app_parts import tiny_text_model, working_directory
+from conftest import require
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -30,12 +31,7 @@ WAIT_S = 40
 
 def _require(what: str, ok: bool) -> None:
     """Skip without ``what`` on a user's machine; fail under CI, where scripts/install_browser.sh ran."""
-    if ok:
-        return
-    reason = f"{what} is missing (bash scripts/install_browser.sh; pip install -e '.[dev,app]')"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so the browser test must run", pytrace=False)
-    pytest.skip(reason)
+    require(ok, what, "bash scripts/install_browser.sh; pip install -e '.[dev,app]'")
 
 
 def _importable(name: str) -> bool:
@@ -81,7 +77,9 @@ def app(browser_ready, tmp_path_factory):
     with working_directory(root):
         torch.set_num_threads(1)
         config, ckpt = tiny_text_model(root, trained=True)
-        url, service, page = _serve(ModelSource(config, ckpt), AppLimits(max_images=4, max_waiting=2))
+        # the editor holds the generated image enlarged to 256x256: the pixel limit sits above it
+        url, service, page = _serve(ModelSource(config, ckpt),
+                                    AppLimits(max_images=4, max_waiting=2, max_upload_pixels=300 * 300))
         try:
             yield url, service
         finally:
@@ -202,18 +200,37 @@ def test_an_empty_prompt_shows_the_message_and_the_server_keeps_serving(app, dri
     assert len(_generate(driver, "a blue square at the bottom right")) == 4
 
 
-def test_an_unreadable_upload_shows_the_message(app, driver, tmp_path):
-    url, _ = app
-    driver.get(url)
-    _css(driver, "#generate-prompt textarea")
-    [tab.click() for tab in driver.find_elements("css selector", "button[role=tab]") if tab.text == "Edit"]
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"not an image " * 20)
-    driver.find_element("css selector", "#editor input[type=file]").send_keys(str(bad))
+def _upload(d, url: str, path: Path) -> None:
+    """Open the page's Edit tab and put ``path`` into the editor through its file input."""
+    d.get(url)
+    _css(d, "#generate-prompt textarea")
+    [tab.click() for tab in d.find_elements("css selector", "button[role=tab]") if tab.text == "Edit"]
+    d.find_element("css selector", "#editor input[type=file]").send_keys(str(path))
+
+
+def test_an_uploaded_image_reaches_the_server_and_one_over_the_pixel_limit_is_refused(app, driver, tmp_path):
+    """The upload must arrive: with an image and no paint the server answers "nothing is painted" (its
+    no-image answer would mean the upload was lost); an image over the pixel limit is refused by the server
+    from its header, with the limit in the message."""
+    from PIL import Image
+
+    url, service = app
+    good = tmp_path / "upload.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(good)
+    _upload(driver, url, good)
     _type(driver, "#edit-prompt textarea", "a red circle")
     driver.find_element("css selector", "#edit-button").click()
-    _wait(driver, lambda: "the browser could not read it" in driver.find_element("tag name", "body").text,
-          "the unreadable-upload message")
+    body = lambda: driver.find_element("tag name", "body").text  # noqa: E731
+    _wait(driver, lambda: "nothing is painted" in body() or "no image to edit" in body(), "the server's answer")
+    assert "nothing is painted" in body() and "no image to edit" not in body(), body()
+    side = int(service.limits.max_upload_pixels ** 0.5) + 40
+    big = tmp_path / "big.png"
+    Image.new("RGB", (side, side), (30, 30, 200)).save(big)
+    _upload(driver, url, big)
+    _type(driver, "#edit-prompt textarea", "a red circle")
+    driver.find_element("css selector", "#edit-button").click()
+    _wait(driver, lambda: "this server takes at most" in body(), "the pixel-limit message")
+    assert f"{side}x{side}" in body() and "Traceback" not in body()
 
 
 def test_an_edit_shows_the_snapped_cells_and_the_result(app, driver, shots):

@@ -75,6 +75,8 @@ def test_web_page_takes_a_composed_prompt_and_names_bad_parts(tiny):
     assert request.condition == PROMPT
     with pytest.raises(InputError, match="the prompt: part 2 .* is blank"):
         parse_generate("text", LIMITS, prompt="a cat AND  :3", **FIELDS)
+    with pytest.raises(InputError, match=r"part 'a cat' has weight 1e\+09; at most"):  # bounded like the scale
+        parse_generate("text", LIMITS, prompt="a cat:1e9 AND a dog", **FIELDS)
     with pytest.raises(InputError, match="composed prompts .* are for generation"):
         parse_condition("text", LIMITS, prompt=PROMPT, field="new caption")
     service = ModelService.load(ModelSource(config, ckpt), device="cpu", limits=LIMITS)

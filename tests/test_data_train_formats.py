@@ -1,6 +1,6 @@
 """configs/tiny_text_shapes.yaml trains through train.py on a user's own data with only
 ``dataloader.train_datasets`` changed: a hand-written ``metadata.jsonl`` folder, a sidecar-caption folder and
-a shard set (with a corrupt sample, skipped and named in the run's log)."""
+a shard set (with a corrupt sample and an image over PIL's pixel limit, skipped and named in the run's log)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
+from test_shard_safety import bomb_png  # noqa: E402
 from vqdiff.utils.config import load_yaml_config, save_yaml_config  # noqa: E402
 from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
 
@@ -68,7 +69,8 @@ def shard_set(root: Path) -> dict:
                 buf = io.BytesIO()
                 _image(i).save(buf, format="JPEG")
                 data = b"\xff\xd8 broken" if i == 4 else buf.getvalue()
-                sink.write({"__key__": f"{i:09d}", "jpg": data, "txt": CAPTIONS[i % 4],
+                image = {"png": bomb_png()} if i == 13 else {"jpg": data}  # 15 000 x 15 000 claimed, tiny on disk
+                sink.write({"__key__": f"{i:09d}", **image, "txt": CAPTIONS[i % 4],
                             "json": json.dumps({"key": f"{i:09d}", "status": "success"})})
     return {"target": "vqdiff.data.web_shards.WebShardsImageText",
             "params": {"urls": str(root / "cc-{000..001}.tar"), "samples_per_epoch": 16,
@@ -94,8 +96,9 @@ def test_tiny_text_shapes_trains_on_a_users_folder_with_only_train_datasets_chan
     ck = torch.load(tiny_root / "OUTPUT" / make.__name__ / "checkpoint" / "last.pth", weights_only=True)
     assert ck["last_iter"] == 7
     log = (tiny_root / "OUTPUT" / make.__name__ / "logs" / "log.txt").read_text()
-    if make is shard_set:  # the corrupt sample is skipped and named (shard and key) in the run's log
+    if make is shard_set:  # the corrupt sample and the decompression bomb are skipped and named in the run's log
         assert "skipping sample '000000004' of shard" in log and "cc-000.tar" in log
+        assert "skipping sample '000000013' of shard" in log and "DecompressionBombError" in log
 
 
 def test_auto_resume_inside_a_shard_epoch_reproduces_losses_bit_for_bit(tiny_root, monkeypatch):
@@ -134,7 +137,7 @@ def test_tiny_text_shapes_trains_on_token_shards_of_the_shard_set(tiny_root, mon
     codec_node = cfg["model"]["params"]["content_codec_config"]
     report = write_token_shards(source, instantiate_from_config(codec_node), tiny_root / "data" / "tokens", crops=2,
                                 codec_config=codec_node)
-    assert report["samples"] == 17 and report["bad_samples"] == 1  # the corrupt sample is left out
+    assert report["samples"] == 16 and report["bad_samples"] == 2  # the corrupt sample and the bomb are left out
     cfg["dataloader"]["train_datasets"] = [{"target": "vqdiff.data.token_shards.TokenShardsDataset", "params": {
         "urls": str(tiny_root / "data" / "tokens" / "*.tar"), "samples_per_epoch": 16,
         "expect_codec_config": codec_node, "shuffle_buffer": 8}}]

@@ -322,9 +322,11 @@ def test_same_seed_same_tokens_and_per_call_arguments():
     kw = dict(condition_embed=cond, filter_ratio=0, truncation_rate=0.8)
     a = d.sample(**kw, generator=torch.Generator().manual_seed(1))["content_token"]
     b = d.sample(**kw, generator=torch.Generator().manual_seed(1))["content_token"]
-    c = d.sample(**kw, generator=torch.Generator().manual_seed(2))["content_token"]
     assert torch.equal(a, b)
-    assert not torch.equal(a, c) or True  # different seeds may coincide on tiny problems
+    # the seed drives the draw: other seeds give other tokens (one may coincide on this tiny problem; all
+    # eight coinciding with seed 1 would mean the generator is ignored)
+    others = [d.sample(**kw, generator=torch.Generator().manual_seed(s))["content_token"] for s in range(2, 10)]
+    assert any(not torch.equal(a, c) for c in others)
     # nothing persists on the model between calls
     assert not hasattr(d, "prior_rule") and not hasattr(d.transformer, "cf_predict_start")
 

@@ -59,7 +59,7 @@ def _images(seed: int, n: int, low: int = 0, high: int = 256) -> torch.Tensor:
     return torch.randint(low, high, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
 
 
-def test_fid_of_a_set_with_itself_is_zero(weights):
+def test_fid_is_zero_only_for_the_same_images_whatever_their_dtype(weights):
     images = _images(0, 6)
     rng = torch.get_rng_state()
     metrics = InceptionMetrics(InceptionMetricsConfig(weights, inception_score=False))
@@ -70,6 +70,15 @@ def test_fid_of_a_set_with_itself_is_zero(weights):
     out = metrics.compute()
     assert out["num_real"] == out["num_fake"] == 6
     assert out["fid"] == pytest.approx(0.0, abs=1e-4)
+    # ... and not for other images (a metric stuck at 0 would pass the line above): symmetric and positive
+    other = _images(5, 6)
+    fids = []
+    for first, second in ((images, other), (other, images)):
+        pair = InceptionMetrics(InceptionMetricsConfig(weights, inception_score=False))
+        pair.update(first, real=True)
+        pair.update(second, real=False)
+        fids.append(pair.compute()["fid"])
+    assert fids[0] > 1e-2 and fids[0] == pytest.approx(fids[1], rel=1e-3)
 
 
 def test_metrics_match_torchmetrics_computed_directly(weights):

@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -63,16 +64,36 @@ def test_image_folder_reading(tmp_path):
 
 
 def test_evaluate_fid_script(tmp_path):
-    # random-init TF-Inception weights from a file; the same images on both sides give FID 0
+    """The script's FID and IS equal torchmetrics' own metrics on the same PNG files read with PIL (random-init
+    TF-Inception weights from a file): two different image sets, so a broken pipeline cannot pass."""
+    from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+    from torchmetrics.image.inception import InceptionScore
+
     weights = save_random_tf_inception(tmp_path / "inception.pth")
     _caption_tree(tmp_path / "real", "all", 6, seed=1)
-    _caption_tree(tmp_path / "fake", "all", 6, seed=1)
+    _caption_tree(tmp_path / "fake", "all", 6, seed=2)
     res = _script("evaluate_fid").main([
         "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
         "--feature-extractor-weights-path", str(weights), "--batch-size", "4", "--splits", "2",
         "--output", str(tmp_path / "fid.json")])
-    assert res["fid"] == pytest.approx(0.0, abs=1e-4) and res["num_real"] == res["num_fake"] == 6
-    assert res["inception_score"] >= 1.0 and json.loads((tmp_path / "fid.json").read_text())["is_splits"] == 2
+    assert res["num_real"] == res["num_fake"] == 6 and json.loads((tmp_path / "fid.json").read_text())["is_splits"] == 2
+
+    def pixels(root: Path) -> torch.Tensor:  # the script's file order: sorted paths
+        files = sorted(p for p in root.rglob("*.png"))
+        return torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+                            for f in files])
+
+    real, fake = pixels(tmp_path / "real"), pixels(tmp_path / "fake")
+    fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights), antialias=False)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    assert res["fid"] > 1e-3 and res["fid"] == pytest.approx(float(fid.compute()), rel=1e-4)
+    net = NoTrainInceptionV3("inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(weights),
+                             antialias=False)
+    score = InceptionScore(feature=net, splits=2)
+    score.update(fake)
+    torch.manual_seed(0)  # the split order InceptionMetricsConfig's default seed draws
+    assert res["inception_score"] == pytest.approx(float(score.compute()[0]), rel=1e-4)
     with pytest.raises(SystemExit, match="missing_inception.pth"):
         _script("evaluate_fid").main(["--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
                                       "--inception-weights", str(tmp_path / "missing_inception.pth")])

@@ -239,7 +239,7 @@ def test_scale_zero_gives_base_samples_bit_for_bit(runs, monkeypatch):
         assert (net_one(x, cond, t) - net_zero(x, cond, t)).abs().max() > 0  # scale 1: the adapter acts
 
 
-def test_base_mismatch_warns_and_strict_refuses(runs, monkeypatch, tmp_path):
+def test_base_mismatch_is_refused_unless_allowed(runs, monkeypatch, tmp_path):
     monkeypatch.chdir(runs)
     other = tmp_path / "other.pth"
     ck = torch.load(runs / "OUTPUT/base/checkpoint/last.pth", weights_only=True)
@@ -248,13 +248,13 @@ def test_base_mismatch_warns_and_strict_refuses(runs, monkeypatch, tmp_path):
     adapter = str(runs / "OUTPUT/full/checkpoint/last_lora")
     from inference_VQ_Diffusion import VQ_Diffusion
 
-    with pytest.warns(UserWarning, match="was trained on 'last.pth'"):
+    with pytest.raises(LoraError, match="was trained on 'last.pth'.*refused"):
         VQ_Diffusion(config=str(TINY), path=str(other), device="cpu", lora=adapter)
-    with pytest.raises(LoraError, match="strict: refused"):
-        VQ_Diffusion(config=str(TINY), path=str(other), device="cpu", lora=adapter, lora_strict=True)
+    with pytest.warns(UserWarning, match="was trained on 'last.pth'"):
+        VQ_Diffusion(config=str(TINY), path=str(other), device="cpu", lora=adapter, lora_allow_base_mismatch=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        apply_adapter(_base_model(runs), adapter, base_path=runs / "OUTPUT/base/checkpoint/last.pth", strict=True)
+        apply_adapter(_base_model(runs), adapter, base_path=runs / "OUTPUT/base/checkpoint/last.pth")
 
 
 def test_merged_checkpoint_loads_everywhere_and_matches(runs, monkeypatch, tmp_path):

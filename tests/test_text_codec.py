@@ -17,6 +17,7 @@ from vqdiff.modeling.codecs.text.bpe import (
     find_bpe_vocab,
 )
 from vqdiff.modeling.codecs.text.tokenize import Tokenize
+from conftest import require
 from vqdiff.utils.config import instantiate_from_config, load_yaml_config
 
 SOT, EOT = 49406, 49407
@@ -26,21 +27,42 @@ try:
     HAVE_VOCAB = True
 except BPEVocabNotFoundError:
     HAVE_VOCAB = False
-needs_vocab = pytest.mark.skipif(not HAVE_VOCAB, reason="CLIP BPE vocabulary not installed (pip install openai-clip)")
+VOCAB_INSTALL = "pip install openai-clip, or set VQDIFF_CLIP_BPE to the .txt.gz file"
+
+
+def _require_vocab() -> None:
+    """Skip without the CLIP BPE vocabulary on a user's machine, fail under CI (conftest.require)."""
+    require(HAVE_VOCAB, "the CLIP BPE vocabulary", VOCAB_INSTALL)
+
+
+@pytest.fixture
+def vocab() -> None:
+    _require_vocab()
+
+
+needs_vocab = pytest.mark.usefixtures("vocab")
 
 
 @pytest.fixture(scope="module")
 def tok() -> SimpleTokenizer:
-    if not HAVE_VOCAB:
-        pytest.skip("CLIP BPE vocabulary not installed")
+    _require_vocab()
     return SimpleTokenizer()
 
 
 @pytest.fixture(scope="module")
 def codec() -> Tokenize:
-    if not HAVE_VOCAB:
-        pytest.skip("CLIP BPE vocabulary not installed")
+    _require_vocab()
     return Tokenize(context_length=77, add_start_and_end=True, with_mask=True, pad_value=0)
+
+
+def test_a_missing_vocabulary_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="the CLIP BPE vocabulary is missing .*CI is set"):
+        require(False, "the CLIP BPE vocabulary", VOCAB_INSTALL)
+    for off in ("", "0", "false"):
+        monkeypatch.setenv("CI", off)
+        with pytest.raises(pytest.skip.Exception, match="pip install openai-clip"):
+            require(False, "the CLIP BPE vocabulary", VOCAB_INSTALL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +214,7 @@ def test_vocab_found_without_importing_clip():
     # the 'clip' package is located, not imported (importing it fails in some environments)
     import sys
 
-    if importlib.util.find_spec("clip") is None:
-        pytest.skip("package 'clip' not installed")
+    require(importlib.util.find_spec("clip") is not None, "the 'clip' package", "pip install openai-clip")
     had = "clip" in sys.modules
     find_bpe_vocab()
     assert ("clip" in sys.modules) == had

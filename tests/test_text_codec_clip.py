@@ -179,6 +179,41 @@ def test_safe_archive_reader_agrees_with_torch_jit_load(clip_files):
         assert safe[k].dtype == v.dtype and torch.equal(safe[k], v), k
 
 
+def _unknown_archive(path) -> None:
+    """A zip laid out as torch.jit.save writes (so it is taken for a TorchScript archive) whose pickle names
+    a class the safe reader does not accept."""
+    import collections
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/constants.pkl", pickle.dumps(()))
+        zf.writestr("archive/data.pkl", pickle.dumps(collections.Counter(a=1)))
+
+
+def test_an_archive_the_safe_reader_does_not_know_is_refused_unless_the_jit_fallback_is_opted_in(tmp_path,
+                                                                                                monkeypatch):
+    from vqdiff.modeling.embeddings.clip_model import JIT_CLIP_ENV, load_clip_state_dict
+
+    path = tmp_path / "odd_clip.pt"
+    _unknown_archive(path)
+    assert is_torchscript_archive(path)
+    calls = []
+    monkeypatch.setattr(torch.jit, "load", lambda p, map_location=None: calls.append(p) or CLIPTextTransformer(CFG))
+    monkeypatch.delenv(JIT_CLIP_ENV, raising=False)
+    for read in (read_torchscript_tensors, load_clip_state_dict):
+        with pytest.raises(ValueError, match=r"odd_clip.pt: cannot read the TorchScript archive safely.*"
+                                             r"collections.Counter.*allow_jit_fallback=True"):
+            read(path)
+    assert calls == []  # never silently compiled
+    with pytest.warns(UserWarning, match="torch.jit.load"):
+        assert "token_embedding.weight" in read_torchscript_tensors(path, allow_jit_fallback=True)
+    monkeypatch.setenv(JIT_CLIP_ENV, str(path))
+    with pytest.warns(UserWarning, match="allowed for this file"):
+        read_torchscript_tensors(path)
+    assert calls == [str(path)] * 2
+
+
 def test_text_keys_from_a_prefixed_checkpoint():
     sd = {PREFIX + k: v for k, v in CLIPTextTransformer(CFG).state_dict().items()}
     sd["transformer.transformer.blocks.0.attn1.key.weight"] = torch.zeros(1)

@@ -78,8 +78,8 @@ def test_shard_list_forms_and_a_pattern_matching_nothing_is_an_error_naming_it(t
     assert resolve_shards(str(tmp_path / "list.txt")) == [str(tmp_path / "s" / "00000.tar"),
                                                           str(tmp_path / "s" / "00002.tar")]
     assert resolve_shards([brace[1], brace[0]]) == [brace[1], brace[0]]
-    assert resolve_shards("pipe:curl -s https://x/{0..1}.tar") == ["pipe:curl -s https://x/0.tar",
-                                                                   "pipe:curl -s https://x/1.tar"]
+    assert resolve_shards("pipe:curl -s https://x/{0..1}.tar", allow_commands=True) == [
+        "pipe:curl -s https://x/0.tar", "pipe:curl -s https://x/1.tar"]
     for missing in (str(tmp_path / "nothing" / "*.tar"), str(tmp_path / "s" / "0000x.tar")):
         with pytest.raises(FileNotFoundError, match="matches no file") as err:
             WebShardsImageText(missing, 4)
@@ -89,10 +89,11 @@ def test_shard_list_forms_and_a_pattern_matching_nothing_is_an_error_naming_it(t
 
 
 def test_urls_are_opened_by_webdataset(tmp_path):
-    """A URL form (here ``pipe:``, as for ``pipe:curl ...`` or ``pipe:aws s3 cp ...``) is read by webdataset."""
+    """A URL form (here ``pipe:``, as for ``pipe:curl ...`` or ``pipe:aws s3 cp ...``) is read by webdataset,
+    a command only with ``allow_commands`` (tests/test_shard_safety.py: refused otherwise)."""
     captions = write_shards(tmp_path / "s", 2, 3)
     urls = [f"pipe:cat {tmp_path / 's' / f'{i:05d}.tar'}" for i in range(2)]
-    ds = WebShardsImageText(urls, 6, shuffle_buffer=0)
+    ds = WebShardsImageText(urls, 6, shuffle_buffer=0, allow_commands=True)
     assert sorted(it["text"] for it in ds) == sorted(captions)
 
 

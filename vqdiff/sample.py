@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a legacy checkpoint that needs full unpickling (trusted files only)")
     p.add_argument("--lora", default=None, help="a LoRA adapter folder (checkpoint/last_lora of a solver.lora run)")
     p.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength (0: the base model, 1: as trained)")
-    p.add_argument("--lora-strict", action="store_true",
-                   help="refuse an adapter whose recorded base SHA-256 differs from --ckpt (default: warn)")
+    p.add_argument("--lora-allow-base-mismatch", action="store_true",
+                   help="use an adapter whose recorded base SHA-256 differs from --ckpt (default: refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback (default: one line)")
     return p
@@ -86,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parts = prompt_parts_of(args.text, args.guidance_scale)  # a composed prompt's errors, before loading
     engine = VQ_Diffusion(config=args.config, path=args.ckpt, imagenet_cf=args.imagenet_cf, device=args.device,
                           allow_unsafe_pickle=args.allow_unsafe_pickle, lora=args.lora, lora_scale=args.lora_scale,
-                          lora_strict=args.lora_strict)
+                          lora_allow_base_mismatch=args.lora_allow_base_mismatch)
     bar = None
     callback = None
     if not args.no_progress:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -26,6 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=8, help="most images per request (default 8)")
     p.add_argument("--max-waiting", type=int, default=4,
                    help="requests that may wait while one runs; more get a 'busy' message (default 4)")
+    p.add_argument("--max-maskgit-steps", type=int, default=256, help="most MaskGIT network calls per request "
+                   "(default 256); every other count of a request is bounded too (AppLimits)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest uploaded image file in MiB, refused before it is decoded (default 10)")
+    p.add_argument("--max-upload-pixels", type=int, default=4096 * 4096,
+                   help="most pixels of an uploaded image, read from its header before decoding (default 4096^2)")
+    p.add_argument("--show-absolute-paths", action="store_true",
+                   help="show clients the absolute config/checkpoint paths (default: relative to the working "
+                   "folder, or the file name only for a path outside it)")
     p.add_argument("--debug", action="store_true", help="on a start-up error, show the full traceback")
     return p
 
@@ -50,12 +61,19 @@ def main(argv: Optional[Sequence[str]] = None, block: bool = True):
     from .service import ModelService
 
     source = resolve_model_source(args.config, args.ckpt)
-    limits = AppLimits(max_images=args.max_images, max_waiting=args.max_waiting)
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    limits = AppLimits(max_images=args.max_images, max_waiting=args.max_waiting,
+                       max_maskgit_steps=args.max_maskgit_steps, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                       max_upload_pixels=args.max_upload_pixels)
+    if not logging.getLogger().handlers:  # unexpected request errors are logged (with an id) to stderr
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     warning = exposure_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     print(f"[vqdiff.app] loading {source.describe()}", flush=True)
-    service = ModelService.load(source, device=args.device, limits=limits)
+    service = ModelService.load(source, device=args.device, limits=limits,
+                                show_absolute_paths=args.show_absolute_paths)
     from .ui import PageDefaults, build_page, launch_page
 
     defaults = PageDefaults(guidance_scale=DEMO_GUIDANCE_SCALE if source.is_demo else 1.0)
@@ -65,10 +83,16 @@ def main(argv: Optional[Sequence[str]] = None, block: bool = True):
     return page
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """The command: serve until stopped; with no model and no demo run print the command that trains it (exit 2)."""
     from .model_source import NoModelError
 
+    # SIGTERM ends the server as Ctrl-C does, so exit handlers run (the result-image folder is removed)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main(argv)
     except NoModelError as err:

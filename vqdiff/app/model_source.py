@@ -3,13 +3,15 @@ default the model of the last CPU demo run (``running_command/run_demo_shapes.py
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from vqdiff.inference.diffusers_import import is_diffusers_folder
 
-__all__ = ["DEMO_COMMAND", "DEMO_DIR", "DEMO_GUIDANCE_SCALE", "ModelSource", "NoModelError", "resolve_model_source"]
+__all__ = ["DEMO_COMMAND", "DEMO_DIR", "DEMO_GUIDANCE_SCALE", "ModelSource", "NoModelError", "resolve_model_source",
+           "shown_path"]
 
 DEMO_DIR = Path("OUTPUT") / "demo_shapes"
 """Where the demo writes its run (its ``--output`` default, relative to the working directory, as the
@@ -45,6 +47,24 @@ class ModelSource:
         """One line for the page and the log."""
         what = "the demo model" if self.is_demo else "model"
         return f"{what}: {self.config}" + (f" + {self.ckpt}" if self.ckpt else " (diffusers folder)")
+
+    def shown(self, cwd: Path, absolute: bool = False) -> "ModelSource":
+        """This source with the paths clients may see (:func:`shown_path`)."""
+        ckpt = shown_path(self.ckpt, cwd, absolute) if self.ckpt else None
+        return ModelSource(shown_path(self.config, cwd, absolute), ckpt, self.is_demo)
+
+
+def shown_path(path: str, cwd: Path, absolute: bool = False) -> str:
+    """``path`` as the page shows it to every client: relative to the server's working folder ``cwd`` (so
+    the shown code runs from there, and no absolute path reaches a client); the absolute path only when
+    ``absolute`` (``--show-absolute-paths``)."""
+    full = os.path.abspath(path)
+    if absolute:
+        return full
+    try:
+        return Path(os.path.relpath(full, os.path.abspath(cwd))).as_posix()
+    except ValueError:  # another drive (Windows): the file name only
+        return Path(full).name
 
 
 def resolve_model_source(config: Optional[str], ckpt: Optional[str], demo_dir: Path = DEMO_DIR) -> ModelSource:

@@ -22,7 +22,7 @@ from vqdiff.modeling.diffusion.prompt_parts import PromptPartsError, has_prompt_
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
 __all__ = ["DEFAULT_FAST", "DEFAULT_MASKGIT_STEPS", "DEFAULT_PRIOR_WEIGHT", "SAMPLERS", "AppLimits", "GenerateRequest", "InputError", "NotebookCall", "OptionsCode",
-           "as_int", "parse_condition", "parse_generate", "parse_seed"]
+           "as_int", "bounded_int", "parse_condition", "parse_generate", "parse_preview_every", "parse_seed"]
 
 SAMPLERS = {
     "official": "official schedule (every step)",
@@ -48,30 +48,49 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class AppLimits:
-    """What one request may ask for.
+    """What one request may ask for: every count a request sets has an upper bound here, checked by the
+    request parser (so the page and its HTTP API are bounded alike).
 
     Attributes:
         max_images: most images per request (more is an :class:`InputError`).
         max_waiting: requests that may wait while one runs (beyond: a "busy" message).
         max_prompt_chars: longest prompt accepted (CLIP reads 77 tokens anyway).
+        max_maskgit_steps: most MaskGIT network calls per request.
+        max_fast: largest ``fast`` k (keep one step in k; beyond T it is one step anyway).
+        max_preview_every: largest "preview every k steps" value.
+        max_scale: largest guidance scale and purity prior weight.
+        max_upload_bytes: largest uploaded file (checked before it is decoded).
+        max_upload_pixels: most pixels of an uploaded image (read from its header, before decoding).
     """
 
     max_images: int = 8
     max_waiting: int = 4
     max_prompt_chars: int = 500
+    max_maskgit_steps: int = 256
+    max_fast: int = 1000
+    max_preview_every: int = 1000
+    max_scale: float = 100.0
+    max_upload_bytes: int = 10 * 2**20
+    max_upload_pixels: int = 4096 * 4096
 
     def __post_init__(self) -> None:
-        for name in ("max_images", "max_prompt_chars"):
+        for name in ("max_images", "max_prompt_chars", "max_maskgit_steps", "max_fast", "max_preview_every",
+                     "max_upload_bytes", "max_upload_pixels"):
             if as_int(getattr(self, name), name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if as_int(self.max_waiting, "max_waiting") < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting!r}")
+        if not _as_float(self.max_scale, "max_scale") > 0:
+            raise ValueError(f"max_scale must be > 0, got {self.max_scale!r}")
 
 
 def as_int(value: Any, field: str) -> int:
     """``value`` (an int, or a float with no fraction as Gradio's numbers are) as an int, else InputError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{field} must be a whole number, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)  # any size: a huge int is refused by the field's bound, not by float overflow
+    if not math.isfinite(value) or int(value) != value:
         raise InputError(f"{field} must be a whole number, got {value!r}")
     return int(value)
 
@@ -79,7 +98,31 @@ def as_int(value: Any, field: str) -> int:
 def _as_float(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{field} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise InputError(f"{field} is too large, got {value!r}") from None
+
+
+def bounded_int(value: Any, field: str, high: int, low: int | None = None) -> int:
+    """``value`` as a whole number at most ``high`` (this server's limit; and at least ``low`` when given)."""
+    number = as_int(value, field)
+    if number > high or (low is not None and number < low):
+        lower = "" if low is None else f"{low} .. "
+        raise InputError(f"{field} must be {lower or 'at most '}{high} (this server's limit), got {number}")
+    return number
+
+
+def _bounded_float(value: Any, field: str, high: float) -> float:
+    number = _as_float(value, field)
+    if math.isfinite(number) and number > high:
+        raise InputError(f"{field} must be at most {high} (this server's limit), got {number}")
+    return number
+
+
+def parse_preview_every(value: Any, limits: AppLimits) -> int:
+    """"Preview every k steps" as an int in 0 .. ``limits.max_preview_every`` (0 or empty: no previews)."""
+    return bounded_int(value or 0, "preview every k steps", limits.max_preview_every, low=0)
 
 
 @dataclass(frozen=True)
@@ -211,6 +254,8 @@ def parse_condition(kind: Optional[str], limits: AppLimits, *, prompt: str = "",
     at most ``limits.max_prompt_chars``; with ``allow_parts`` it may be a composed prompt, ``"a red shape:3 AND
     a circle"``, checked here), the class index ``label`` (below ``num_classes``), or None."""
     if kind == "text":
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError(f"the {field} must be text, got {type(prompt).__name__}")
         text = (prompt or "").strip()
         if not text:
             raise InputError(f"the {field} is empty: this text-to-image model needs a caption, "
@@ -221,9 +266,14 @@ def parse_condition(kind: Optional[str], limits: AppLimits, *, prompt: str = "",
             if not allow_parts:
                 raise InputError(f"the {field} is one caption here: composed prompts (' AND ') are for generation")
             try:
-                parse_prompt_parts(text)
+                parts = parse_prompt_parts(text)
             except PromptPartsError as err:
                 raise InputError(f"the {field}: {err}") from None
+            # a part's weight is a guidance scale: the same bound as the page's guidance field
+            for part in parts:
+                if abs(part.weight) > limits.max_scale:
+                    raise InputError(f"the {field}: part {part.condition!r} has weight {part.weight:g}; "
+                                     f"at most {limits.max_scale:g} in size")
         return text
     if kind == "label":
         if label is None:
@@ -254,21 +304,24 @@ def parse_generate(kind: Optional[str], limits: AppLimits, *, prompt: str = "", 
     ``kind`` picks the condition read: ``prompt`` (text: must not be blank), ``label`` (class: an index
     below ``num_classes``) or none; ``seed`` must be a whole number (the page fills it in)."""
     condition = parse_condition(kind, limits, prompt=prompt, label=label, num_classes=num_classes, allow_parts=True)
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise InputError(f"the negative prompt must be text, got {type(negative_prompt).__name__}")
     negative = (negative_prompt or "").strip() if kind == "text" else ""
     if len(negative) > limits.max_prompt_chars:
         raise InputError(f"the negative prompt has {len(negative)} characters; at most {limits.max_prompt_chars}")
-    if sampler not in SAMPLERS:
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise InputError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
-    n = as_int(num_images, "number of images")
-    if not 1 <= n <= limits.max_images:
-        raise InputError(f"number of images must be 1 .. {limits.max_images} (this server's limit), got {n}")
+    n = bounded_int(num_images, "number of images", limits.max_images, low=1)
+    # every count has this server's upper bound here (lower bounds: SamplingOptions' own checks below)
     request = GenerateRequest(
         kind=kind, condition=condition, negative_prompt=negative,
         truncation_rate=_as_float(truncation_rate, "truncation rate"),
-        guidance_scale=_as_float(guidance_scale, "guidance scale"), sampler=sampler,
-        fast=as_int(fast, "fast k") if sampler == "fast" else DEFAULT_FAST,
-        prior_weight=_as_float(prior_weight, "purity prior weight") if sampler == "purity" else DEFAULT_PRIOR_WEIGHT,
-        maskgit_steps=as_int(maskgit_steps, "MaskGIT steps") if sampler == "maskgit" else DEFAULT_MASKGIT_STEPS,
+        guidance_scale=_bounded_float(guidance_scale, "guidance scale", limits.max_scale), sampler=sampler,
+        fast=bounded_int(fast, "fast k", limits.max_fast) if sampler == "fast" else DEFAULT_FAST,
+        prior_weight=(_bounded_float(prior_weight, "purity prior weight", limits.max_scale) if sampler == "purity"
+                      else DEFAULT_PRIOR_WEIGHT),
+        maskgit_steps=(bounded_int(maskgit_steps, "MaskGIT steps", limits.max_maskgit_steps) if sampler == "maskgit"
+                       else DEFAULT_MASKGIT_STEPS),
         seed=parse_seed(seed), num_images=n,
     )
     try:  # fast=k by the notebook API's own rule (k >= 2), every other field by SamplingOptions' check

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -102,8 +103,11 @@ class ModelService:
         num_classes: real classes of a class model (None otherwise); ``num_timesteps``: T.
     """
 
-    def __init__(self, engine: Any, source: ModelSource, limits: AppLimits = AppLimits()):
+    def __init__(self, engine: Any, source: ModelSource, limits: AppLimits = AppLimits(),
+                 show_absolute_paths: bool = False):
         self.engine, self.source, self.limits = engine, source, limits
+        # what clients see: paths relative to the working folder now (absolute only when asked)
+        self.shown_source = source.shown(Path.cwd(), absolute=show_absolute_paths)
         self.gate = RequestGate(limits.max_waiting)
         model = engine.model
         self.kind: Optional[str] = engine.condition_kind
@@ -117,11 +121,13 @@ class ModelService:
         self.image_size = (int(probe.shape[-2]), int(probe.shape[-1]))
 
     @classmethod
-    def load(cls, source: ModelSource, device: Optional[str] = None, limits: AppLimits = AppLimits()) -> "ModelService":
+    def load(cls, source: ModelSource, device: Optional[str] = None, limits: AppLimits = AppLimits(),
+             show_absolute_paths: bool = False) -> "ModelService":
         """Load ``source`` through the notebook API (a diffusers folder too)."""
         from vqdiff.inference.api import VQ_Diffusion
 
-        return cls(VQ_Diffusion(config=source.config, path=source.ckpt, device=device), source, limits)
+        return cls(VQ_Diffusion(config=source.config, path=source.ckpt, device=device), source, limits,
+                   show_absolute_paths)
 
     @property
     def device(self) -> str:
@@ -172,7 +178,7 @@ class ModelService:
         return GenerateResult(
             images=images, request=request, sample_type=str(options),
             options=repr(OptionsCode(tuple(request.option_fields().items()), request.seed, self.device)),
-            code=call.code(self.source.config, self.source.ckpt), seconds=time.perf_counter() - start)
+            code=call.code(self.shown_source.config, self.shown_source.ckpt), seconds=time.perf_counter() - start)
 
     # ---------------------------------------------------------------------------------------- editing
     def edit_input(self, image: Image.Image) -> Image.Image:
@@ -201,7 +207,8 @@ class ModelService:
         after = self.engine.inference_inpaint(source, torch.from_numpy(token_mask), callback=callback, **kw)[0]
         scale = self.display_scale
         code = ("from inference_VQ_Diffusion import VQ_Diffusion\n"
-                f"m = VQ_Diffusion(config={self.source.config!r}" + (f", path={self.source.ckpt!r})\n" if self.source.ckpt else ")\n")
+                f"m = VQ_Diffusion(config={self.shown_source.config!r}"
+                + (f", path={self.shown_source.ckpt!r})\n" if self.shown_source.ckpt else ")\n")
                 + f"# image: the {source.width}x{source.height} input; mask: the {token_mask.shape[0]}x{token_mask.shape[1]} "
                   f"token mask shown (True = repaint)\n"
                 + "images = m.inference_inpaint(image, mask, " + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ")")

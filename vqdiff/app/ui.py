@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -34,12 +36,13 @@ from .requests import (  # noqa: E402
     DEFAULT_PRIOR_WEIGHT,
     SAMPLERS,
     InputError,
-    as_int,
     parse_condition,
     parse_generate,
+    parse_preview_every,
     parse_seed,
 )
 from .service import GenerateResult, ModelService, StepUpdate  # noqa: E402
+from .uploads import GatedImageMask, Upload, decode_upload  # noqa: E402
 
 __all__ = ["ImageFiles", "PageDefaults", "build_page", "launch_page"]
 
@@ -69,11 +72,17 @@ class ImageFiles:
     Gradio copies a file path into its cache atomically (a temporary name, then a rename), whereas a
     returned PIL image is re-encoded and its cache file rewritten in place: two requests that produce
     the same picture (same seed and caption) would then truncate a file another browser is fetching.
-    Files older than ``max_age_s`` are deleted as new ones are written."""
+    Files older than ``max_age_s`` are deleted as new ones are written; the folder is removed by
+    :meth:`close`, when this object is collected, or at interpreter exit, whichever comes first."""
 
     def __init__(self, max_age_s: float = 3600.0):
         self.folder = Path(tempfile.mkdtemp(prefix="vqdiff-app-"))
         self.max_age_s = max_age_s
+        self._remove = weakref.finalize(self, shutil.rmtree, str(self.folder), ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove the folder and its files (idempotent)."""
+        self._remove()
 
     def write(self, images: list[Image.Image]) -> list[str]:
         now = time.time()
@@ -93,13 +102,16 @@ class ImageFiles:
 
 
 def _message(err: BaseException) -> str:
-    """What the page says about a failed request (the traceback goes to the server log only)."""
+    """What the page says about a failed request: the message of an :class:`InputError` or "busy"; for
+    anything unexpected a short message with an id, the details (type, message, traceback) only in the
+    server log under that id (an exception's text may hold paths or internals)."""
     if isinstance(err, (InputError, ServerBusy)):
         return str(err)
-    if isinstance(err, (ValueError, TypeError)):
-        return f"bad input: {err}"
-    logger.error("request failed", exc_info=err)
-    return f"the request failed ({type(err).__name__}: {err}); the server log has the details"
+    if isinstance(err, gr.Error):
+        return str(err.message)
+    error_id = uuid.uuid4().hex[:8]
+    logger.error("request failed [error %s]", error_id, exc_info=err)
+    return f"the request failed (error {error_id}); the server log has the details under that id"
 
 
 def _info_markdown(result: GenerateResult) -> str:
@@ -121,9 +133,7 @@ def _generate_handler(service: ModelService, files: ImageFiles):
                                      guidance_scale=guidance, sampler=sampler, fast=fast,
                                      prior_weight=prior_weight, maskgit_steps=maskgit_steps, seed=seed,
                                      num_images=num_images)
-            every = as_int(preview_every or 0, "preview every k steps")
-            if every < 0:
-                raise InputError(f"preview every k steps must be >= 0 (0 = no previews), got {every}")
+            every = parse_preview_every(preview_every, service.limits)
         except Exception as err:  # noqa: BLE001 - every failure becomes a message in the page
             raise gr.Error(_message(err)) from None
         events: queue.Queue = queue.Queue()
@@ -162,29 +172,36 @@ def _editor_value(image: Image.Image, scale: int) -> dict:
     return {"background": big, "layers": [], "composite": big}
 
 
+def _painted_mask(layers: list[Image.Image]) -> Image.Image:
+    """One ``L`` mask, 255 wherever any layer is painted (its alpha, or its luminance without one)."""
+    mask = Image.new("L", layers[0].size, 0)
+    for layer in layers:
+        alpha = layer.getchannel("A") if "A" in layer.getbands() else layer.convert("L")
+        mask.paste(255, (0, 0), alpha.point(lambda v: 255 if v else 0).resize(mask.size, Image.NEAREST))
+    return mask
+
+
 def _edit_handler(service: ModelService, files: ImageFiles):
     kind = service.kind
 
     def edit(editor, prompt, label, truncation, guidance, seed, progress=gr.Progress()):
-        try:
+        try:  # the cheap checks first; decoding (uploads arrive checked, not decoded) once the gate admits
             if not isinstance(editor, dict) or editor.get("background") is None:
                 raise InputError("no image to edit: upload an image file (none was given, or the browser could "
                                  "not read it), or generate one and click 'Edit the selected image'")
             background = editor["background"]
-            if not isinstance(background, Image.Image):
+            if not isinstance(background, (Image.Image, Upload)):
                 raise InputError("cannot read the uploaded image")
-            layers = [layer for layer in (editor.get("layers") or []) if isinstance(layer, Image.Image)]
+            layers = [layer for layer in (editor.get("layers") or []) if isinstance(layer, (Image.Image, Upload))]
             if not layers:
                 raise InputError("nothing is painted: paint over the region to change with the brush first")
-            mask = Image.new("L", layers[0].size, 0)
-            for layer in layers:
-                alpha = layer.getchannel("A") if "A" in layer.getbands() else layer.convert("L")
-                mask.paste(255, (0, 0), alpha.point(lambda v: 255 if v else 0))
             condition = parse_condition(kind, service.limits, prompt=prompt, label=label,
                                         num_classes=service.num_classes, field="new caption")
             seed_value = parse_seed(seed)
             with service.gate.slot():
-                result = service.edit(background, mask, condition, truncation, guidance, seed_value,
+                image = decode_upload(background) if isinstance(background, Upload) else background
+                mask = _painted_mask([decode_upload(x) if isinstance(x, Upload) else x for x in layers])
+                result = service.edit(image, mask, condition, truncation, guidance, seed_value,
                                       on_step=lambda u: progress((u.step, u.total), desc="denoising step"))
         except Exception as err:  # noqa: BLE001 - every failure becomes a message in the page
             raise gr.Error(_message(err)) from None
@@ -214,7 +231,7 @@ def build_page(service: ModelService, defaults: PageDefaults = PageDefaults()) -
     guided = service.kind is not None
     # delete_cache: Gradio's copies of result images older than an hour go, checked hourly
     with gr.Blocks(title="vqdiff", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
-        gr.Markdown(f"## VQ-Diffusion\n{service.source.describe()}  \n{KIND_NAMES[service.kind]} model, "
+        gr.Markdown(f"## VQ-Diffusion\n{service.shown_source.describe()}  \n{KIND_NAMES[service.kind]} model, "
                     f"{W}x{H} images from {service.token_shape[0]}x{service.token_shape[1]} tokens, "
                     f"T = {service.num_timesteps} diffusion steps, running on {service.device}.")
         images_state = gr.State([])
@@ -255,10 +272,12 @@ def build_page(service: ModelService, defaults: PageDefaults = PageDefaults()) -
             with gr.Tab("Edit", id="edit", elem_id="tab-edit"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        editor = gr.ImageMask(type="pil", format="png", label="paint the region to change",
-                                              sources=["upload", "clipboard"], transforms=(),
-                                              brush=gr.Brush(default_size=24, colors=["#ff3030"], color_mode="fixed"),
-                                              layers=False, canvas_size=(256, 256), elem_id="editor")
+                        editor = GatedImageMask.with_limits(service.limits, type="pil", format="png",
+                                                            label="paint the region to change",
+                                                            sources=["upload", "clipboard"], transforms=(),
+                                                            brush=gr.Brush(default_size=24, colors=["#ff3030"],
+                                                                           color_mode="fixed"),
+                                                            layers=False, canvas_size=(256, 256), elem_id="editor")
                         e_prompt, _, e_label = _condition_inputs(service, "edit", "new caption")
                         e_truncation = gr.Slider(0.05, 1.0, value=defaults.truncation_rate, step=0.01,
                                                  label="truncation rate r", elem_id="edit-truncation")
@@ -305,4 +324,5 @@ def launch_page(page: gr.Blocks, service: ModelService, host: str, port: Optiona
     """Serve ``page`` on ``host:port`` (no share link, no server-side rendering: nothing but this machine)."""
     page.queue(max_size=4 * (service.limits.max_waiting + 2))
     page.launch(server_name=host, server_port=port, share=False, ssr_mode=False, prevent_thread_lock=not block,
+                max_file_size=service.limits.max_upload_bytes,
                 show_error=False, quiet=not block, css=CSS, footer_links=[], inbrowser=False, mcp_server=False)

@@ -1,6 +1,6 @@
 """Shared machinery of the file-backed data sets: path checks, image loading, bad-image handling.
 
-The official readers either crash on an unreadable image or (ImageNet) return a *random* other item. Here
+The official readers either crash on an unreadable image (or one over PIL's pixel limit) or (ImageNet) return a *random* other item. Here
 an unreadable, truncated or missing (listed but absent) image is, with ``on_bad_image='skip'``, logged once as a warning, counted in
 ``bad_images`` (per process: each DataLoader worker keeps its own count) and replaced by the next readable
 index (``index + 1``, ``index + 2``, ... wrapping around), so the replacement is deterministic.
@@ -59,8 +59,8 @@ def load_rgb(path: str | Path) -> Image.Image:
             return im.convert("RGB")
     except FileNotFoundError as err:
         raise MissingImageError(f"image '{path}' is listed in the annotations but does not exist") from err
-    except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for broken files
-        raise BadImageError(f"cannot read image '{path}': {err}") from err
+    except Exception as err:  # PIL raises many types for broken files (DecompressionBombError: none of OSError/ValueError)
+        raise BadImageError(f"cannot read image '{path}': {type(err).__name__}: {err}") from err
 
 
 def build_preprocessor(config: Mapping | None) -> Any:

@@ -1,6 +1,7 @@
 """Streaming ``.tar`` shards (WebDataset layout) for training: which shards each process and worker reads,
-how many samples it yields per epoch, shuffling, resuming, and bad data. Tar files are read with the
-``webdataset`` library (``tarfile_samples``: files grouped into samples by key); nothing here parses tar.
+how many samples it yields per epoch, shuffling, resuming, and bad data. Shards are listed and read by
+:mod:`vqdiff.data.shard_sources` (URLs opened by ``webdataset``, members grouped into samples by key, a
+size cap per member, ``pipe:`` commands only from the config with ``allow_commands``).
 
 The model of an epoch (the same for image shards and token shards):
 
@@ -34,86 +35,35 @@ one. With ``num_workers > 1`` the workers' turns restart at worker 0, so the ord
 differ, and each worker's RNG (seeded anew by the DataLoader) draws other crops.
 
 Bad data is counted (``bad_samples``, per process: each worker keeps its own), skipped and logged with
-its shard and key: an undecodable image, a missing or empty caption, a sample without an image, a tar
-that is empty or truncated (the rest of that shard is skipped). A pattern matching no file is an error
+its shard and key: an undecodable image (PIL's ``DecompressionBombError`` for an image over its pixel
+limit included), a member over ``max_member_bytes``, a missing or empty caption, a sample without an image,
+a tar that is empty or truncated (the rest of that shard is skipped). A pattern matching no file is an error
 naming the pattern, and so are a pass over a stream's shards without any sample and more than
 ``MAX_BAD_IN_ROW`` bad samples in a row (data that is all bad would otherwise be read forever).
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import shuffle as wds_shuffle
-from webdataset.shardlists import expand_urls
-from webdataset.tariterators import tarfile_samples
 
-__all__ = ["BadSample", "ShardStreamDataset", "StreamPlan", "resolve_shards", "batches_per_worker",
-           "batches_taken", "iter_shard"]
+from .shard_sources import (DEFAULT_MAX_MEMBER_BYTES, BadSample, ShardCommandError, check_members, iter_shard,
+                            resolve_shards)
+
+__all__ = ["BadSample", "ShardCommandError", "ShardStreamDataset", "StreamPlan", "resolve_shards",
+           "batches_per_worker", "batches_taken", "iter_shard"]
 
 logger = logging.getLogger(__name__)
 
 MAX_BAD_IN_ROW = 10_000
 """More bad samples in a row than this is an error (a stream of only bad data would otherwise never end)."""
-
-_REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://")
-
-
-class BadSample(ValueError):
-    """A sample that cannot be used (the message says why); it is skipped and logged."""
-
-
-def _is_remote(url: str) -> bool:
-    return url.startswith(_REMOTE_PREFIXES) or "://" in url
-
-
-def resolve_shards(urls: str | Sequence[str]) -> list[str]:
-    """The shard list of ``urls``: a brace pattern (``cc3m/{00000..00331}.tar``), a glob (``cc3m/*.tar``),
-    a list of either, or a text file listing shards one a line (relative paths are taken from the file's
-    folder; ``#`` starts a comment). Local shards must exist: a pattern that matches no file, or names a
-    missing one, is a FileNotFoundError naming it. URLs (``pipe:``, ``https://`` ...) are passed on to
-    webdataset unchecked."""
-    if isinstance(urls, (str, Path)):
-        text = str(urls)
-        listed = Path(text)
-        if listed.is_file() and not listed.name.endswith(".tar"):
-            lines = [ln.split("#", 1)[0].strip() for ln in listed.read_text(encoding="utf-8").splitlines()]
-            entries = [ln if _is_remote(ln) or Path(ln).is_absolute() else str(listed.parent / ln)
-                       for ln in lines if ln]
-            if not entries:
-                raise ValueError(f"shard list '{listed}' lists no shards")
-            return [s for e in entries for s in resolve_shards(e)]
-        patterns = [text]
-    else:
-        patterns = [str(u) for u in urls]
-        if not patterns:
-            raise ValueError("the shard list is empty")
-    shards: list[str] = []
-    for pattern in patterns:
-        if _is_remote(pattern):
-            shards.extend(expand_urls(pattern))
-            continue
-        for expanded in expand_urls(pattern):
-            if any(c in expanded for c in "*?["):
-                found = sorted(glob.glob(expanded))
-                if not found:
-                    raise FileNotFoundError(f"shard pattern '{pattern}' matches no file")
-                shards.extend(found)
-            elif Path(expanded).is_file():
-                shards.append(expanded)
-            elif expanded == pattern:
-                raise FileNotFoundError(f"shard pattern '{pattern}' matches no file")
-            else:
-                raise FileNotFoundError(f"shard '{expanded}' (from pattern '{pattern}') does not exist")
-    return shards
 
 
 def batches_per_worker(batches: int, workers: int) -> list[int]:
@@ -163,20 +113,6 @@ class StreamPlan:
         return self.world_size * self.workers
 
 
-def iter_shard(url: str, on_error: Any) -> Iterator[dict]:
-    """The raw samples (``{'__key__', '__url__', '<ext>': bytes, ...}``) of one shard, read by webdataset;
-    a tar error calls ``on_error(url, last_key, exception)`` and ends the shard."""
-    last_key = [None]
-
-    def handler(exn: Exception) -> bool:
-        on_error(url, last_key[0], exn)
-        return True  # skip the rest of this shard (and continue with the next one)
-
-    for sample in tarfile_samples([{"url": url}], handler=handler):
-        last_key[0] = sample.get("__key__")
-        yield sample
-
-
 class ShardStreamDataset(IterableDataset):
     """Base of the shard readers: subclasses implement ``decode(sample)`` (raise :class:`BadSample` for
     unusable data; no randomness) and ``make_item(decoded)`` (crops, dropout). See the module doc for the epoch, split, resume and error model.
@@ -189,18 +125,27 @@ class ShardStreamDataset(IterableDataset):
             encoded images of memory per worker (tens of MB), as open_clip's default buffer.
         resampled: draw shards with replacement, endlessly (open_clip's ``--dataset-resampled``).
         seed: seeds the shard permutations, the shuffle buffers and resampling.
+        allow_commands: take ``pipe:`` URLs written in ``urls`` itself (never from a shard-list file);
+            off by default (see :mod:`vqdiff.data.shard_sources`).
+        max_member_bytes: a tar member larger than this is not read; its sample is a bad sample.
     """
 
     def __init__(self, urls: str | Sequence[str], samples_per_epoch: int, shuffle_buffer: int = 1000,
-                 resampled: bool = False, seed: int = 0):
+                 resampled: bool = False, seed: int = 0, allow_commands: bool = False,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         super().__init__()
         name = type(self).__name__
         if int(samples_per_epoch) <= 0:
             raise ValueError(f"{name}: samples_per_epoch must be positive, got {samples_per_epoch}")
         if int(shuffle_buffer) < 0:
             raise ValueError(f"{name}: shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        if isinstance(max_member_bytes, bool) or int(max_member_bytes) <= 0:
+            raise ValueError(f"{name}: max_member_bytes must be a positive number of bytes, got {max_member_bytes!r}")
+        if not isinstance(allow_commands, bool):
+            raise ValueError(f"{name}: allow_commands must be true or false, got {allow_commands!r}")
         self.urls = urls
-        self.shards = resolve_shards(urls)
+        self.max_member_bytes = int(max_member_bytes)
+        self.shards = resolve_shards(urls, allow_commands=allow_commands)
         self.samples_per_epoch = int(samples_per_epoch)
         self.shuffle_buffer = int(shuffle_buffer)
         self.resampled = bool(resampled)
@@ -310,7 +255,7 @@ class ShardStreamDataset(IterableDataset):
         empty_in_row = 0
         for url in shards:
             count = 0
-            for sample in iter_shard(url, self.log_tar_error):
+            for sample in iter_shard(url, self.log_tar_error, self.max_member_bytes):
                 count += 1
                 yield sample
             if count == 0:
@@ -327,6 +272,7 @@ class ShardStreamDataset(IterableDataset):
         bad_in_row = 0
         for sample in raw:
             try:
+                check_members(sample)
                 decoded = self.decode(sample)
             except BadSample as err:
                 bad_in_row += 1

@@ -1,7 +1,7 @@
 """Token shards: a shard data set encoded once with a frozen image codec, stored as shards again.
 
 :func:`write_token_shards` reads each input shard of a :class:`~vqdiff.data.web_shards.WebShardsImageText`
-and writes one output shard of the same name: per sample ``<key>.tokens.npy`` (an ``(1 + crops, N)``
+and writes one output shard of the same name (two inputs of one file name are an error naming both): per sample ``<key>.tokens.npy`` (an ``(1 + crops, N)``
 array, view 0 the centre crop of the official ``val`` preprocessing, views ``1..`` random crops of the
 official ``train`` preprocessing drawn from ``numpy.random.default_rng([seed, shard, sample])``; ``uint16``
 when the codec has at most 65 536 codes) and ``<key>.txt`` (the caption as read). One output shard per
@@ -12,7 +12,8 @@ views, encoding, seed and the source's ``drop_caption_rate``; a second job with 
 
 :class:`TokenShardsDataset` streams them like the image shards (same split by rank and worker,
 ``samples_per_epoch``, shuffling, resume and bad-data handling, :mod:`vqdiff.data.shard_stream`); items
-are ``{'content_token': LongTensor (N,), 'text': str}``: a random crop view in the train phase (the
+are ``{'content_token': LongTensor (N,), 'text': str}`` (token values outside the recorded codebook size
+are a bad sample): a random crop view in the train phase (the
 centre view otherwise), the caption dropped to ``''`` with ``drop_caption_rate``, both from the worker's
 global NumPy RNG.
 """
@@ -30,11 +31,12 @@ import numpy as np
 import torch
 
 from .preprocess import DalleTransformerPreprocessor
+from .shard_sources import DEFAULT_MAX_MEMBER_BYTES, check_members
 from .shard_stream import BadSample, ShardStreamDataset, iter_shard
 from .token_cache_format import config_sha256, state_dict_sha256, token_dtype
 from .web_shards import WebShardsImageText, decode_image, sample_caption
 
-__all__ = ["write_token_shards", "TokenShardsDataset", "TOKEN_META_FILE"]
+__all__ = ["write_token_shards", "TokenShardsDataset", "TOKEN_META_FILE", "output_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,22 @@ def _check_meta(path: Path, meta: dict) -> None:
         if old.get(key) != meta.get(key):
             raise ValueError(f"token shards in '{path.parent}' were written with another {key} ({old.get(key)!r}, "
                              f"now {meta.get(key)!r}); write to a new folder or pass overwrite=True")
+
+
+def output_names(shards: Sequence[str], out_dir: Path) -> list[Path]:
+    """The token shard written for each input shard: ``out_dir / <input file name>``. Two inputs with one
+    file name (``a/00000.tar``, ``b/00000.tar``) would write one output: a ValueError naming both."""
+    seen: dict[str, str] = {}
+    targets = []
+    for url in shards:
+        name = Path(url.split("::")[-1]).name
+        if name in seen:
+            raise ValueError(f"write_token_shards: input shards '{seen[name]}' and '{url}' have the same file name "
+                             f"'{name}' and would write one token shard '{out_dir / name}'; rename one of them "
+                             f"or encode the folders into separate output folders")
+        seen[name] = url
+        targets.append(out_dir / name)
+    return targets
 
 
 @torch.no_grad()
@@ -85,6 +103,7 @@ def write_token_shards(dataset: WebShardsImageText, codec: Any, out_dir: str | P
     if crops < 0 or batch_size <= 0:
         raise ValueError(f"write_token_shards: crops must be >= 0 and batch_size > 0, got {crops}, {batch_size}")
     out_dir = Path(out_dir)
+    targets = output_names(dataset.shards, out_dir)  # a collision is refused before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     size = dataset.preprocessor.size
     centre, train = DalleTransformerPreprocessor(size, "val"), DalleTransformerPreprocessor(size, "train")
@@ -112,10 +131,9 @@ def write_token_shards(dataset: WebShardsImageText, codec: Any, out_dir: str | P
     from webdataset import TarWriter
 
     report = {"written": [], "kept": [], "samples": 0, "bad_samples": 0}
-    for s, url in enumerate(dataset.shards):
+    for s, (url, target) in enumerate(zip(dataset.shards, targets)):
         if s % jobs != job_index:
             continue
-        target = out_dir / Path(url.split("::")[-1]).name
         if target.is_file() and not overwrite:
             report["kept"].append(str(target))
             continue
@@ -134,8 +152,9 @@ def write_token_shards(dataset: WebShardsImageText, codec: Any, out_dir: str | P
                 report["samples"] += len(pending)
                 pending.clear()
 
-            for i, sample in enumerate(iter_shard(url, dataset.log_tar_error)):
+            for i, sample in enumerate(iter_shard(url, dataset.log_tar_error, dataset.max_member_bytes)):
                 try:
+                    check_members(sample)
                     text, img = sample_caption(sample, dataset.caption_key), decode_image(sample)
                 except BadSample as err:
                     report["bad_samples"] += 1
@@ -163,13 +182,16 @@ class TokenShardsDataset(ShardStreamDataset):
         phase: ``'train'`` draws a random crop view and drops captions; other phases read the centre view.
         meta_path: ``token_meta.json``; default: beside the first shard.
         expect_codec_config: when given, its hash must equal the recorded one.
-        shuffle_buffer, resampled, seed: see :class:`~vqdiff.data.shard_stream.ShardStreamDataset`.
+        shuffle_buffer, resampled, seed, allow_commands, max_member_bytes: see
+            :class:`~vqdiff.data.shard_stream.ShardStreamDataset`.
     """
 
     def __init__(self, urls: str | Sequence[str], samples_per_epoch: int, drop_caption_rate: float | None = None,
                  phase: str = "train", meta_path: str | None = None, expect_codec_config: Mapping | None = None,
-                 shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0):
-        super().__init__(urls, samples_per_epoch, shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed)
+                 shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0, allow_commands: bool = False,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
+        super().__init__(urls, samples_per_epoch, shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed,
+                         allow_commands=allow_commands, max_member_bytes=max_member_bytes)
         path = Path(meta_path) if meta_path is not None else Path(self.shards[0]).parent / TOKEN_META_FILE
         if not path.is_file():
             raise FileNotFoundError(f"TokenShardsDataset: '{path}' not found (written by write_token_shards "
@@ -183,6 +205,7 @@ class TokenShardsDataset(ShardStreamDataset):
         self.drop_caption_rate = float(rate)
         self.phase = phase
         self.num_tokens = int(np.prod(self.meta["token_shape"]))
+        self.codebook_size = int(self.meta["num_tokens"])  # token values must lie in [0, codebook_size)
 
     def decode(self, sample: dict) -> tuple[np.ndarray, str]:
         text = sample_caption(sample)
@@ -194,6 +217,11 @@ class TokenShardsDataset(ShardStreamDataset):
             raise BadSample(f"cannot read .{TOKENS_KEY}: {err}") from err
         if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
             raise BadSample(f".{TOKENS_KEY} has shape {tokens.shape}, expected (views, {self.num_tokens})")
+        if tokens.dtype.kind not in "iu":
+            raise BadSample(f".{TOKENS_KEY} has dtype {tokens.dtype}, expected integer tokens")
+        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise BadSample(f".{TOKENS_KEY} holds token values {int(tokens.min())}..{int(tokens.max())}, outside "
+                            f"the codebook's 0..{self.codebook_size - 1} (token_meta.json num_tokens)")
         return tokens, text
 
     def make_item(self, decoded: tuple[np.ndarray, str]) -> dict:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from .robust import build_preprocessor
+from .shard_sources import DEFAULT_MAX_MEMBER_BYTES
 from .shard_stream import BadSample, ShardStreamDataset
 
 __all__ = ["WebShardsImageText", "IMAGE_EXTENSIONS", "decode_image", "sample_caption"]
@@ -37,8 +38,8 @@ def decode_image(sample: Mapping[str, Any]) -> Image.Image:
         with Image.open(io.BytesIO(sample[ext])) as im:
             im.load()
             return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files
-        raise BadSample(f"cannot decode its .{ext} image: {err}") from err
+    except Exception as err:  # PIL raises many types for broken files; DecompressionBombError is none of OSError/ValueError
+        raise BadSample(f"cannot decode its .{ext} image: {type(err).__name__}: {err}") from err
 
 
 def sample_caption(sample: Mapping[str, Any], caption_key: str = "txt") -> str:
@@ -64,13 +65,16 @@ class WebShardsImageText(ShardStreamDataset):
         im_preprocessor_config: the preprocessor node (``DalleTransformerPreprocessor``); None keeps the size.
         drop_caption_rate: probability of ``''`` as the caption (learnable classifier-free guidance).
         caption_key: the extension of the caption file (``txt``).
-        shuffle_buffer, resampled, seed: see :class:`~vqdiff.data.shard_stream.ShardStreamDataset`.
+        shuffle_buffer, resampled, seed, allow_commands, max_member_bytes: see
+            :class:`~vqdiff.data.shard_stream.ShardStreamDataset`.
     """
 
     def __init__(self, urls: str | Sequence[str], samples_per_epoch: int,
                  im_preprocessor_config: Mapping | None = None, drop_caption_rate: float = 0.0,
-                 caption_key: str = "txt", shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0):
-        super().__init__(urls, samples_per_epoch, shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed)
+                 caption_key: str = "txt", shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0,
+                 allow_commands: bool = False, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
+        super().__init__(urls, samples_per_epoch, shuffle_buffer=shuffle_buffer, resampled=resampled, seed=seed,
+                         allow_commands=allow_commands, max_member_bytes=max_member_bytes)
         if not 0.0 <= float(drop_caption_rate) <= 1.0:
             raise ValueError(f"WebShardsImageText: drop_caption_rate must be in [0, 1], got {drop_caption_rate}")
         self.drop_caption_rate = float(drop_caption_rate)

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from vqdiff.engine.lora_config import LoraConfig
+from vqdiff.engine.lora_folder import CONFIG_FILE, RECORD_FILE, TRAIN_ALSO_FILE, WEIGHTS_FILE, LoraError, \
+    read_adapter_folder, read_json
 from vqdiff.utils.config import ConfigError
 
 __all__ = ["ADAPTER_NAME", "RECORD_FILE", "LoraError", "lora_network", "linear_layer_names", "resolve_targets",
@@ -40,15 +42,7 @@ __all__ = ["ADAPTER_NAME", "RECORD_FILE", "LoraError", "lora_network", "linear_l
            "apply_adapter", "set_lora_scale", "merge_lora", "is_adapter_folder"]
 
 ADAPTER_NAME = "default"
-WEIGHTS_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
-TRAIN_ALSO_FILE = "train_also.safetensors"
-RECORD_FILE = "vqdiff_adapter.json"
 NETWORK = "transformer"  # the network's name inside the DiffusionTransformer (the EMA model)
-
-
-class LoraError(RuntimeError):
-    """An adapter folder that cannot be used with this model or base checkpoint; the message names it."""
 
 
 def lora_network(model: nn.Module) -> nn.Module:
@@ -218,23 +212,25 @@ def read_adapter_record(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     if not is_adapter_folder(folder):
         raise FileNotFoundError(f"'{folder}' is not a LoRA adapter folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    path = folder / RECORD_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(folder / RECORD_FILE, required=False)
 
 
-def check_base(record: Mapping, base_path: str | os.PathLike, folder: str | os.PathLike, strict: bool) -> None:
-    """Compare the base file's SHA-256 with the adapter's record: a mismatch warns, or raises when ``strict``."""
+def check_base(record: Mapping, base_path: str | os.PathLike, folder: str | os.PathLike,
+               allow_mismatch: bool = False) -> None:
+    """Compare the base file's SHA-256 with the adapter's record: a mismatch is a :class:`LoraError` unless
+    ``allow_mismatch`` (then a warning); a record without a SHA-256 (an adapter from elsewhere) warns."""
     want = record.get("base_sha256")
     if not want:
-        msg = f"adapter '{folder}' records no base checkpoint SHA-256: cannot check that '{base_path}' is its base"
-    else:
-        got = file_sha256(base_path)
-        if got == want:
-            return
-        msg = (f"adapter '{folder}' was trained on '{record.get('base_checkpoint')}' (SHA-256 {want[:16]}...), "
-               f"but the base given is '{base_path}' (SHA-256 {got[:16]}...): the samples may be wrong")
-    if strict:
-        raise LoraError(msg + " (strict: refused)")
+        warnings.warn(f"adapter '{folder}' records no base checkpoint SHA-256: cannot check that '{base_path}' "
+                      f"is its base", stacklevel=3)
+        return
+    got = file_sha256(base_path)
+    if got == want:
+        return
+    msg = (f"adapter '{folder}' was trained on '{record.get('base_checkpoint')}' (SHA-256 {str(want)[:16]}...), "
+           f"but the base given is '{base_path}' (SHA-256 {got[:16]}...): the samples may be wrong")
+    if not allow_mismatch:
+        raise LoraError(msg + "; refused (lora_allow_base_mismatch=True / --lora-allow-base-mismatch to use it anyway)")
     warnings.warn(msg, stacklevel=3)
 
 
@@ -251,47 +247,40 @@ def set_lora_scale(network: nn.Module, scale: float) -> int:
 
 
 def apply_adapter(model: nn.Module, folder: str | os.PathLike, scale: float = 1.0,
-                  base_path: Optional[str | os.PathLike] = None, strict: bool = False) -> dict:
+                  base_path: Optional[str | os.PathLike] = None, allow_base_mismatch: bool = False) -> dict:
     """Add the adapter in ``folder`` to ``model`` (base weights loaded) at ``scale``; returns its record.
 
+    All or nothing: every file of the folder is read and checked against the model first
+    (:func:`vqdiff.engine.lora_folder.read_adapter_folder`), and the base's SHA-256 compared; only then are
+    the adapters injected and the train_also tensors copied, so a refused folder leaves the model as it was.
+
     Raises:
-        LoraError: the folder's tensors do not fit the model, or (``strict``) the base's SHA-256 differs.
+        LoraError: a file is missing, unreadable or does not fit the model (the message names the file and
+            the problem), or the base's SHA-256 differs from the record (unless ``allow_base_mismatch``).
     """
-    import peft
     from peft import inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     folder = Path(folder)
-    record = read_adapter_record(folder)
-    if base_path is not None:
-        check_base(record, base_path, folder, strict)
-    peft_cfg = peft.LoraConfig.from_pretrained(str(folder))
     network = lora_network(model)
-    if not isinstance(peft_cfg.target_modules, str):  # peft may store a long list as its shortest suffixes
-        try:
-            resolve_targets(network, tuple(sorted(peft_cfg.target_modules)), key_path=f"{folder}/{CONFIG_FILE}")
-        except ConfigError as err:
-            raise LoraError(f"adapter '{folder}' does not fit this model: {err}") from None
-    inject_adapter_in_model(peft_cfg, network, adapter_name=ADAPTER_NAME)
-    state = load_file(str(folder / WEIGHTS_FILE))
-    result = set_peft_model_state_dict(network, state, adapter_name=ADAPTER_NAME)
+    files = read_adapter_folder(folder, network, model.get_ema_model())
+    if base_path is not None:
+        check_base(files.record, base_path, folder, allow_base_mismatch)
+    # ---- from here on the model changes; everything below was checked above
+    inject_adapter_in_model(files.peft_config, network, adapter_name=ADAPTER_NAME)
+    result = set_peft_model_state_dict(network, files.weights, adapter_name=ADAPTER_NAME)
     wanted = {k for k in network.state_dict() if ".lora_" in k}
     loaded = {k for k in wanted if k not in set(result.missing_keys)}
-    if result.unexpected_keys or loaded != wanted:
+    if result.unexpected_keys or loaded != wanted:  # a peft behaviour the checks above do not know
         raise LoraError(f"adapter '{folder}' does not fit the model: unexpected {list(result.unexpected_keys)[:5]}, "
                         f"missing {sorted(wanted - loaded)[:5]}")
-    names = list(record.get("train_also") or [])
-    if names:
-        tuned = load_file(str(folder / TRAIN_ALSO_FILE))
+    if files.train_also:
         own = dict(model.get_ema_model().named_parameters())
         with torch.no_grad():
-            for n in names:
-                if n not in own or tuple(own[n].shape) != tuple(tuned[n].shape):
-                    raise LoraError(f"adapter '{folder}': train_also tensor '{n}' does not fit the model")
-                value = tuned[n].to(own[n].device, own[n].dtype)
+            for n, tuned in files.train_also.items():
+                value = tuned.to(own[n].device, own[n].dtype)
                 own[n].copy_(value if scale == 1 else own[n] + float(scale) * (value - own[n]))
     set_lora_scale(network, scale)
-    return record
+    return files.record
 
 
 def merge_lora(model: nn.Module) -> int:

@@ -186,14 +186,15 @@ class CLIPModel(CLIPTextTransformer):
         return self.project_eot(self.text_features(tokens), tokens)
 
 
-def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A full OpenAI-CLIP state dict from ``path``: a plain ``torch.save`` dict or the TorchScript release."""
+def load_clip_state_dict(path: str | Path, allow_jit_fallback: bool = False) -> dict[str, torch.Tensor]:
+    """A full OpenAI-CLIP state dict from ``path``: a plain ``torch.save`` dict or the TorchScript release
+    (read safely; ``allow_jit_fallback``: see ``read_torchscript_tensors``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP weights not found at {path}; nothing is downloaded -- put an "
                                 f"OpenAI-CLIP ViT checkpoint (e.g. ViT-B-32.pt) there (see docs/evaluation.md)")
     if is_torchscript_archive(path):  # the project's safe reader: runs no code from the file
-        sd = read_torchscript_tensors(path)
+        sd = read_torchscript_tensors(path, allow_jit_fallback=allow_jit_fallback)
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)

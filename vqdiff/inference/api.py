@@ -99,8 +99,9 @@ class VQ_Diffusion:
             (unpickling can run code: only for files you trust).
         lora: a LoRA adapter folder (``OUTPUT/<run>/checkpoint/last_lora``, written by a ``solver.lora`` run)
             added to the ``path`` model; ``lora_scale`` scales it (0: the base model exactly, 1: as trained);
-            when ``path``'s SHA-256 differs from the one the adapter records it warns, or with ``lora_strict``
-            raises ``LoraError`` (docs/finetuning.md).
+            the whole folder is checked before the model is touched; when ``path``'s SHA-256 differs from
+            the one the adapter records it raises ``LoraError``, or with ``lora_allow_base_mismatch`` warns
+            (docs/finetuning.md).
 
     Raises:
         FileNotFoundError: ``path`` (or a file the config names) does not exist.
@@ -116,7 +117,7 @@ class VQ_Diffusion:
         learnable_cf: Optional[bool] = None,
         lora: Optional[str | os.PathLike] = None,
         lora_scale: float = 1.0,
-        lora_strict: bool = False,
+        lora_allow_base_mismatch: bool = False,
     ):
         self.lora_record: Optional[dict] = None
         if is_diffusers_folder(config) or is_diffusers_folder(path):  # a VQDiffusionPipeline folder
@@ -138,7 +139,7 @@ class VQ_Diffusion:
             from vqdiff.engine.lora import apply_adapter
 
             self.lora_record = apply_adapter(self.model, lora, scale=float(lora_scale), base_path=path,
-                                             strict=bool(lora_strict))
+                                             allow_base_mismatch=bool(lora_allow_base_mismatch))
         self.model.to(self.device)
         freeze_for_inference(self.model)
 

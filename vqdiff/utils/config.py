@@ -86,6 +86,8 @@ def load_yaml_config(path: str | Path) -> dict:
             ) from e
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        except (UnicodeDecodeError, RecursionError) as e:  # not UTF-8 text; nesting deeper than Python recurses
+            raise ConfigError(f"{path}: not a readable YAML text file ({type(e).__name__}: {e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -377,6 +379,13 @@ def _split_opts(opts: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _list_index(node: list, part: str, key: str) -> int:
+    index = int(part)
+    if index >= len(node):
+        raise ConfigError(f"override '{key}': index {index} is past the end of a list of {len(node)}")
+    return index
+
+
 def merge_opts_to_config(config: dict, opts: Iterable[str] | None, allow_new: bool = False) -> dict:
     """Apply dotted overrides such as ``solver.base_lr=1e-4 dataloader.batch_size=8`` in place.
 
@@ -389,8 +398,10 @@ def merge_opts_to_config(config: dict, opts: Iterable[str] | None, allow_new: bo
         node: Any = config
         for depth, part in enumerate(parts[:-1]):
             if isinstance(node, list) and part.isdigit():
-                node = node[int(part)]
+                node = node[_list_index(node, part, key)]
                 continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{'.'.join(parts[:depth])}' is not a mapping")
             if part not in node:
                 if not allow_new:
                     raise ConfigError(
@@ -400,7 +411,7 @@ def merge_opts_to_config(config: dict, opts: Iterable[str] | None, allow_new: bo
             node = node[part]
         last = parts[-1]
         if isinstance(node, list) and last.isdigit():
-            node[int(last)] = value
+            node[_list_index(node, last, key)] = value
             continue
         if not isinstance(node, dict):
             raise ConfigError(f"override '{key}': '{'.'.join(parts[:-1])}' is not a mapping")

@@ -131,7 +131,7 @@ class SamplingOptions:
             _check(math.isfinite(number), "guidance_scale", self.guidance_scale, "finite")
         elif isinstance(self.guidance_scale, bool):
             raise ValueError(f"sampling option guidance_scale must be a number or a schedule, got {self.guidance_scale!r}")
-        _check(self.null_condition in NULL_CONDITIONS, "null_condition", self.null_condition, f"one of {NULL_CONDITIONS}")
+        _check(isinstance(self.null_condition, str) and self.null_condition in NULL_CONDITIONS, "null_condition", self.null_condition, f"one of {NULL_CONDITIONS}")
         _check(self.prior_rule in (0, 1, 2) and not isinstance(self.prior_rule, bool), "prior_rule", self.prior_rule,
                "0, 1 or 2")
         _check(_real(self.prior_weight) and self.prior_weight >= 0, "prior_weight", self.prior_weight, "a number >= 0")
@@ -142,15 +142,15 @@ class SamplingOptions:
                "a torch.Generator or None")
         _check(self.maskgit_steps is None or (_is_int(self.maskgit_steps) and self.maskgit_steps >= 1),
                "maskgit_steps", self.maskgit_steps, "an int >= 1 or None")
-        _check(self.maskgit_schedule in MASK_SCHEDULES, "maskgit_schedule", self.maskgit_schedule,
+        _check(isinstance(self.maskgit_schedule, str) and self.maskgit_schedule in MASK_SCHEDULES, "maskgit_schedule", self.maskgit_schedule,
                f"one of {sorted(MASK_SCHEDULES)}")
         _check(_real(self.choice_temperature) and self.choice_temperature >= 0, "choice_temperature",
                self.choice_temperature, ">= 0")
-        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check(isinstance(self.precision, str) and self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         _check(isinstance(self.compile, bool), "compile", self.compile, "True or False")
         _check(isinstance(self.compile_backend, str) and bool(self.compile_backend), "compile_backend",
                self.compile_backend, "a torch.compile backend name")
-        _check(self.time_grid in TIME_GRIDS, "time_grid", self.time_grid, f"one of {TIME_GRIDS}")
+        _check(isinstance(self.time_grid, str) and self.time_grid in TIME_GRIDS, "time_grid", self.time_grid, f"one of {TIME_GRIDS}")
         if self.prompt_parts is not None:
             try:
                 object.__setattr__(self, "prompt_parts", prompt_parts_from(self.prompt_parts))
@@ -179,9 +179,12 @@ class SamplingOptions:
 
         def num(text: str, part: str) -> float:
             try:
-                return float(text)
+                value = float(text)
             except ValueError:
                 raise ValueError(f"sample_type {sample_type!r}: cannot read a number in part {part!r}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"sample_type {sample_type!r}: part {part!r} needs a finite number")
+            return value
 
         for i, part in enumerate(parts):
             if part.startswith("top") and part.endswith("r"):

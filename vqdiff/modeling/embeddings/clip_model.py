@@ -17,6 +17,7 @@ are cast to the model's dtype on load.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
 import warnings
@@ -43,6 +44,7 @@ __all__ = [
     "is_torchscript_archive",
     "read_torchscript_tensors",
     "load_clip_state_dict",
+    "JIT_CLIP_ENV",
 ]
 
 _BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.")
@@ -334,14 +336,29 @@ def _collect_tensors(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> Non
             _collect_tensors(value, f"{prefix}{name}.", out)
 
 
-def read_torchscript_tensors(path: str | Path, allow_jit_fallback: bool = True) -> dict[str, torch.Tensor]:
+JIT_CLIP_ENV = "VQDIFF_ALLOW_JIT_CLIP"
+"""Names (``os.pathsep``-separated) the CLIP archives trusted enough for the ``torch.jit.load`` fallback,
+for when the loading happens deep inside model construction (as ``VQDIFF_ALLOW_UNSAFE_PICKLE`` does for
+checkpoints)."""
+
+
+def _jit_allowed(path: Path, allow_jit_fallback: bool) -> bool:
+    if allow_jit_fallback:
+        return True
+    target = path.resolve()
+    return any(Path(p).resolve() == target for p in os.environ.get(JIT_CLIP_ENV, "").split(os.pathsep) if p.strip())
+
+
+def read_torchscript_tensors(path: str | Path, allow_jit_fallback: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor attribute of a TorchScript archive's module tree, by dotted name (parameters and
     buffers, as ``module.state_dict()`` would list them, plus tensor attributes such as a stored mask).
 
     The archive's pickle is parsed with a restricted unpickler and tensors are read from ``data/``; its
-    TorchScript code is never compiled or run. Only when the pickle holds something this reader does not
-    know and ``allow_jit_fallback`` is set does it fall back to ``torch.jit.load(...).state_dict()`` on
-    the CPU (which compiles the archive's TorchScript, though not Python), with a warning.
+    TorchScript code is never compiled or run. An archive holding something this reader does not know is a
+    ValueError naming the file, the reason and the opt-in: only with ``allow_jit_fallback`` (or the file
+    named in ``VQDIFF_ALLOW_JIT_CLIP``) is it read by ``torch.jit.load(...).state_dict()`` on the CPU
+    (which compiles the archive's TorchScript, though not Python), with a warning; like an unsafe pickle,
+    for trusted files only.
     """
     path = Path(path)
     try:
@@ -360,13 +377,16 @@ def read_torchscript_tensors(path: str | Path, allow_jit_fallback: bool = True) 
         _collect_tensors(obj, "", out)
         return {k: v.clone() for k, v in out.items()}  # own memory (the zip bytes are not kept alive)
     except _UnsupportedArchive as e:
-        if not allow_jit_fallback:
-            raise ValueError(f"{path}: cannot read the TorchScript archive safely: {e}") from e
-        warnings.warn(f"{path}: {e}; reading it with torch.jit.load on the CPU instead", stacklevel=2)
+        if not _jit_allowed(path, allow_jit_fallback):
+            raise ValueError(f"{path}: cannot read the TorchScript archive safely: {e}. Only if you trust this "
+                             f"file, pass allow_jit_fallback=True or set {JIT_CLIP_ENV}={path.resolve()} to read "
+                             f"it with torch.jit.load (which compiles the archive's TorchScript)") from None
+        warnings.warn(f"{path}: {e}; reading it with torch.jit.load on the CPU instead (allowed for this file)",
+                      stacklevel=2)
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
 
 
-def load_clip_state_dict(path: str | Path, allow_jit_fallback: bool = True) -> dict[str, torch.Tensor]:
+def load_clip_state_dict(path: str | Path, allow_jit_fallback: bool = False) -> dict[str, torch.Tensor]:
     """Text-tower weights of a CLIP file: OpenAI's TorchScript release or a plain (full or text-only)
     state dict, possibly wrapped as ``{'state_dict': ...}``. Tensors keep their stored dtype.
 

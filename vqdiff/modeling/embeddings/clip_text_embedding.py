@@ -68,6 +68,8 @@ class CLIPTextEmbedding(CLIPTextTransformer):
         embed_dim: 1024 concatenates the features with themselves on the last dim (official quirk to
             reach 1024 from 512); any other value leaves them as they are.
         clip_path: explicit weight file (overrides ``clip_name``'s location).
+        allow_jit_fallback: read a TorchScript archive the safe reader does not know with ``torch.jit.load``
+            (trusted files only; default: refused with a message, see ``read_torchscript_tensors``).
 
     ``forward(index (B, L) long) -> (B, L, width)`` float (or the shapes above); ids below 0 count as 0.
     Always in eval mode, parameters have ``requires_grad=False``, computed without autograd.
@@ -83,9 +85,10 @@ class CLIPTextEmbedding(CLIPTextTransformer):
         additional_last_embedding: bool = False,
         embed_dim: int = 1024,
         clip_path: str | None = None,
+        allow_jit_fallback: bool = False,
     ):
         path = resolve_clip_path(clip_name, clip_path)
-        weights = load_clip_state_dict(path)
+        weights = load_clip_state_dict(path, allow_jit_fallback=bool(allow_jit_fallback))
         config = infer_text_config(weights)
         if num_embed != config.vocab_size:
             raise ValueError(
