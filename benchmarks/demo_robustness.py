@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from vqdiff.data.synthetic import BACKGROUND, ShapesDataset  # noqa: E402
 from vqdiff.evaluation.shapes_classifier import text_following_report, train_shapes_classifier  # noqa: E402
-from vqdiff.modeling.codecs.image.training import train_vqvae  # noqa: E402
+from vqdiff.engine.codec_training import train_vqvae  # noqa: E402
 from vqdiff.utils.config import load_yaml_config  # noqa: E402
 
 ATTRS = ("color", "shape", "position")

@@ -88,6 +88,8 @@ class Solver(SolverCheckpoints):
         epoch_generator: the train loader's generator; re-seeded with ``seed + epoch`` each epoch.
     """
 
+    find_unused_parameters = False  # DDP's flag: a model whose passes leave parameters unused sets True
+
     def __init__(self, config: Mapping, args: Any, model: nn.Module, dataloader: Mapping, logger: Any,
                  tb_writer: Any = None, epoch_generator: Optional[torch.Generator] = None):
         self.config = config
@@ -161,7 +163,8 @@ class Solver(SolverCheckpoints):
             if getattr(args, "sync_bn", False):
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                        find_unused_parameters=self.find_unused_parameters)
         self.model = model
 
         # official --amp: fp16 autocast + GradScaler; --amp_dtype bf16 (or solver.amp_dtype: bf16) an option
