@@ -1,0 +1,241 @@
+"""Codec training on the engine (issue 33): a killed and resumed run equals an uninterrupted one bit for bit,
+a 2-process gloo torchrun run that ``--auto_resume`` extends, a class folder written by the project's
+layouts trained through ``scripts/train_vqvae.py``, ``scripts/evaluate_codec.py``'s JSON, and FSQ tokens
+that train the tiny diffusion config. Tiny sizes throughout (16 px images, a few steps)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vqdiff.engine.codec_solver import CodecSolver  # noqa: E402
+from vqdiff.engine.codec_training import train_vqvae  # noqa: E402
+from vqdiff.engine.run_lock import RunLockError  # noqa: E402
+from vqdiff.utils.config import instantiate_from_config, load_yaml_config, save_yaml_config  # noqa: E402
+
+VQ = "vqdiff.modeling.codecs.image.vqgan.VQModel"
+LOSS = "vqdiff.modeling.codecs.image.losses.VQLPIPSWithDiscriminator"
+SHAPES = "vqdiff.data.synthetic.ShapesDataset"
+
+
+def _ddconfig(ch_mult=(1, 1)) -> dict:
+    return dict(double_z=False, z_channels=8, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=list(ch_mult),
+                num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+
+
+def tiny_config(**solver) -> dict:
+    """A 16 px VQGAN: the discriminator from step 2, dead-code restarts, validation every 3 steps."""
+    return {
+        "model": {"target": VQ, "params": {
+            "ddconfig": _ddconfig(), "n_embed": 16, "embed_dim": 8, "legacy_quantizer_loss": False,
+            "lossconfig": {"target": LOSS, "params": {"disc_start": 2, "perceptual_weight": 0.0, "pixel_loss": "l2",
+                                                      "disc_num_layers": 1, "disc_ndf": 8}}}},
+        "solver": {"max_steps": 6, "batch_size": 4, "log_frequency": 1, "dead_code_restart": 2,
+                   "validation_every": 3, **solver},
+        "dataloader": {
+            "train_datasets": [{"target": SHAPES, "params": {"num_samples": 12, "resolution": 16, "split": "train"}}],
+            "validation_datasets": [{"target": SHAPES, "params": {"num_samples": 4, "resolution": 16,
+                                                                  "split": "heldout"}}]},
+    }
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = tiny_config()  # 3 batches per epoch: the kill falls inside the second epoch
+    full = train_vqvae(cfg, tmp_path / "full", progress=False)
+    assert full["stopped_by"] == "max_iterations" and full["restarted_codes"] >= 0
+    assert [v["step"] for v in full["validations"]] == [3, 6]
+
+    original = CodecSolver.step
+
+    def sigterm_during_step_4(self, batch, epoch):
+        logs = original(self, batch, epoch)
+        if self.last_iter == 3:
+            self._stop_signal = int(signal.SIGTERM)  # what the solver's SIGTERM handler records
+        return logs
+
+    monkeypatch.setattr(CodecSolver, "step", sigterm_during_step_4)
+    with pytest.raises(SystemExit) as stopped:
+        train_vqvae(cfg, tmp_path / "part", progress=False)
+    assert stopped.value.code == 128 + int(signal.SIGTERM)
+    monkeypatch.setattr(CodecSolver, "step", original)
+    part = torch.load(tmp_path / "part" / "checkpoint" / "last.pth", weights_only=True)
+    assert part["global_step"] == 4 and part["data_state"]["batches_done"] == 1
+    assert not (tmp_path / "part" / "configs" / "codec.yaml").exists()  # an unfinished run is no codec
+    with pytest.raises(RunLockError, match="--auto_resume"):
+        train_vqvae(cfg, tmp_path / "part", progress=False)  # a fresh start would overwrite it
+
+    resumed = train_vqvae(cfg, tmp_path / "part", progress=False, auto_resume=True)
+    assert [h[0] for h in resumed["history"]] == [4, 5]
+    a = torch.load(tmp_path / "full" / "checkpoint" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoint" / "last.pth", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 6
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert any(k.startswith("loss.discriminator.") for k in a["state_dict"])  # taming's layout beside it
+    assert torch.equal(a["state_dict"]["quantize.embedding.weight"], a["model"]["codec.quantize.embedding.weight"])
+    assert set(a["optimizer_and_scheduler"]) == {"generator", "discriminator"}
+    assert resumed["history"][-1][1] == full["history"][-1][1]
+
+
+def test_two_process_gloo_run_resumes_and_its_codec_loads(tmp_path):
+    config = tmp_path / "vq.yaml"
+    save_yaml_config(tiny_config(max_steps=3, validation_every=0), config)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+
+    def torchrun(*extra: str) -> subprocess.CompletedProcess:
+        for _attempt in range(2):  # a port taken between _free_port() and the launch gets one retry
+            run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                                  f"--master_port={_free_port()}", str(REPO / "scripts" / "train_vqvae.py"),
+                                  "--config", str(config), "--output", "run", "--no_progress_bar", *extra],
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+            if run.returncode == 0 or "address already in use" not in (run.stdout + run.stderr).lower():
+                break
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        return run
+
+    first = torchrun()
+    assert "world size 2" in first.stdout + first.stderr
+    second = torchrun("--auto_resume", "solver.max_steps=5")
+    assert "resumed from run/checkpoint/last.pth" in second.stdout + second.stderr
+    ckpt = torch.load(tmp_path / "run" / "checkpoint" / "last.pth", weights_only=True)
+    assert ckpt["global_step"] == 5 and len(ckpt["rng"]) == 2 and ckpt["data_state"]["world_size"] == 2
+
+    os.chdir(tmp_path)
+    try:
+        node = load_yaml_config("run/configs/codec.yaml")["content_codec_config"]
+        codec = instantiate_from_config(node)
+        assert codec.token_shape == (8, 8) and codec.get_number_of_tokens() == 16
+        assert torch.equal(codec.enc.quant_conv.weight, ckpt["state_dict"]["quant_conv.weight"])
+        report = _load_script("evaluate_codec").main(["--config", "run/configs/codec.yaml",
+                                                      "--ckpt", "run/checkpoint/last.pth"])
+    finally:
+        os.chdir(REPO)
+    assert report["rfid"] is None and "Inception" in report["rfid_note"]
+    assert 0 < report["l1"] < 2 and report["psnr"] > 0 and 0 < report["codebook_usage"] <= 1
+    assert report["num_images"] == 4  # the held-out split of the training config
+
+
+def test_class_folder_layout_trains_through_the_command(tmp_path, monkeypatch):
+    from vqdiff.data.layouts import write_class_folder
+
+    write_class_folder(tmp_path / "classes", num_images=8, resolution=16)
+    cfg = tiny_config(max_steps=2, validation_every=0)
+    cfg["dataloader"] = {"train_datasets": [{"target": "vqdiff.data.image_class_folder.ImageClassFolder",
+                                             "params": {"data_root": str(tmp_path / "classes")}}]}
+    save_yaml_config(cfg, tmp_path / "folder.yaml")
+    monkeypatch.chdir(tmp_path)
+    result = _load_script("train_vqvae").main(["--config", "folder.yaml", "--output", "run", "--no_progress_bar"])
+    assert result["stopped_by"] == "max_iterations" and len(result["history"]) == 2
+    assert (tmp_path / "run" / "configs" / "codec.yaml").is_file()
+
+
+def test_fsq_codec_trains_and_its_tokens_train_the_tiny_diffusion_config(tmp_path, monkeypatch):
+    import train
+    from vqdiff.utils.tiny_parts import write_tiny_parts
+
+    cfg = {
+        "model": {"target": "vqdiff.modeling.codecs.image.vqgan.FSQModel",
+                  "params": {"ddconfig": _ddconfig((1, 1, 1)), "levels": [4, 4],
+                             "lossconfig": {"target": LOSS, "params": {"perceptual_weight": 0.0, "pixel_loss": "l2",
+                                                                       "use_discriminator": False}}}},
+        "solver": {"max_steps": 2, "batch_size": 4},
+        "dataloader": {"train_datasets": [{"target": SHAPES, "params": {"num_samples": 8, "resolution": 16}}]},
+    }
+    monkeypatch.chdir(tmp_path)
+    result = train_vqvae(cfg, "fsq", progress=False)
+    assert len(result["history"]) == 2 and result["restarted_codes"] == 0
+    node = load_yaml_config("fsq/configs/codec.yaml")["content_codec_config"]
+    assert node["params"]["num_tokens"] == 16 and node["params"]["token_shape"] == [4, 4]
+    tokens = instantiate_from_config(node).get_tokens(torch.rand(2, 3, 16, 16) * 255)["token"]
+    assert tokens.shape == (2, 16) and 0 <= int(tokens.min()) and int(tokens.max()) < 16
+
+    write_tiny_parts(tmp_path)  # the tiny CLIP text tower the diffusion config reads
+    out = train.main(["--config_file", str(REPO / "configs" / "tiny_text_shapes.yaml"), "--name", "dalle_fsq",
+                      "--seed", "0", "--no_progress_bar", "solver.max_iterations=2",
+                      "model.params.content_codec_config.params.config_path=fsq/configs/model.yaml",
+                      "model.params.content_codec_config.params.ckpt_path=fsq/checkpoint/last.pth"])
+    assert out["stopped_by"] == "max_iterations" and len(out["losses"]) == 2
+    assert all(torch.isfinite(torch.tensor(out["losses"])))
+
+
+def test_fsq_quantizer_levels_indices_and_straight_through():
+    from vqdiff.modeling.codecs.image.quantizers import FSQuantizer
+
+    q = FSQuantizer([8, 5, 5, 5])
+    assert q.n_e == 1000 and q.codebook.shape == (1000, 4)
+    assert torch.equal(q.codes_to_indices(q.codebook), torch.arange(1000))  # index <-> code is a bijection
+    assert all(len(torch.unique(q.codebook[:, i])) == n for i, n in enumerate([8, 5, 5, 5]))
+    z = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    z_q, loss, (_, _, idx) = q(z)
+    assert float(loss) == 0.0 and idx.shape == (2, 3, 3) and z_q.abs().max() <= 1.0
+    assert torch.equal(q.get_codebook_entry(idx, (2, 3, 3)), z_q.detach())
+    assert torch.equal(q.get_indices(z.detach()), idx)
+    z_q.sum().backward()
+    assert z.grad is not None and bool((z.grad > 0).all())  # rounding passes the tanh bound's gradient through
+    with pytest.raises(ValueError, match="levels"):
+        FSQuantizer([1, 4])
+
+
+def test_perceptual_loss_names_the_missing_weights_file(tmp_path):
+    from vqdiff.modeling.codecs.image.losses import VQLPIPSWithDiscriminator
+
+    missing = tmp_path / "vgg16.pth"
+    with pytest.raises(FileNotFoundError, match="vgg16.pth.*nothing is downloaded"):
+        VQLPIPSWithDiscriminator(perceptual_weight=1.0, vgg_path=str(missing))
+
+
+def test_load_path_starts_from_a_taming_checkpoint(tmp_path):
+    from vqdiff.engine.codec_model import CodecTrainingModel
+    from vqdiff.engine.codec_training import load_pretrained_codec
+
+    cfg = tiny_config()
+
+    def build():
+        codec = instantiate_from_config(cfg["model"])
+        return CodecTrainingModel(codec, instantiate_from_config(cfg["model"]["params"]["lossconfig"]), max_steps=1)
+
+    released = build()
+    torch.save({"state_dict": released.taming_state_dict(), "global_step": 7}, tmp_path / "taming.ckpt")
+    fresh = build()
+    assert not torch.equal(fresh.codec.quant_conv.weight, released.codec.quant_conv.weight)
+    logs = []
+    load_pretrained_codec(fresh, tmp_path / "taming.ckpt", False, type("L", (), {"info": staticmethod(logs.append)}))
+    for k, v in released.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    assert "discriminator" in logs[0]
