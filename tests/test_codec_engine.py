@@ -239,3 +239,38 @@ def test_load_path_starts_from_a_taming_checkpoint(tmp_path):
     for k, v in released.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
     assert "discriminator" in logs[0]
+
+
+@pytest.mark.parametrize("variant", ["gumbel", "ema"])
+def test_gumbel_and_ema_codebooks_train_through_the_same_run(tmp_path, variant):
+    cfg = tiny_config(max_steps=3, validation_every=3)
+    params = cfg["model"]["params"]
+    if variant == "gumbel":
+        cfg["model"]["target"] = "vqdiff.modeling.codecs.image.vqgan.GumbelVQ"
+        params.pop("legacy_quantizer_loss")
+        params["embed_dim"] = params["ddconfig"]["z_channels"]
+        cfg["solver"]["gumbel_temperature"] = [1.0, 0.5]
+    else:
+        params["codebook_update"] = "ema"
+    result = train_vqvae(cfg, tmp_path / variant, progress=False)
+    assert result["stopped_by"] == "max_iterations" and result["validations"][-1]["num_images"] == 4
+    quantizer = result["model"].quantize
+    if variant == "gumbel":
+        assert quantizer.temperature == pytest.approx(0.5)  # annealed to the end value at the last step
+    else:
+        assert quantizer.cluster_size.sum() > 0  # the EMA statistics moved
+    node = load_yaml_config(tmp_path / variant / "configs" / "codec.yaml")["content_codec_config"]
+    expected = "TamingGumbelVQVAE" if variant == "gumbel" else "TamingVQVAE"
+    assert node["target"].endswith(expected)
+    assert instantiate_from_config(node).get_tokens(torch.rand(1, 3, 16, 16) * 255)["token"].shape == (1, 64)
+
+
+def test_validation_reports_rfid_with_inception_weights(tmp_path):
+    from test_evaluation_fid import save_random_tf_inception
+
+    weights = save_random_tf_inception(tmp_path / "inception.pth")
+    cfg = tiny_config(max_steps=1, validation_every=1, validation_images=2, inception_path=str(weights))
+    result = train_vqvae(cfg, tmp_path / "run", progress=False)
+    report = result["validations"][0]
+    assert isinstance(report["rfid"], float) and report["rfid"] >= 0 and "rfid_note" not in report
+    assert (tmp_path / "run" / "images" / "val" / "step0000001.png").is_file()
