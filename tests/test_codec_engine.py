@@ -274,3 +274,16 @@ def test_validation_reports_rfid_with_inception_weights(tmp_path):
     report = result["validations"][0]
     assert isinstance(report["rfid"], float) and report["rfid"] >= 0 and "rfid_note" not in report
     assert (tmp_path / "run" / "images" / "val" / "step0000001.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["tiny_vqvae_shapes", "tiny_fsq_shapes", "vqgan_256_custom"])
+def test_shipped_codec_configs_parse(name):
+    from vqdiff.engine.codec_solver_config import CodecSolverConfig
+    from vqdiff.utils.config_sections import check_config_sections
+
+    config = load_yaml_config(REPO / "configs" / f"{name}.yaml")
+    check_config_sections(config)
+    cfg = CodecSolverConfig.from_mapping(config["solver"])
+    assert cfg.max_steps > 0 and config["dataloader"]["train_datasets"]
+    if name == "tiny_fsq_shapes":
+        assert instantiate_from_config(config["model"]).n_embed == 64
