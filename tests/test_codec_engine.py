@@ -287,3 +287,30 @@ def test_shipped_codec_configs_parse(name):
     assert cfg.max_steps > 0 and config["dataloader"]["train_datasets"]
     if name == "tiny_fsq_shapes":
         assert instantiate_from_config(config["model"]).n_embed == 64
+
+
+def test_dead_gumbel_codes_are_split_off_used_ones():
+    from vqdiff.engine.codebook_seeding import restart_dead_codes
+    from vqdiff.modeling.codecs.image.quantizers import GumbelQuantize
+
+    torch.manual_seed(0)
+    q = GumbelQuantize(num_hiddens=4, embedding_dim=4, n_embed=4)
+    z = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        before = q.proj(z)
+    counts = torch.tensor([10, 0, 0, 5])
+    assert restart_dead_codes(q, counts, None) == 2 and counts.sum() == 0
+    with torch.no_grad():
+        after = q.proj(z)
+    # each dead code copied a distinct used code's logit row, and the pair's mass e^a + e^b is the donor's old
+    # e^z: log(e^a + e^b) = z (the dead codes' own, unused mass is given up)
+    donors = set()
+    for dead in (1, 2):
+        donor = 0 if torch.equal(q.proj.weight[dead], q.proj.weight[0]) else 3
+        donors.add(donor)
+        assert torch.equal(q.proj.weight[dead], q.proj.weight[donor])
+        pair = torch.logsumexp(torch.stack([after[:, dead], after[:, donor]]), dim=0)
+        assert torch.allclose(pair, before[:, donor], atol=1e-5)
+        assert torch.allclose(q.embed.weight[dead], q.embed.weight[donor], atol=1e-2)
+    assert donors == {0, 3}
+    assert restart_dead_codes(q, torch.ones(4, dtype=torch.long), None) == 0

@@ -1,8 +1,10 @@
 """Where a codec's codes start and where dead codes go: k-means++ seeding from data and dead-code restarts.
 
-Both act on nearest-code quantizers only (``VectorQuantizer``, whose codes are ``embedding.weight``, and
-``EMAVectorQuantizer``, whose codes are the buffer ``embedding``); Gumbel and FSQ quantizers are left
-alone (a Gumbel code is a learned logit, FSQ has no codebook to collapse).
+Seeding acts on nearest-code quantizers (``VectorQuantizer``, whose codes are ``embedding.weight``, and
+``EMAVectorQuantizer``, whose codes are the buffer ``embedding``), whose codes live where the encoder outputs
+do. Restarts act on those and on ``GumbelQuantize``, whose dead codes are split off used ones (a Gumbel code
+is chosen by its logit, not by distance, so moving its vector alone would not revive it). FSQ has no
+codebook to collapse and is left alone.
 
 Under ``torch.distributed`` every rank holds the same codebook: the counts of chosen codes are summed over
 ranks before this module reads them, rank 0 draws the new codes and broadcasts them.
@@ -10,12 +12,13 @@ ranks before this module reads them, rank 0 draws the new codes and broadcasts t
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from vqdiff.modeling.codecs.image.quantizers import EMAVectorQuantizer, VectorQuantizer
+from vqdiff.modeling.codecs.image.quantizers import EMAVectorQuantizer, GumbelQuantize, VectorQuantizer
 
 __all__ = ["d2_sample", "has_codebook", "codebook_of", "seed_codebook_from_data", "restart_dead_codes"]
 
@@ -87,8 +90,11 @@ def restart_dead_codes(quantizer: nn.Module, counts: torch.Tensor, last_z: torch
     error-weighted picks). A code nobody picks gets no gradient and would stay dead for good.
 
     ``counts (K,)`` must already be summed over ranks; rank 0 draws from the global RNG and broadcasts.
-    Resets ``counts`` to zero and returns how many codes moved.
+    Resets ``counts`` to zero and returns how many codes moved. A Gumbel quantizer's dead codes are split off
+    used ones instead (:func:`_split_gumbel_codes`).
     """
+    if isinstance(quantizer, GumbelQuantize):
+        return _split_gumbel_codes(quantizer, counts, distributed)
     if not has_codebook(quantizer) or last_z is None:
         return 0
     dead = (counts == 0).nonzero().flatten()
@@ -102,4 +108,32 @@ def restart_dead_codes(quantizer: nn.Module, counts: torch.Tensor, last_z: torch
     if distributed:
         torch.distributed.broadcast(new, src=0)
     _write_codes(quantizer, dead.to(codebook.device), new)
+    return int(dead.numel())
+
+
+@torch.no_grad()
+def _split_gumbel_codes(quantizer: GumbelQuantize, counts: torch.Tensor, distributed: bool) -> int:
+    """Revive each dead Gumbel code by splitting a used code ``l`` (drawn in proportion to its use) in two:
+    the dead code takes ``l``'s logit row (``proj`` weight and bias) and its vector ``embed_l`` plus a little
+    noise, and both logits drop by ``log 2``, so the pair keeps ``l``'s probability, ``2 e^{z - log 2} = e^z``
+    (the splitting of k-means / LBG codebook design). The two then drift apart where the data differ. Each
+    used code donates at most once per restart; dead codes beyond the number of used codes wait."""
+    dead = (counts == 0).nonzero().flatten()
+    used = counts.clone().float()
+    counts.zero_()
+    if dead.numel() == 0 or float(used.sum()) <= 0:
+        return 0
+    weight, bias, embed = quantizer.proj.weight, quantizer.proj.bias, quantizer.embed.weight
+    dead = dead[: int((used > 0).sum())]
+    donors = torch.multinomial(used.cpu(), dead.numel(), replacement=False).to(embed.device)
+    noise = torch.randn(dead.numel(), embed.shape[1], device=embed.device) * 1e-3 * (embed.std() + 1e-8)
+    if distributed:
+        torch.distributed.broadcast(donors, src=0)
+        torch.distributed.broadcast(noise, src=0)
+    dead = dead.to(embed.device)
+    weight[dead] = weight[donors]
+    embed[dead] = embed[donors] + noise
+    if bias is not None:
+        bias[donors] -= math.log(2.0)
+        bias[dead] = bias[donors]
     return int(dead.numel())
