@@ -113,7 +113,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_two_process_gloo_run_resumes_and_its_codec_loads(tmp_path):
     config = tmp_path / "vq.yaml"
-    save_yaml_config(tiny_config(max_steps=3, validation_every=0), config)
+    save_yaml_config(tiny_config(max_steps=3, validation_every=3), config)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -131,6 +131,8 @@ def test_two_process_gloo_run_resumes_and_its_codec_loads(tmp_path):
 
     first = torchrun()
     assert "world size 2" in first.stdout + first.stderr
+    assert "validation step 3: l1" in first.stdout + first.stderr  # the held-out split scored on both ranks
+    assert (tmp_path / "run" / "images" / "val" / "step0000003.png").is_file()
     second = torchrun("--auto_resume", "solver.max_steps=5")
     assert "resumed from run/checkpoint/last.pth" in second.stdout + second.stderr
     ckpt = torch.load(tmp_path / "run" / "checkpoint" / "last.pth", weights_only=True)
