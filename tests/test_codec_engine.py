@@ -162,9 +162,11 @@ def test_class_folder_layout_trains_through_the_command(tmp_path, monkeypatch):
                                              "params": {"data_root": str(tmp_path / "classes")}}]}
     save_yaml_config(cfg, tmp_path / "folder.yaml")
     monkeypatch.chdir(tmp_path)
-    result = _load_script("train_vqvae").main(["--config", "folder.yaml", "--output", "run", "--no_progress_bar"])
+    result = _load_script("train_vqvae").main(["--config", "folder.yaml", "--output", "run", "--no_progress_bar",
+                                               "--tensorboard"])
     assert result["stopped_by"] == "max_iterations" and len(result["history"]) == 2
     assert (tmp_path / "run" / "configs" / "codec.yaml").is_file()
+    assert list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))  # TensorBoard beside log.txt
 
 
 def test_fsq_codec_trains_and_its_tokens_train_the_tiny_diffusion_config(tmp_path, monkeypatch):
