@@ -318,3 +318,52 @@ def test_dead_gumbel_codes_are_split_off_used_ones():
         assert torch.allclose(q.embed.weight[dead], q.embed.weight[donor], atol=1e-2)
     assert donors == {0, 3}
     assert restart_dead_codes(q, torch.ones(4, dtype=torch.long), None) == 0
+
+
+TWO_RANK_METRICS = """
+import json, sys, torch
+import torch.distributed as dist
+from vqdiff.evaluation.codec_metrics import CodecMetrics
+dist.init_process_group("gloo")
+torch.set_num_threads(1)
+rank = dist.get_rank()
+images, recon, codes = torch.load(sys.argv[1], weights_only=True)
+metrics = CodecMetrics(16, sys.argv[2])
+half = slice(3 * rank, 3 * rank + 3)  # rank 0 the first three images, rank 1 the last three
+metrics.update(images[half], recon[half], codes[half])
+out = metrics.compute(distributed=True)
+if rank == 0:
+    json.dump(out, open(sys.argv[3], "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_codec_metrics_summed_over_two_gloo_ranks_equal_one_process(tmp_path):
+    from test_evaluation_fid import save_random_tf_inception
+
+    from vqdiff.evaluation.codec_metrics import CodecMetrics
+
+    weights = save_random_tf_inception(tmp_path / "inception.pth")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 16, 16), generator=g).float()
+    recon = (images + torch.randn(6, 3, 16, 16, generator=g) * 20).clamp(0, 255)
+    codes = torch.randint(0, 12, (6, 4, 4), generator=g)  # codes 12..15 unused
+    torch.save((images, recon, codes), tmp_path / "batch.pt")
+    (tmp_path / "two_ranks.py").write_text(TWO_RANK_METRICS)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                          f"--master_port={_free_port()}", str(tmp_path / "two_ranks.py"), str(tmp_path / "batch.pt"),
+                          str(weights), str(tmp_path / "out.json")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    two = json.loads((tmp_path / "out.json").read_text())
+    one_metrics = CodecMetrics(16, str(weights))
+    one_metrics.update(images, recon, codes)
+    one = one_metrics.compute()
+    assert two["num_images"] == one["num_images"] == 6 and two["codes_used"] == one["codes_used"] == 12
+    assert two["codebook_usage"] == pytest.approx(0.75)
+    for key in ("l1", "psnr", "perplexity", "rfid"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4), key
+    assert one["rfid"] > 0

@@ -11,8 +11,9 @@ Per image ``x`` and reconstruction ``x^`` (both ``(3, H, W)`` in ``[0, 255]``, t
 - ``codebook_usage`` (used codes / K) and ``perplexity`` (``exp`` of the code entropy) from the code counts
   (``vqdiff.evaluation.codebook.usage_statistics``).
 
-Under ``torch.distributed`` every rank adds its shard and :meth:`CodecMetrics.compute` sums over ranks
-(torchmetrics' FID gathers its own states).
+Under ``torch.distributed`` every rank adds its shard and :meth:`CodecMetrics.compute` sums the counts, the
+error sums and torchmetrics' FID states (feature sums, covariance sums, counts: all sums) over ranks itself, on
+the device the backend needs (NCCL: CUDA), then computes once per rank from the global sums.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ NO_RFID_NOTE = ("rfid needs the TF-FID Inception weights (weights-inception-2015
 class CodecMetrics:
     """Accumulates the metrics of the module docstring; ``update`` per batch, ``compute`` at the end."""
 
+    _FID_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples",
+                   "fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples")
+
     def __init__(self, num_codes: int, inception_path: Optional[str] = None, device: str = "cpu"):
         self.num_codes = int(num_codes)
+        self.device = torch.device(device)
         self.sums = torch.zeros(3, dtype=torch.float64)  # l1 sum, psnr sum, images
         self.counts = torch.zeros(self.num_codes, dtype=torch.long)
         self.fid = None
@@ -60,24 +65,39 @@ class CodecMetrics:
             self.fid.update(x.round().to(torch.uint8), real=True)
             self.fid.update(y.round().to(torch.uint8), real=False)
 
+    def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over ranks (sent through ``self.device``: NCCL reduces CUDA tensors only)."""
+        out = tensor.to(self.device)
+        torch.distributed.all_reduce(out)
+        return out.to(tensor.device)
+
+    def _rfid(self, distributed: bool) -> tuple[Optional[float], Optional[str]]:
+        fid = self.fid.fid  # the torchmetrics FrechetInceptionDistance of InceptionMetrics
+        if distributed:
+            for name in self._FID_STATES:
+                setattr(fid, name, self._sum_over_ranks(getattr(fid, name)))
+        fid.sync_on_compute = False  # summed above (or one process): torchmetrics must not gather again
+        fid._to_sync = False
+        n = min(int(fid.real_features_num_samples), int(fid.fake_features_num_samples))
+        if n < 2:
+            return None, f"rfid needs at least 2 images, got {n}"
+        value = float(fid.compute())
+        return (None, "rfid is not a number (too few images for the covariance?)") if math.isnan(value) else (value, None)
+
     def compute(self, distributed: bool = False) -> dict:
         """``{'l1', 'psnr', 'rfid', 'codebook_usage', 'perplexity', 'codes_used', 'num_codes', 'num_images'}``
-        (and ``'rfid_note'`` when rfid is None); collective when ``distributed``."""
-        sums, counts = self.sums.clone(), self.counts.clone()
+        (and ``'rfid_note'`` when rfid is None); collective when ``distributed``. Call once."""
+        sums, counts = self.sums, self.counts
         if distributed:
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(counts)
+            sums, counts = self._sum_over_ranks(sums), self._sum_over_ranks(counts)
         n = max(float(sums[2]), 1.0)
         stats = usage_statistics(counts)
         out = {"l1": float(sums[0]) / n, "psnr": float(sums[1]) / n, "rfid": None,
                "codebook_usage": float(stats["usage"]), "perplexity": float(stats["perplexity"]),
                "codes_used": int(stats["used"]), "num_codes": self.num_codes, "num_images": int(sums[2])}
+        note = self.rfid_note
         if self.fid is not None:
-            try:
-                out["rfid"] = float(self.fid.compute()["fid"])
-            except ValueError as err:  # fewer than 2 images
-                out["rfid_note"] = str(err)
-        if out["rfid"] is None or (isinstance(out["rfid"], float) and math.isnan(out["rfid"])):
-            out["rfid"] = None
-            out.setdefault("rfid_note", self.rfid_note or "rfid could not be computed")
+            out["rfid"], note = self._rfid(distributed)
+        if out["rfid"] is None:
+            out["rfid_note"] = note
         return out
