@@ -1,6 +1,6 @@
 """Codec training on the engine (issue 33): a killed and resumed run equals an uninterrupted one bit for bit,
 a 2-process gloo torchrun run that ``--auto_resume`` extends, a class folder written by the project's
-layouts trained through ``scripts/train_vqvae.py``, ``scripts/evaluate_codec.py``'s JSON, and FSQ tokens
+layouts trained through ``scripts/train_vqvae.py`` (class folders and streamed shards), ``scripts/evaluate_codec.py``'s JSON, and FSQ tokens
 that train the tiny diffusion config. Tiny sizes throughout (16 px images, a few steps)."""
 
 from __future__ import annotations
@@ -153,16 +153,23 @@ def test_two_process_gloo_run_resumes_and_its_codec_loads(tmp_path):
     assert report["num_images"] == 4  # the held-out split of the training config
 
 
-def test_class_folder_layout_trains_through_the_command(tmp_path, monkeypatch):
-    from vqdiff.data.layouts import write_class_folder
+@pytest.mark.parametrize("layout", ["class_folder", "shards"])
+def test_data_layouts_train_through_the_command(tmp_path, monkeypatch, layout):
+    """Class folders (ImageClassFolder) and WebDataset shards (WebShardsImageText, streamed) written by the
+    project's layouts train through scripts/train_vqvae.py."""
+    from vqdiff.data.layouts import write_layout
 
-    write_class_folder(tmp_path / "classes", num_images=8, resolution=16)
+    root = write_layout(layout, tmp_path / layout, num_images=8, resolution=16)
+    if layout == "class_folder":
+        node = {"target": "vqdiff.data.image_class_folder.ImageClassFolder", "params": {"data_root": str(root)}}
+    else:
+        node = {"target": "vqdiff.data.web_shards.WebShardsImageText",
+                "params": {"urls": sorted(str(p) for p in root.glob("*.tar")), "samples_per_epoch": 8}}
     cfg = tiny_config(max_steps=2, validation_every=0)
-    cfg["dataloader"] = {"train_datasets": [{"target": "vqdiff.data.image_class_folder.ImageClassFolder",
-                                             "params": {"data_root": str(tmp_path / "classes")}}]}
-    save_yaml_config(cfg, tmp_path / "folder.yaml")
+    cfg["dataloader"] = {"train_datasets": [node]}
+    save_yaml_config(cfg, tmp_path / "data.yaml")
     monkeypatch.chdir(tmp_path)
-    result = _load_script("train_vqvae").main(["--config", "folder.yaml", "--output", "run", "--no_progress_bar",
+    result = _load_script("train_vqvae").main(["--config", "data.yaml", "--output", "run", "--no_progress_bar",
                                                "--tensorboard"])
     assert result["stopped_by"] == "max_iterations" and len(result["history"]) == 2
     assert (tmp_path / "run" / "configs" / "codec.yaml").is_file()
