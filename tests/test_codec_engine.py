@@ -1,7 +1,7 @@
 """Codec training on the engine (issue 33): a killed and resumed run equals an uninterrupted one bit for bit,
-a 2-process gloo torchrun run that ``--auto_resume`` extends, a class folder written by the project's
-layouts trained through ``scripts/train_vqvae.py`` (class folders and streamed shards), ``scripts/evaluate_codec.py``'s JSON, and FSQ tokens
-that train the tiny diffusion config. Tiny sizes throughout (16 px images, a few steps)."""
+a 2-process gloo torchrun run that ``--auto_resume`` extends, class folders and streamed shards written by the
+project's layouts trained through ``scripts/train_vqvae.py``, ``scripts/evaluate_codec.py``'s JSON, metrics
+summed over ranks, and FSQ tokens that train the tiny diffusion config. Tiny sizes (16 px images, a few steps)."""
 
 from __future__ import annotations
 
