@@ -250,6 +250,11 @@ def test_load_path_starts_from_a_taming_checkpoint(tmp_path):
     for k, v in released.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
     assert "discriminator" in logs[0]
+    # through the run: one step from the file's weights (the codebook is not re-seeded from data)
+    result = train_vqvae(tiny_config(max_steps=1, validation_every=0), tmp_path / "tuned", progress=False,
+                         load_path=tmp_path / "taming.ckpt")
+    start = released.codec.quantize.embedding.weight
+    assert torch.allclose(result["model"].quantize.embedding.weight, start, atol=1e-2)
 
 
 @pytest.mark.parametrize("variant", ["gumbel", "ema"])
