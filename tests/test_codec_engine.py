@@ -381,3 +381,14 @@ def test_codec_metrics_summed_over_two_gloo_ranks_equal_one_process(tmp_path):
     for key in ("l1", "psnr", "perplexity", "rfid"):
         assert two[key] == pytest.approx(one[key], rel=1e-4), key
     assert one["rfid"] > 0
+
+
+def test_validation_settings_are_checked_before_training(tmp_path):
+    from vqdiff.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'solver\.inception_path': .*no_such\.pth"):
+        train_vqvae(tiny_config(inception_path=str(tmp_path / "no_such.pth")), tmp_path / "a", progress=False)
+    cfg = tiny_config()
+    del cfg["dataloader"]["validation_datasets"]
+    with pytest.raises(ConfigError, match=r"'solver\.validation_every' is set but 'dataloader\.validation_datasets'"):
+        train_vqvae(cfg, tmp_path / "b", progress=False)

@@ -189,7 +189,17 @@ def _run(config: dict, output_dir: Path, max_steps: Optional[int], seed: int, pr
     if max_steps is not None:
         cfg = replace(cfg, max_steps=int(max_steps))
         config.setdefault("solver", {})["max_steps"] = cfg.max_steps
+    if cfg.inception_path:  # checked now, not at the first validation hours into the run
+        from vqdiff.evaluation.fid import resolve_inception_weights
+
+        try:
+            resolve_inception_weights(cfg.inception_path)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"'solver.inception_path': {err}") from err
     dl = dict(config.get("dataloader") or {})
+    if cfg.validation_every > 0 and not dl.get("validation_datasets"):
+        raise ConfigError("'solver.validation_every' is set but 'dataloader.validation_datasets' is empty: "
+                          "give a held-out split or set solver.validation_every: 0")
     if "batch_size" in dl:
         raise ConfigError("'dataloader.batch_size': a codec run takes its batch size (per process) from "
                           "'solver.batch_size'")
