@@ -18,7 +18,9 @@ intensities, which a downstream metric notices), and how many codes the held-out
 Exit code 1 when a row is below ``--min-ceiling`` (default 0.97) on any attribute.
 
 ``--from-runs DIR [DIR ...]`` adds the codecs that demo runs already trained (``DIR/vqvae``, with the seed
-and thread count their ``results.json`` records) instead of training them again.
+and thread count their ``results.json`` records) instead of training them again; ``--from-codecs DIR ...``
+adds codecs trained by ``scripts/train_vqvae.py`` (``DIR/configs/model.yaml`` + ``DIR/checkpoint/last.pth``),
+e.g. under ``torchrun`` with 2 processes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch  # noqa: E402
 
 from vqdiff.data.synthetic import BACKGROUND, ShapesDataset  # noqa: E402
 from vqdiff.evaluation.shapes_classifier import text_following_report, train_shapes_classifier  # noqa: E402
-from vqdiff.modeling.codecs.image.training import train_vqvae  # noqa: E402
+from vqdiff.engine.codec_training import train_vqvae  # noqa: E402
 from vqdiff.utils.config import load_yaml_config  # noqa: E402
 
 ATTRS = ("color", "shape", "position")
@@ -85,19 +87,27 @@ def format_row(row: dict, tail: str) -> str:
             f"{row['mean_intensity_recon']:6.1f}/{row['mean_intensity_input']:5.1f} {row['codes_used']:5d} {tail}")
 
 
-def load_demo_codec(run: Path) -> tuple[torch.nn.Module, dict]:
-    """The VQ-VAE a demo run trained (``run/vqvae``) and ``{'preset', 'seed', 'threads'}`` of that run."""
+def load_codec_run(folder: Path) -> torch.nn.Module:
+    """The VQ-VAE of a ``scripts/train_vqvae.py`` output folder (``configs/model.yaml``, ``checkpoint/last.pth``)."""
     from vqdiff.modeling.codecs.image.vqgan import build_first_stage_from_yaml
 
-    results, model_yaml = run / "results.json", run / "vqvae" / "configs" / "model.yaml"
-    if not results.is_file() or not model_yaml.is_file():
-        raise SystemExit(f"{run} is not a finished demo run (needs {results} and {model_yaml})")
-    meta = json.loads(results.read_text())
+    model_yaml = folder / "configs" / "model.yaml"
+    if not model_yaml.is_file():
+        raise SystemExit(f"{folder} is not a finished codec run (needs {model_yaml})")
     model = build_first_stage_from_yaml(model_yaml)
-    state = torch.load(run / "vqvae" / "checkpoint" / "last.pth", map_location="cpu", weights_only=True)["state_dict"]
+    state = torch.load(folder / "checkpoint" / "last.pth", map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("loss.")})
-    return model, {"preset": f"{meta['preset']} run", "seed": int(meta.get("seed", -1)),
-                   "threads": int(meta.get("threads", -1))}
+    return model.eval()
+
+
+def load_demo_codec(run: Path) -> tuple[torch.nn.Module, dict]:
+    """The VQ-VAE a demo run trained (``run/vqvae``) and ``{'preset', 'seed', 'threads'}`` of that run."""
+    results = run / "results.json"
+    if not results.is_file():
+        raise SystemExit(f"{run} is not a finished demo run (needs {results})")
+    meta = json.loads(results.read_text())
+    return load_codec_run(run / "vqvae"), {"preset": f"{meta['preset']} run", "seed": int(meta.get("seed", -1)),
+                                           "threads": int(meta.get("threads", -1))}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -111,6 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max-steps", type=int, default=None, help="override the preset's steps (tests)")
     parser.add_argument("--classifier-steps", type=int, default=250, help="the ruler's training steps (as the demo)")
     parser.add_argument("--from-runs", nargs="*", default=[], help="demo output folders whose codec to score too")
+    parser.add_argument("--from-codecs", nargs="*", default=[], help="scripts/train_vqvae.py output folders to score")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
     from run_demo_shapes import PRESETS
@@ -154,8 +165,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {**meta, "steps": None, "seconds": None, **codec_report(model, clf, images, captions)}
         rows.append(row)
         print(format_row(row, f" (demo run {run})"), flush=True)
+    for folder in map(Path, args.from_codecs):
+        row = {"preset": f"codec {folder.name}", "seed": -1, "threads": -1, "steps": None, "seconds": None,
+               **codec_report(load_codec_run(folder), clf, images, captions)}
+        rows.append(row)
+        print(format_row(row, f" (codec run {folder})"), flush=True)
     if not rows:
-        raise SystemExit("no codec to score: give --seeds/--threads/--presets or --from-runs")
+        raise SystemExit("no codec to score: give --seeds/--threads/--presets, --from-runs or --from-codecs")
     for attr in ATTRS:
         values = [r[attr] for r in rows]
         print(f"{attr:8s}: mean {sum(values) / len(values):.3f}, min {min(values):.3f}, max {max(values):.3f} "

@@ -66,7 +66,7 @@ def make_random_clip(path: Path, width: int = 64, layers: int = 2, seed: int = 0
 
 def train_codec(out: Path, steps: int, seed: int) -> dict:
     """Train (or, when a finished run is in ``out``, reuse) the VQ-VAE; returns its content_codec_config."""
-    from vqdiff.modeling.codecs.image.training import train_vqvae
+    from vqdiff.engine.codec_training import train_vqvae
 
     if (out / "configs" / "codec.yaml").is_file() and (out / "checkpoint" / "last.pth").is_file():
         log(f"VQ-VAE: reusing the finished run in {out}")

@@ -55,6 +55,15 @@ def test_robustness_table_prints_a_row_per_codec_and_fails_below_the_floor(monke
         assert 0 <= row["shape_pixel_l1"] <= 255 and 0 < row["mean_intensity_input"] < 255
     rows = bench.main(argv[:-2] + ["--min-ceiling", "0", "--seeds", "0"])  # with no floor the same run passes
     assert len(rows) == 1
+    # a codec that scripts/train_vqvae.py trained (e.g. under torchrun) is scored from its output folder
+    from vqdiff.engine.codec_training import train_vqvae
+    from vqdiff.utils.config import load_yaml_config
+
+    train_vqvae(load_yaml_config(REPO / "configs" / "tiny_vqvae_shapes.yaml"), tmp_path / "codec", max_steps=3,
+                progress=False)
+    rows = bench.main(["--seeds", "", "--images", "8", "--classifier-steps", "5", "--min-ceiling", "0",
+                       "--from-codecs", str(tmp_path / "codec")])
+    assert [r["preset"] for r in rows] == ["codec codec"] and rows[0]["codes_used"] >= 1
 
 
 def test_seed_spread_summary_reads_every_row_and_editing_variant(monkeypatch):

@@ -20,7 +20,7 @@ from vqdiff.modeling.codecs.image.token_mapping import (
     invert_token_mapping,
     load_token_mapping,
 )
-from vqdiff.modeling.codecs.image.training import train_vqvae
+from vqdiff.engine.codec_training import train_vqvae
 from vqdiff.modeling.codecs.image.vqgan import GumbelVQ, VQModel
 from vqdiff.utils.config import instantiate_from_config, load_yaml_config, save_yaml_config
 
@@ -367,7 +367,7 @@ def test_train_and_mapping_scripts_run_end_to_end(tmp_path, monkeypatch):
 
 
 def test_d2_seeding_gives_the_rare_cluster_a_code():
-    from vqdiff.modeling.codecs.image.training import _d2_sample
+    from vqdiff.engine.codebook_seeding import d2_sample as _d2_sample
 
     # 990 background vectors at 0 and 10 foreground vectors far away: uniform picks would seldom hit them
     z = torch.cat([torch.zeros(990, 4), torch.full((10, 4), 5.0)])
@@ -376,25 +376,21 @@ def test_d2_seeding_gives_the_rare_cluster_a_code():
     assert torch.equal(picks, torch.full((3, 4), 5.0))  # zero distance = zero probability for the background
 
 
-def test_dead_code_restarter_moves_unused_codes_onto_the_data():
-    from vqdiff.modeling.codecs.image.quantizers import VectorQuantizer
-    from vqdiff.modeling.codecs.image.training import DeadCodeRestarter
+def test_dead_code_restarts_move_unused_codes_onto_the_data():
+    from vqdiff.engine.codebook_seeding import restart_dead_codes
+    from vqdiff.modeling.codecs.image.quantizers import EMAVectorQuantizer, VectorQuantizer
 
     torch.manual_seed(0)
-    vq = VectorQuantizer(n_e=4, e_dim=2)
-    with torch.no_grad():
-        vq.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0], [200.0, 200.0], [1.0, 1.0]]))
-    restarter = DeadCodeRestarter(vq, every=2, generator=torch.Generator().manual_seed(0))
-    z = torch.tensor([[0.1, 0.0], [0.9, 1.0], [3.0, 3.0], [3.0, 3.1]]).view(1, 2, 2, 2).permute(0, 3, 1, 2)
-    vq(z)
-    assert restarter.step(0) == 0  # not yet at the interval
-    assert restarter.counts.tolist() == [1, 0, 0, 3]
-    vq(z)
-    assert restarter.step(1) == 2  # codes 1 and 2 were never chosen
-    new = vq.embedding.weight[1:3]
-    data = z.permute(0, 2, 3, 1).reshape(-1, 2)
-    assert all(any(torch.equal(row, d) for d in data) for row in new)
-    assert restarter.counts.sum() == 0 and restarter.restarted == 2
-    restarter.close()
-    vq(z)
-    assert restarter.counts.sum() == 0  # the hook is gone
+    z = torch.tensor([[0.1, 0.0], [0.9, 1.0], [3.0, 3.0], [3.0, 3.1]])
+    for vq in (VectorQuantizer(n_e=4, e_dim=2), EMAVectorQuantizer(n_e=4, e_dim=2)):
+        codes = vq.embedding.weight if isinstance(vq, VectorQuantizer) else vq.embedding
+        with torch.no_grad():
+            codes.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0], [200.0, 200.0], [1.0, 1.0]]))
+        counts = torch.bincount(vq.get_indices(z.view(1, 2, 2, 2).permute(0, 3, 1, 2)).flatten(), minlength=4)
+        assert counts.tolist() == [1, 0, 0, 3]
+        assert restart_dead_codes(vq, counts, z) == 2  # codes 1 and 2 were never chosen
+        assert all(any(torch.equal(row, d) for d in z) for row in codes[1:3])
+        assert counts.sum() == 0 and torch.equal(codes[0], torch.zeros(2))  # live codes stay
+        if isinstance(vq, EMAVectorQuantizer):  # its running averages restart at the new codes
+            assert torch.equal(vq.embedding_avg[1:3], codes[1:3]) and vq.cluster_size[1:3].tolist() == [1.0, 1.0]
+        assert restart_dead_codes(vq, torch.ones(4, dtype=torch.long), z) == 0

@@ -8,18 +8,16 @@ the official ``solver:`` forms (``solver_config``), official TensorBoard and sam
 
 Features: DDP (the launcher wraps nothing; the solver does), optimizers/schedulers from config, warm-up,
 gradient clipping and accumulation, mixed precision on CUDA, EMA (sampling uses it), validation every
-``validation_epochs`` (loss averaged over all ranks), sample grids every ``sample_iterations``,
-TensorBoard scalars, a tqdm bar on the primary rank,
-atomic checkpoints with every rank's RNG state and the data position so that ``--auto_resume`` continues
-exactly (bit for bit on CPU with ``num_workers: 0``), skipping of non-finite steps, and a checkpoint on
-SIGTERM/SIGINT.
+``validation_epochs`` (loss averaged over all ranks), sample grids every ``sample_iterations``, TensorBoard
+scalars, a tqdm bar on the primary rank, atomic checkpoints with every rank's RNG state and the data position
+so that ``--auto_resume`` continues exactly (bit for bit on CPU with ``num_workers: 0``), skipping of
+non-finite steps, and a checkpoint on SIGTERM/SIGINT. ``codec_solver.CodecSolver`` trains image codecs on it.
 
 The loop reads top to bottom: ``train`` -> ``train_epoch`` -> ``step``. Around it, one module per concept:
 ``solver_config`` (the typed ``solver:`` section), ``optim`` + ``lr_schedule`` (optimizers and schedules),
 ``ema``, ``clip_grad_norm``, ``amp``, ``lora_training`` (``solver.lora``), ``resumable_loader`` (resuming
 inside an epoch), ``rng_state``, ``solver_checkpoint`` (checkpoint layout, saving, resuming), ``validation``,
-``train_log``.
-"""
+``train_log``."""
 
 from __future__ import annotations
 
@@ -87,6 +85,7 @@ class Solver(SolverCheckpoints):
         logger: a ``logging.Logger``; ``tb_writer``: an optional ``SummaryWriter`` (primary only).
         epoch_generator: the train loader's generator; re-seeded with ``seed + epoch`` each epoch.
     """
+    find_unused_parameters = False  # DDP's flag: a model whose passes leave parameters unused sets True
 
     def __init__(self, config: Mapping, args: Any, model: nn.Module, dataloader: Mapping, logger: Any,
                  tb_writer: Any = None, epoch_generator: Optional[torch.Generator] = None):
@@ -161,7 +160,8 @@ class Solver(SolverCheckpoints):
             if getattr(args, "sync_bn", False):
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                        find_unused_parameters=self.find_unused_parameters)
         self.model = model
 
         # official --amp: fp16 autocast + GradScaler; --amp_dtype bf16 (or solver.amp_dtype: bf16) an option

@@ -6,6 +6,8 @@
   (Jang et al., arXiv 1611.01144) with a KL-to-uniform prior term; codebook ``embed``.
 - :class:`EMAVectorQuantizer`: codebook kept as an exponential moving average of the assigned encoder
   outputs (arXiv 1711.00937, Appendix A.1); buffers ``embedding``, ``cluster_size``, ``embedding_avg``.
+- :class:`FSQuantizer`: finite scalar quantization (Mentzer et al., arXiv 2309.15505): each channel bounded
+  and rounded to a few levels; the code is the tuple of levels, so there is no codebook to collapse.
 
 All take ``z (B, C, H, W)`` and return ``(z_q (B, C, H, W), loss (scalar), (perplexity, None, indices (B, H, W)))``
 from ``forward``; ``get_indices(z) -> (B, H, W)`` encodes without any training-time work and
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VectorQuantizer", "GumbelQuantize", "EMAVectorQuantizer"]
+__all__ = ["VectorQuantizer", "GumbelQuantize", "EMAVectorQuantizer", "FSQuantizer"]
 
 
 def _flatten_bhwc(z: torch.Tensor) -> torch.Tensor:
@@ -237,3 +239,79 @@ class EMAVectorQuantizer(nn.Module):
 
     def get_codebook_entry(self, indices: torch.Tensor, shape: Sequence[int] | None) -> torch.Tensor:
         return _lookup(indices, self.embedding, shape)
+
+
+class FSQuantizer(nn.Module):
+    """Finite scalar quantization (FSQ; Mentzer et al., "Finite Scalar Quantization: VQ-VAE Made Simple",
+    arXiv 2309.15505, Sec. 3).
+
+    ``z (B, d, H, W)`` with ``d = len(levels)``: channel ``i`` is bounded to ``L_i`` values by
+    ``f(z) = tanh(z + s_i) * h_i - o_i`` (``h_i = (L_i - 1)(1 + eps) / 2``, offset ``o_i = 0.5`` for even
+    ``L_i`` and ``s_i = atanh(o_i / h_i)``, so that rounding gives exactly ``L_i`` integers), rounded with a
+    straight-through gradient (Eq. 1-2), then scaled by ``1 / floor(L_i / 2)`` into ``[-1, 1]``. The code
+    is the tuple of per-channel levels; its index is the mixed-radix number
+    ``sum_i d_i prod_{j<i} L_j`` with digits ``d_i = round(f(z)_i) + floor(L_i / 2)``, so the implicit
+    codebook has ``K = prod_i L_i`` entries (``[8, 5, 5, 5]``: 1000) and token ids ``0 .. K-1`` like any
+    codec's. There is no codebook loss (the returned loss is 0) and no parameter.
+    """
+
+    def __init__(self, levels: Sequence[int], eps: float = 1e-3, **ignore_kwargs):
+        super().__init__()
+        levels = [int(v) for v in levels]
+        if not levels or min(levels) < 2:
+            raise ValueError(f"FSQ levels must be integers >= 2, one per channel, got {levels!r}")
+        self.levels = levels
+        self.e_dim = len(levels)
+        self.n_e = int(torch.tensor(levels).prod())
+        self.eps = float(eps)
+        lv = torch.tensor(levels, dtype=torch.float32)
+        self.register_buffer("_levels", lv, persistent=False)
+        self.register_buffer("_basis", torch.cumprod(torch.tensor([1] + levels[:-1]), 0), persistent=False)
+        self.register_buffer("_half_width", torch.floor(lv / 2), persistent=False)
+
+    def _bound(self, z: torch.Tensor) -> torch.Tensor:
+        """``z (B, H, W, d) -> f(z)``: each channel in ``(-h_i - o_i, h_i - o_i)``, rounding to L_i values."""
+        half_l = (self._levels - 1) * (1 + self.eps) / 2
+        offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half_l)
+        return torch.tanh(z + shift) * half_l - offset
+
+    def _quantize(self, z_bhwc: torch.Tensor) -> torch.Tensor:
+        """Bounded, rounded (straight-through) and scaled to ``[-1, 1]``: ``(B, H, W, d)``."""
+        bounded = self._bound(z_bhwc)
+        rounded = bounded + (torch.round(bounded) - bounded).detach()
+        return rounded / self._half_width
+
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(..., d)`` codes in ``[-1, 1]`` -> ``(...)`` LongTensor indices (mixed radix)."""
+        digits = torch.round(codes * self._half_width + self._half_width).long()
+        return (digits * self._basis).sum(dim=-1)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """``(...)`` indices -> ``(..., d)`` codes in ``[-1, 1]``."""
+        digits = (indices.long().unsqueeze(-1) // self._basis) % self._levels.long()
+        return (digits.float() - self._half_width) / self._half_width
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The implicit codebook ``(K, d)``: every code, in index order."""
+        return self.indices_to_codes(torch.arange(self.n_e, device=self._basis.device))
+
+    def get_indices(self, z: torch.Tensor) -> torch.Tensor:
+        """``z (B, d, H, W) -> indices (B, H, W)``."""
+        return self.codes_to_indices(self._quantize(z.permute(0, 2, 3, 1)))
+
+    def forward(self, z: torch.Tensor):
+        if z.shape[1] != self.e_dim:
+            raise ValueError(f"FSQ with levels {self.levels} needs {self.e_dim} channels, got {z.shape[1]}")
+        codes = self._quantize(z.permute(0, 2, 3, 1))  # (B, H, W, d)
+        idx = self.codes_to_indices(codes)
+        z_q = codes.permute(0, 3, 1, 2).contiguous()
+        return z_q, z.new_zeros(()), (_perplexity(idx, self.n_e), None, idx)
+
+    def get_codebook_entry(self, indices: torch.Tensor, shape: Sequence[int] | None) -> torch.Tensor:
+        codes = self.indices_to_codes(indices.reshape(-1))
+        if shape is None:
+            return codes
+        b, h, w = shape[0], shape[1], shape[2]
+        return codes.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()

@@ -1,5 +1,5 @@
-"""taming-compatible first-stage models: ``VQModel`` (VQGAN), ``GumbelVQ`` and the FFHQ
-``Net2NetTransformer`` reduced to its first stage.
+"""taming-compatible first-stage models: ``VQModel`` (VQGAN), ``GumbelVQ``, ``FSQModel`` (the same
+autoencoder with finite scalar quantization) and the FFHQ ``Net2NetTransformer`` reduced to its first stage.
 
 They are built from a taming YAML's ``model.params`` (``ddconfig``, ``n_embed``, ``embed_dim``,
 ``kl_weight``, …) and hold exactly taming's inference parameters (``encoder``, ``decoder``, ``quantize``,
@@ -22,10 +22,10 @@ from torch import nn
 from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config
 
 from .checkpoint import load_codec_weights
-from .quantizers import GumbelQuantize, VectorQuantizer
+from .quantizers import EMAVectorQuantizer, FSQuantizer, GumbelQuantize, VectorQuantizer
 from .taming_arch import Decoder, Encoder
 
-__all__ = ["VQModel", "GumbelVQ", "Net2NetFirstStage", "build_first_stage_from_yaml"]
+__all__ = ["VQModel", "GumbelVQ", "FSQModel", "Net2NetFirstStage", "build_first_stage_from_yaml"]
 
 
 class VQModel(nn.Module):
@@ -44,6 +44,10 @@ class VQModel(nn.Module):
             ``||z_e - sg[e]||^2 + beta ||sg[z_e] - e||^2``, which pulls encoder outputs onto their code four
             times harder (beta = 0.25) than the code follows them. ``False`` is the VQ-VAE paper's form
             (arXiv 1711.00937, Eq. 3; beta on the commitment term). Training only; inference is the same.
+        codebook_update: ``'gradient'`` (taming: the codebook term of the loss moves the codes) or ``'ema'``
+            (codes are exponential moving averages of their encoder outputs, arXiv 1711.00937 App. A.1:
+            :class:`EMAVectorQuantizer`, decay ``ema_decay``; its state keys are ``quantize.embedding``,
+            ``quantize.cluster_size``, ``quantize.embedding_avg`` instead of ``quantize.embedding.weight``).
     """
 
     def __init__(
@@ -62,10 +66,16 @@ class VQModel(nn.Module):
         beta: float = 0.25,
         allow_unsafe_pickle: bool = False,
         legacy_quantizer_loss: bool = True,
+        codebook_update: str = "gradient",
+        ema_decay: float = 0.99,
         **ignore_kwargs: Any,
     ):
         super().__init__()
         self.legacy_quantizer_loss = bool(legacy_quantizer_loss)
+        if codebook_update not in ("gradient", "ema"):
+            raise ConfigError(f"VQModel: codebook_update must be 'gradient' or 'ema', got {codebook_update!r}")
+        self.codebook_update = codebook_update
+        self.ema_decay = float(ema_decay)
         if remap is not None:
             raise ConfigError("VQModel: taming's in-quantizer 'remap' is not supported; use the codec's "
                               "'mapping_path' / 'quantize_number' instead")
@@ -84,6 +94,8 @@ class VQModel(nn.Module):
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, allow_unsafe_pickle=allow_unsafe_pickle)
 
     def _make_quantizer(self, beta: float) -> nn.Module:
+        if self.codebook_update == "ema":
+            return EMAVectorQuantizer(self.n_embed, self.embed_dim, beta=beta, decay=self.ema_decay)
         return VectorQuantizer(self.n_embed, self.embed_dim, beta=beta, legacy=self.legacy_quantizer_loss)
 
     def init_from_ckpt(self, path: str | Path, ignore_keys: Sequence[str] = (),
@@ -170,6 +182,35 @@ class GumbelVQ(VQModel):
         return GumbelQuantize(int(self.ddconfig["z_channels"]), self.embed_dim, n_embed=self.n_embed,
                               kl_weight=self._kl_weight, temp_init=self._temp_init,
                               straight_through=self._straight_through)
+
+
+class FSQModel(VQModel):
+    """The VQGAN autoencoder with :class:`FSQuantizer` (arXiv 2309.15505): ``quant_conv`` projects to
+    ``len(levels)`` channels, each rounded to its number of levels; ``n_embed = prod(levels)`` token ids.
+
+    Args:
+        levels: levels per channel, e.g. ``[8, 5, 5, 5]`` (1000 codes; the paper's choice near 2^10).
+        ddconfig, lossconfig, ckpt_path, ...: as :class:`VQModel` (``n_embed``/``embed_dim`` follow from
+            ``levels``; when given they must agree).
+    """
+
+    def __init__(self, ddconfig: Mapping[str, Any], levels: Sequence[int], n_embed: int | None = None,
+                 embed_dim: int | None = None, lossconfig: Mapping[str, Any] | None = None,
+                 ckpt_path: str | None = None, ignore_keys: Sequence[str] = (), allow_unsafe_pickle: bool = False,
+                 **kwargs: Any):
+        self._levels = [int(v) for v in levels]
+        codes = 1
+        for v in self._levels:
+            codes *= v
+        for key, given, implied in (("n_embed", n_embed, codes), ("embed_dim", embed_dim, len(self._levels))):
+            if given is not None and int(given) != implied:
+                raise ConfigError(f"FSQModel: {key} {given} disagrees with levels {self._levels} ({implied})")
+        super().__init__(ddconfig, codes, len(self._levels), lossconfig=lossconfig, ckpt_path=None, **kwargs)
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, allow_unsafe_pickle=allow_unsafe_pickle)
+
+    def _make_quantizer(self, beta: float) -> nn.Module:
+        return FSQuantizer(self._levels)
 
 
 class Net2NetFirstStage(nn.Module):
