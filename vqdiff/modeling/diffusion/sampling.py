@@ -101,8 +101,11 @@ def sample_tokens(
     cond_emb = condition_embedding(diffusion, condition_token, condition_embed)
     if uncond_emb is None and options.is_guided(T):
         uncond_emb = learned_null_embedding(diffusion, B)
-    cond_mask = diffusion.condition_mask(condition_token) if condition_token is not None else None
-    denoise = Denoiser(diffusion, cond_emb, uncond_emb, options, fixed, cond_mask=cond_mask, uncond_mask=uncond_mask)
+    masks = {"cond_mask": diffusion.condition_mask(condition_token) if condition_token is not None else None,
+             "uncond_mask": uncond_mask}
+    # given only when there is one: with condition_padding_mask off the denoiser is built as it always was
+    masks = {k: v for k, v in masks.items() if v is not None}
+    denoise = Denoiser(diffusion, cond_emb, uncond_emb, options, fixed, **masks)
     start_step = min(int(T * filter_ratio), T)
     kind = options.sampler_kind(N, T, from_noised_tokens=start_step > 0)
     masked_elbo = getattr(diffusion, "masked_elbo_options", None) is not None
