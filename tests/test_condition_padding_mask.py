@@ -186,6 +186,13 @@ def test_lengths_and_tokens_are_checked_at_build(parts):
         build_model(prepare_config(cfg))
 
 
+def test_diffusers_export_refuses_a_masked_model(parts):
+    from vqdiff.inference.diffusers_export import DiffusersExportError, transformer_to_diffusers
+
+    with pytest.raises(DiffusersExportError, match="condition_padding_mask"):
+        transformer_to_diffusers(model(True))
+
+
 def test_short_masked_model_trains_and_samples_through_the_notebook_api(parts, tmp_path):
     import train
     from vqdiff.inference.api import VQ_Diffusion
