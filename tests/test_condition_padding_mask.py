@@ -15,6 +15,7 @@ from vqdiff.inference.loading import build_model, prepare_config
 from vqdiff.modeling.diffusion.condition_input import padding_mask_from_tokens, training_condition
 from vqdiff.modeling.diffusion.sampling import sample_tokens
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
+from vqdiff.modeling.diffusion.validation_bound import negative_elbo
 from vqdiff.modeling.transformers.networks import Text2ImageTransformer
 from vqdiff.utils.config import ConfigError, load_yaml_config, save_yaml_config
 from vqdiff.utils.tiny_parts import write_tiny_parts
@@ -107,11 +108,17 @@ def test_training_loss_ignores_padding_only_with_the_mask(parts):
         losses = []
         for tokens in (zero, other):
             inp = {**content, "condition_token": tokens, "condition_mask": mask}
-            losses.append(m.transformer(inp, return_loss=True, generator=torch.Generator().manual_seed(3))["loss"].detach())
+            out = m.transformer(inp, return_loss=True, generator=torch.Generator().manual_seed(3))
+            losses.append(out["loss"].detach())
         if on:
             assert torch.equal(losses[0], losses[1])
-            _, cond_mask = training_condition(m.transformer, {**content, "condition_token": other,
-                                                              "condition_mask": mask})
+            bounds = []
+            for tokens in (zero, other):
+                emb, cond_mask = training_condition(m.transformer, {**content, "condition_token": tokens,
+                                                                    "condition_mask": mask})
+                bounds.append(negative_elbo(m.transformer, content["content_token"], emb,
+                                            torch.Generator().manual_seed(4), cond_mask))
+            assert torch.equal(bounds[0], bounds[1])  # the validation bound too
             assert torch.equal(cond_mask[:2], mask[:2]) and bool(cond_mask[2].all())  # '' = the learned null
         else:
             assert abs(float(losses[0] - losses[1])) > 1e-6
@@ -124,8 +131,9 @@ def test_sampling_derives_the_mask_from_the_tokens(parts):
         first = []
         for tokens in (zero, other):
             steps = []
-            sample_tokens(m.transformer, SamplingOptions(guidance_scale=3.0, generator=torch.Generator().manual_seed(0)),
-                          condition_token=tokens, callback=lambda info: steps.append(info["log_x0"]))
+            options = SamplingOptions(guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+            sample_tokens(m.transformer, options, condition_token=tokens,
+                          callback=lambda info: steps.append(info["log_x0"]))
             first.append(steps[0])
         if on:
             assert torch.equal(first[0], first[1])
