@@ -201,7 +201,7 @@ def test_diffusers_export_refuses_a_masked_model(parts):
         transformer_to_diffusers(model(True))
 
 
-def test_short_masked_model_trains_and_samples_through_the_notebook_api(parts, tmp_path):
+def test_short_masked_model_trains_and_samples_through_the_notebook_api(parts, tmp_path, monkeypatch):
     import train
     from vqdiff.inference.api import VQ_Diffusion
 
@@ -215,7 +215,12 @@ def test_short_masked_model_trains_and_samples_through_the_notebook_api(parts, t
     engine = VQ_Diffusion(config=str(path), path=str(ckpt), device="cpu")
     d = engine.model.transformer
     assert d.condition_padding_mask and d.empty_text_embed.shape[0] == 16
+    seen = record_masks(monkeypatch, d.transformer)
     kw = dict(truncation_rate=0.85, save_root=None, batch_size=2, fast=5, guidance_scale=3.0, seed=0)
     plain = engine.inference_generate_sample_with_condition("a red circle at the top left", **kw)
+    plain_masks = seen[:]
     composed = engine.inference_generate_sample_with_condition("a red shape:3 AND a circle", **kw)
     assert len(plain) == len(composed) == 2 and plain[0].size == composed[0].size == (16, 16)
+    n = int(engine.model.condition_codec.get_tokens(["a red circle at the top left"])["mask"].sum())
+    assert plain_masks[0].sum(1).tolist() == [n, n, 16, 16]  # caption rows, then the learned null rows
+    assert seen[-1].shape == (6, 16) and bool(seen[-1][4:].all())
