@@ -122,6 +122,7 @@ def to_tensor(pil) -> torch.Tensor:
 @torch.no_grad()
 def validation_bits(model, kind: str, n: int, seed: int, passes: int) -> float:
     """Negative ELBO in bits per token on ``n`` held-out images (text: their captions; class: their label)."""
+    from vqdiff.modeling.diffusion.condition_input import training_condition
     from vqdiff.modeling.diffusion.validation_bound import bits_per_token, negative_elbo
 
     data = ShapesDataset(n, 32, split="heldout", seed=1000 + seed)
@@ -132,9 +133,9 @@ def validation_bits(model, kind: str, n: int, seed: int, passes: int) -> float:
     else:
         cond = {"condition_token": torch.tensor([it["label"] for it in items])}
     d = model.transformer
-    cond_emb = d._condition_embedding({**content, **cond})
+    cond_emb, cond_mask = training_condition(d, {**content, **cond})
     g = torch.Generator().manual_seed(seed)
-    nats = torch.cat([negative_elbo(d, content["content_token"], cond_emb, g) for _ in range(passes)])
+    nats = torch.cat([negative_elbo(d, content["content_token"], cond_emb, g, cond_mask) for _ in range(passes)])
     return bits_per_token(nats, content["content_token"].shape[1])
 
 

@@ -14,7 +14,8 @@ Written (parameter names: :mod:`.diffusers_keys`)::
 The pipeline's prompt embedding (``CLIPTextModel`` last hidden state, L2-normalised per token) is our
 ``CLIPTextEmbedding`` output (``pick_last_embedding: False``, ``normalize: True``) exactly, including
 padding with id 0. What diffusers cannot express raises :class:`DiffusersExportError` naming the
-feature: other networks than the text-to-image one, an MLP other than 4 x n_embd, sinusoidal timestep
+feature: other networks than the text-to-image one, a text padding mask (``condition_padding_mask``: the
+pipeline passes none to the cross attention), an MLP other than 4 x n_embd, sinusoidal timestep
 embeddings, non-square token grids, projected/unnormalised/doubled CLIP features, codecs without a
 taming encoder/decoder. A Gumbel codec (COCO, CUB) decodes exactly in diffusers, but diffusers' VQModel
 has no Gumbel quantizer, so ``VQModel.encode`` would pick nearest codes instead of the Gumbel logits'
@@ -72,6 +73,12 @@ def _meta(name: str) -> dict:
 def transformer_to_diffusers(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(config, state_dict)`` of a diffusers ``Transformer2DModel`` equal to ``model``'s network."""
     diffusion = model.transformer
+    if getattr(diffusion, "condition_padding_mask", False):
+        raise DiffusersExportError(
+            "this model masks the text padding in its cross attention (diffusion_config.params."
+            "condition_padding_mask); diffusers' VQDiffusionPipeline passes no attention mask, so it would "
+            "attend to the padding the model never saw"
+        )
     net = diffusion.transformer
     sd = net.state_dict()
     blocks = list(getattr(net, "blocks", []))

@@ -11,6 +11,7 @@ module turns it into ``p(x_0 | x_t)``, the posterior, the training loss and the 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from contextlib import nullcontext
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -19,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqdiff.modeling.embeddings.text_feature_cache import TextFeatureCache, cached_embedding
+from vqdiff.modeling.embeddings.text_feature_cache import TextFeatureCache
 from vqdiff.utils.config import instantiate_from_config
 
 from . import forward_process, losses, posterior
+from .condition_input import padding_mask_from_tokens, training_condition
 from . import masked_elbo as masked_elbo_module
 from .log_ops import CLAMP_MIN, index_to_log_onehot, log_onehot_to_index, log_sample_categorical, multinomial_kl
 from .network_runner import CompiledNetwork
-from .sampling import sample_tokens
-from .sampling_options import SamplingOptions
+from .official_sampling import OfficialSamplingMethods
 from .schedule import LogSchedule, log_schedule
 
 __all__ = ["DiffusionTransformer", "OBJECTIVES"]
@@ -44,7 +45,7 @@ def _params(cfg: Any) -> dict:
     return {}
 
 
-class DiffusionTransformer(nn.Module):
+class DiffusionTransformer(OfficialSamplingMethods, nn.Module):
     """Mask-and-replace discrete diffusion with an x_0-parameterised network (Sec. 3.2-3.3).
 
     Args (the official names):
@@ -66,6 +67,12 @@ class DiffusionTransformer(nn.Module):
             (``TextFeatureCache``, keyed by token ids) for ``forward`` (training, validation loss), so the tower
             runs once per caption; 0 (default) off. Only while the embedding has no trainable parameter;
             sampling never uses it.
+        condition_padding_mask: mask the text padding in the cross attention (``-inf`` logits after each
+            caption's end-of-text token, :mod:`condition_input`); False (default) is the official network,
+            bit for bit. It is an option of this module rather than of ``transformer_config`` because the mask
+            comes from the condition's token ids, which only this module sees (the network gets embeddings),
+            like the learned null text that it must treat as unpadded; the network just takes an optional
+            ``cond_mask``. A model trained with it must be sampled with it (it is in the saved config).
     """
 
     def __init__(
@@ -83,6 +90,7 @@ class DiffusionTransformer(nn.Module):
         objective: str = "vq_diffusion",
         masked_elbo: Optional[Mapping] = None,
         condition_feature_cache: int = 0,
+        condition_padding_mask: bool = False,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -147,11 +155,19 @@ class DiffusionTransformer(nn.Module):
             self.register_buffer(RECORD_KEY, self.masked_elbo_options.record())
 
         # -- learnable classifier-free guidance (Improved VQ-Diffusion, Sec. 3.2) ---------------------
-        self.condition_seq_len = int(net_params.get("condition_seq_len", 77))
+        self.condition_seq_len = int(net_params.get("condition_seq_len",
+                                                     getattr(self.transformer, "condition_seq_len", 77)))
         self.condition_dim = int(
             net_params.get("condition_dim", getattr(self.condition_emb, "embed_dim", 512) or 512)
         )
         self.learnable_cf = bool(learnable_cf)
+        self.condition_padding_mask = bool(condition_padding_mask)
+        if self.condition_padding_mask and "cond_mask" not in inspect.signature(self.transformer.forward).parameters:
+            raise ValueError(
+                "diffusion_config.params.condition_padding_mask is True but the network "
+                f"{type(self.transformer).__name__} takes no 'cond_mask' (only the text network, "
+                "Text2ImageTransformer, has a cross attention to mask)"
+            )
         if self.learnable_cf:
             self.empty_text_embed = nn.Parameter(
                 torch.randn(self.condition_seq_len, self.condition_dim, dtype=torch.float64)
@@ -233,7 +249,7 @@ class DiffusionTransformer(nn.Module):
         return posterior.q_posterior_index(self.schedule, log_x_start, x_t, t)
 
     # ----------------------------------------------------------------------------------------------
-    # the network and p_theta (Eq. 11)
+    # the network and p_theta (Eq. 11); the official sampling methods: official_sampling.py
     # ----------------------------------------------------------------------------------------------
     def precompute_condition(self, cond_emb: Any) -> Any:
         """The network's per-request condition cache (cross-attention keys/values), or None."""
@@ -249,15 +265,26 @@ class DiffusionTransformer(nn.Module):
             self._compiled_networks[backend] = CompiledNetwork(self.transformer, backend)
         return self._compiled_networks[backend]
 
+    def condition_mask(self, condition_token: Any) -> Optional[torch.Tensor]:
+        """The cross attention's padding mask (B, Lc) bool of text token ids (B, Lc) when
+        ``condition_padding_mask`` is on (:func:`condition_input.padding_mask_from_tokens`), else None (no mask:
+        also for class labels and for models that take the embedding itself)."""
+        if not self.condition_padding_mask or self.condition_emb is None or not torch.is_tensor(condition_token) \
+                or condition_token.dim() != 2:
+            return None
+        return padding_mask_from_tokens(condition_token.to(self.device))
+
     def _net_log_probs(self, x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor, cond_cache: Any = None,
-                       network: Optional[Callable[..., torch.Tensor]] = None) -> torch.Tensor:
+                       network: Optional[Callable[..., torch.Tensor]] = None,
+                       cond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``log p(x_0 | x_t)`` over the K tokens, clamped: (B, K, N) float32 whatever precision the network ran
-        in (``network``: a request's ``NetworkRunner``; None: ``self.transformer`` as it is)."""
+        in (``network``: a request's ``NetworkRunner``; None: ``self.transformer`` as it is). ``cond_mask``
+        (B, Lc) bool: the text padding mask, passed on only when given."""
         net = self.transformer if network is None else network
-        if cond_cache is not None:
-            out = net(x_t, cond_emb, t, cond_cache=cond_cache)
-        else:
-            out = net(x_t, cond_emb, t)
+        extra = {} if cond_cache is None else {"cond_cache": cond_cache}
+        if cond_mask is not None:
+            extra["cond_mask"] = cond_mask
+        out = net(x_t, cond_emb, t, **extra)
         K = self.num_classes - 1
         if out.dim() != 3 or out.shape[0] != x_t.shape[0] or out.shape[1] != K or out.shape[2] != x_t.shape[1]:
             raise ValueError(
@@ -271,9 +298,10 @@ class DiffusionTransformer(nn.Module):
         B, _, N = log_p.shape
         return torch.cat([log_p, torch.full((B, 1, N), CLAMP_MIN, dtype=log_p.dtype, device=log_p.device)], dim=1)
 
-    def predict_start_index(self, x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor, cond_cache: Any = None) -> torch.Tensor:
+    def predict_start_index(self, x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor, cond_cache: Any = None,
+                            cond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``log p_theta(x_0 | x_t)`` from tokens x_t (B, N): (B, K+1, N), the [MASK] row at -70."""
-        return self._append_mask_row(self._net_log_probs(x_t, cond_emb, t, cond_cache))
+        return self._append_mask_row(self._net_log_probs(x_t, cond_emb, t, cond_cache, cond_mask=cond_mask))
 
     def predict_start(self, log_x_t: torch.Tensor, cond_emb: Any, t: torch.Tensor) -> torch.Tensor:
         """``log p_theta(x_0 | x_t)`` (the x_0-parameterisation, Sec. 3.3): (B, K+1, N) -> (B, K+1, N)."""
@@ -313,7 +341,7 @@ class DiffusionTransformer(nn.Module):
         random calls in the official order: :func:`losses.sample_time`."""
         return losses.sample_time(self.Lt_history, self.Lt_count, b, device, method, generator)
 
-    def _train_loss(self, x: torch.Tensor, cond_emb: Any, is_train: bool = True, generator=None):
+    def _train_loss(self, x: torch.Tensor, cond_emb: Any, is_train: bool = True, generator=None, cond_mask=None):
         """Per-sample loss (B,): ``L_t / p_t`` + the auxiliary x_0 loss (Eq. 12); also ``log p_theta``.
 
         The steps are :meth:`sample_time`, :meth:`q_sample_index` (the same draw as ``q_sample``),
@@ -321,13 +349,13 @@ class DiffusionTransformer(nn.Module):
         bound (:func:`losses.vlb_terms`), the history update with its NaN guard and the auxiliary term.
         """
         if self.masked_elbo_options is not None:
-            return self._masked_elbo_loss(x, cond_emb, generator)
+            return self._masked_elbo_loss(x, cond_emb, generator, cond_mask)
         b, device = x.shape[0], x.device
         t, pt = self.sample_time(b, device, "importance", generator)
         log_x_start = index_to_log_onehot(x, self.num_classes)
         xt = self.q_sample_index(x, t, generator)
 
-        log_x0_recon = self.predict_start_index(xt, cond_emb, t)
+        log_x0_recon = self.predict_start_index(xt, cond_emb, t, cond_mask=cond_mask)
         with torch.autocast(device.type, enabled=False):
             log_x0_recon = log_x0_recon.float()
             log_model_prob = self.q_posterior_index(log_x0_recon, xt, t)
@@ -343,31 +371,20 @@ class DiffusionTransformer(nn.Module):
                 loss = loss + aux / pt
         return log_model_prob, loss
 
-    def _masked_elbo_loss(self, x: torch.Tensor, cond_emb: Any, generator=None):
+    def _masked_elbo_loss(self, x: torch.Tensor, cond_emb: Any, generator=None, cond_mask=None):
         """``objective: masked_elbo``: one draw of the masked-diffusion bound per image (B,) in nats and
         ``log p_theta(x_0 | x_t)`` (B, K+1, N): :func:`masked_elbo.diffusion_loss` on this network."""
         def predict(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-            return self.predict_start_index(x_t, cond_emb, step)
+            return self.predict_start_index(x_t, cond_emb, step, cond_mask=cond_mask)
 
         loss, log_x0, _, _ = masked_elbo_module.diffusion_loss(
             predict, x, self.masked_elbo_options, self.num_timesteps, self.num_classes - 1, generator)
         return log_x0, loss
 
     def _condition_embedding(self, input: Mapping) -> Any:
-        """The condition for the network, with the learnable-cf swap of empty captions in training."""
-        if self.condition_emb is None:
-            emb = input.get("condition_embed_token")
-            return emb.float() if torch.is_tensor(emb) and emb.is_floating_point() else emb
-        with torch.autocast(self.device.type, enabled=False), torch.no_grad():
-            cond_emb = cached_embedding(self.condition_feature_cache, self.condition_emb, input["condition_token"])
-        if torch.is_tensor(cond_emb) and cond_emb.is_floating_point():
-            cond_emb = cond_emb.float()
-            if self.learnable_cf and input.get("condition_mask") is not None:
-                empty = ~input["condition_mask"][:, 2].bool()  # caption = only start + end tokens
-                cond_emb = torch.where(
-                    empty[:, None, None], self.empty_text_embed.to(cond_emb.dtype).unsqueeze(0), cond_emb
-                )
-        return cond_emb
+        """The condition for the network, with the learnable-cf swap of empty captions in training
+        (:func:`condition_input.training_condition`, without its padding mask)."""
+        return training_condition(self, input)[0]
 
     def forward(
         self,
@@ -385,11 +402,12 @@ class DiffusionTransformer(nn.Module):
         ``objective: masked_elbo`` the logits are ``p_theta(x_0 | x_t)`` and the loss its bound, per token).
         """
         x = input["content_token"]
-        cond_emb = self._condition_embedding(input)
+        cond_emb, cond_mask = training_condition(self, input)
         # the official ``autocast=True`` keyword: the network under autocast for this call (the loss math
         # turns it off for itself); a context, not a flag stored on the model
         with torch.autocast(x.device.type) if kwargs.get("autocast", False) else nullcontext():
-            log_model_prob, loss = self._train_loss(x, cond_emb, is_train=is_train, generator=kwargs.get("generator"))
+            log_model_prob, loss = self._train_loss(x, cond_emb, is_train=is_train, generator=kwargs.get("generator"),
+                                                    cond_mask=cond_mask)
         loss = loss.sum() / (x.shape[0] * x.shape[1])
         out = {}
         if return_logits:
@@ -397,60 +415,3 @@ class DiffusionTransformer(nn.Module):
         if return_loss:
             out["loss"] = loss
         return out
-
-    # ----------------------------------------------------------------------------------------------
-    # sampling: the official method names, thin shims over sampling.sample_tokens
-    # ----------------------------------------------------------------------------------------------
-    def sample(
-        self,
-        condition_token=None,
-        condition_mask=None,
-        condition_embed=None,
-        content_token=None,
-        filter_ratio: float = 0.5,
-        temperature: float = 1.0,
-        return_att_weight: bool = False,
-        return_logits: bool = False,
-        content_logits=None,
-        print_log: bool = True,
-        *,
-        options: Optional[SamplingOptions] = None,
-        batch_size: Optional[int] = None,
-        uncond_emb: Any = None,
-        fixed: Optional[tuple] = None,
-        callback: Optional[Callable[[dict], None]] = None,
-        flush_denormals: bool = True,
-        **option_fields: Any,
-    ) -> dict:
-        """Generate tokens: ``{'content_token': (B, N)}`` (+ ``'logits'`` when ``return_logits``).
-
-        The official method, over :func:`~vqdiff.modeling.diffusion.sampling.sample_tokens` (see it for
-        ``filter_ratio``, ``uncond_emb``, ``fixed``, ``callback``). The request's options are ``options`` or,
-        for notebooks, ``SamplingOptions`` fields as keywords (``truncation_rate=0.85``, ``guidance_scale=3``,
-        ``prior_rule=1``, ``generator=g`` ...; unnamed fields keep the ``SamplingOptions`` defaults, except
-        that no truncation is applied unless asked for, as in the official method).
-        """
-        if options is None:
-            options = SamplingOptions(**{"truncation_rate": None, "temperature": temperature, **option_fields})
-        elif option_fields:
-            raise TypeError(f"give sampling options either as options= or as keywords, not both: {sorted(option_fields)}")
-        tokens = sample_tokens(
-            self, options, condition_token=condition_token, condition_embed=condition_embed, uncond_emb=uncond_emb,
-            content_token=content_token, filter_ratio=filter_ratio, batch_size=batch_size, fixed=fixed,
-            callback=callback, flush_denormals=flush_denormals,
-        )
-        out = {"content_token": tokens}
-        if return_logits:
-            out["logits"] = torch.exp(index_to_log_onehot(tokens, self.num_classes))
-        return out
-
-    def sample_fast(self, condition_token=None, condition_mask=None, condition_embed=None, content_token=None,
-                    filter_ratio: float = 0.5, temperature: float = 1.0, return_att_weight: bool = False,
-                    return_logits: bool = False, content_logits=None, print_log: bool = True, skip_step: int = 1,
-                    **kwargs: Any) -> dict:
-        """Skip-step sampling from all-[MASK]: steps ``T-1, T-2-s, ..., 0`` (one network call each)."""
-        if int(self.num_timesteps * filter_ratio) != 0:
-            raise ValueError(f"sample_fast starts from all-[MASK]: filter_ratio must be 0, got {filter_ratio}")
-        kwargs.pop("prior_rule", None)
-        return self.sample(condition_token, condition_mask, condition_embed, content_token, filter_ratio=0.0,
-                           temperature=temperature, return_logits=return_logits, skip_step=skip_step, **kwargs)

@@ -31,6 +31,7 @@ import torch
 from vqdiff.utils.precision import resolve_precision
 
 from .composable_guidance import compose_log_probs, split_branches, stack_branches
+from .condition_input import stack_masks
 from .guidance import guidance_number
 from .log_ops import CLAMP_MIN, sample_categorical_index
 from .masked_sampler import sample_masked
@@ -167,10 +168,13 @@ class Denoiser:
         uncond_emb: the unconditional branch; needed when guidance is on.
         options: the request's ``SamplingOptions``.
         fixed: ``(mask, tokens)`` pinned tokens for the samplers, or None.
+        cond_mask, uncond_mask: the text padding masks (rows, Lc) bool of ``cond_emb`` and ``uncond_emb``
+            (``condition_padding_mask``); None is all valid. Stacked as the condition is (parts, then null).
     """
 
     def __init__(self, diffusion: Any, cond_emb: Any, uncond_emb: Any, options: SamplingOptions,
-                 fixed: Optional[tuple] = None):
+                 fixed: Optional[tuple] = None, *, cond_mask: Optional[torch.Tensor] = None,
+                 uncond_mask: Optional[torch.Tensor] = None):
         self.diffusion = diffusion
         self.num_classes = diffusion.num_classes
         self.num_timesteps = diffusion.num_timesteps
@@ -185,8 +189,12 @@ class Denoiser:
                     "empty_text_embed (learnable_cf: True), the embedding of '' or the null class label"
                 )
             self.net_cond = stack_branches(cond_emb, uncond_emb, self.num_parts)  # ((P + 1) B, ...)
+            self.net_mask = None if cond_mask is None and uncond_mask is None else stack_masks(
+                cond_mask, uncond_mask, cond_emb.shape[0], cond_emb.shape[0] // self.num_parts,
+                self.net_cond.shape[1], self.net_cond.device)  # ((P + 1) B, Lc)
         else:
             self.net_cond = cond_emb
+            self.net_mask = cond_mask
         self.precision = resolve_precision(options.precision, diffusion.device, "sampling option precision")
         self.network = NetworkRunner(diffusion, self.precision, options.compile, options.compile_backend)
         with self.network.autocast():
@@ -202,7 +210,7 @@ class Denoiser:
         if self.guided:
             branches = self.num_parts + 1  # one network call on ((P + 1) B) rows: the parts, then the null
             out = d._net_log_probs(torch.cat([x_t] * branches), self.net_cond, torch.cat([t] * branches),
-                                   self.cache, self.network)
+                                   self.cache, self.network, cond_mask=self.net_mask)
             log_cs, log_u = split_branches(out, self.num_parts)
             if self.weights is None:  # ordinary guidance = one part with weight s(t)
                 weights = [self.scale if self.table is None else self.table.to(t.device)[t].view(-1, 1, 1)]
@@ -210,7 +218,7 @@ class Denoiser:
                 weights = self.weights
             log_p = compose_log_probs(log_cs, log_u, weights)
         else:
-            log_p = d._net_log_probs(x_t, self.net_cond, t, self.cache, self.network)
+            log_p = d._net_log_probs(x_t, self.net_cond, t, self.cache, self.network, cond_mask=self.net_mask)
         log_p = d._append_mask_row(log_p)
         if self.options.truncation_rate is not None:
             log_p = truncate_log_probs(log_p, self.options.truncation_rate)

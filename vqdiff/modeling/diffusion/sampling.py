@@ -65,6 +65,7 @@ def sample_tokens(
     condition_token: Any = None,
     condition_embed: Any = None,
     uncond_emb: Any = None,
+    uncond_mask: Optional[torch.Tensor] = None,
     content_token: Optional[torch.Tensor] = None,
     filter_ratio: float = 0.0,
     batch_size: Optional[int] = None,
@@ -81,6 +82,9 @@ def sample_tokens(
     tokens; ``callback(info)`` runs after every step. ``options.precision`` ``auto`` is resolved for the model's
     device here (and logged: :meth:`SamplingOptions.for_device`). With ``options.prompt_parts`` (P parts) the
     condition has P B rows, part by part (rows ``i B .. (i + 1) B - 1`` are part i), and B images come out.
+    With ``condition_padding_mask`` the text padding of ``condition_token`` is masked (its mask follows from
+    the ids: ``diffusion.condition_mask``); ``condition_embed`` and the learned null text are unmasked, and
+    ``uncond_mask`` (B, Lc) bool is the mask of an ``uncond_emb`` embedded from tokens (None: all valid).
     """
     B = _batch_size(condition_token, condition_embed, content_token, batch_size=batch_size)
     if options.prompt_parts is not None and not (torch.is_tensor(condition_token) or torch.is_tensor(condition_embed)):
@@ -97,7 +101,11 @@ def sample_tokens(
     cond_emb = condition_embedding(diffusion, condition_token, condition_embed)
     if uncond_emb is None and options.is_guided(T):
         uncond_emb = learned_null_embedding(diffusion, B)
-    denoise = Denoiser(diffusion, cond_emb, uncond_emb, options, fixed)
+    masks = {"cond_mask": diffusion.condition_mask(condition_token) if condition_token is not None else None,
+             "uncond_mask": uncond_mask}
+    # given only when there is one: with condition_padding_mask off the denoiser is built as it always was
+    masks = {k: v for k, v in masks.items() if v is not None}
+    denoise = Denoiser(diffusion, cond_emb, uncond_emb, options, fixed, **masks)
     start_step = min(int(T * filter_ratio), T)
     kind = options.sampler_kind(N, T, from_noised_tokens=start_step > 0)
     masked_elbo = getattr(diffusion, "masked_elbo_options", None) is not None

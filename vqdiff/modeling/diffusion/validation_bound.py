@@ -39,16 +39,17 @@ def vq_diffusion_prior_kl(diffusion: Any) -> float:
 
 
 @torch.no_grad()
-def negative_elbo(diffusion: Any, x0: torch.Tensor, cond_emb: Any,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def negative_elbo(diffusion: Any, x0: torch.Tensor, cond_emb: Any, generator: Optional[torch.Generator] = None,
+                  cond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One draw of the negative ELBO per image (B,) in nats for tokens x0 (B, N) under condition ``cond_emb``
-    (the network's condition, e.g. ``diffusion._condition_embedding(input)``)."""
+    and its text padding mask ``cond_mask`` (B, Lc) or None (both from
+    ``condition_input.training_condition(diffusion, input)``)."""
     B, N = x0.shape
     K, T = diffusion.num_classes - 1, diffusion.num_timesteps
     cache = diffusion.precompute_condition(cond_emb)
 
     def predict(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        return diffusion.predict_start_index(x_t, cond_emb, step, cache)
+        return diffusion.predict_start_index(x_t, cond_emb, step, cache, cond_mask=cond_mask)
 
     opts = getattr(diffusion, "masked_elbo_options", None)
     if opts is not None:

@@ -111,6 +111,10 @@ class TokenModelMixin:
         """The unconditional branch of guidance (B rows): the null condition, or ``negative_prompt``'s."""
         raise NotImplementedError
 
+    def _null_condition_mask(self, batch_size: int, options: SamplingOptions, negative_prompt: Any) -> Any:
+        """The text padding mask (B, Lc) of the null condition's rows, or None (unmasked; all but DALLE)."""
+        return None
+
     part_condition_type: Optional[type] = None
     """What a prompt part's condition is for this model (``str`` captions, ``int`` labels; None: no parts)."""
 
@@ -200,12 +204,14 @@ class TokenModelMixin:
             start = self._start_tokens(batch, filter_ratio, replicate)
             B = next((v.shape[0] for v in cond.values() if torch.is_tensor(v)), None) or cond.get("batch_size")
             B //= options.num_parts
-            uncond = None
+            uncond = uncond_mask = None
             if options.is_guided(self.transformer.num_timesteps):
                 uncond = self._null_condition(B, options, negative_prompt)
+                uncond_mask = self._null_condition_mask(B, options, negative_prompt)
             options = options.for_device(self.transformer.device)  # precision 'auto' resolved (and logged) once
-            tokens = sample_tokens(self.transformer, options, uncond_emb=uncond, content_token=start,
-                                   filter_ratio=filter_ratio, fixed=fixed, callback=callback, **cond)
+            tokens = sample_tokens(self.transformer, options, uncond_emb=uncond, uncond_mask=uncond_mask,
+                                   content_token=start, filter_ratio=filter_ratio, fixed=fixed, callback=callback,
+                                   **cond)
             return {"content": self._decode(tokens), "content_token": tokens,
                     "options": options.to_sample_type(with_precision=True)}
 

@@ -9,6 +9,10 @@ the data were read); here it is a :class:`~vqdiff.utils.config.ConfigError` nami
 values.  Parts the checks cannot inspect (test doubles, research forks without the attribute) are
 skipped, never guessed.
 
+The text codec and the network must agree too (:func:`check_text_condition`): the token rows' length
+``context_length`` is the cross attention's ``condition_seq_len`` (and fits the CLIP tower's positions), and a
+model that masks the text padding needs rows framed by start and end tokens.
+
 Class labels are checked where they enter the model (:func:`check_class_labels`).
 """
 
@@ -21,13 +25,14 @@ from torch import nn
 
 from vqdiff.utils.config import ConfigError
 
-__all__ = ["check_model_consistency", "check_class_labels"]
+__all__ = ["check_model_consistency", "check_text_condition", "check_class_labels"]
 
 _CODEC = "model.params.content_codec_config.params"
 _DIFF = "model.params.diffusion_config.params"
 _NET = _DIFF + ".transformer_config.params"
 _CEMB = _DIFF + ".content_emb_config.params"
 _COND = _DIFF + ".condition_emb_config.params"
+_TEXT = "model.params.condition_codec_config.params"
 
 
 def _transformer_params(diffusion_config: Any) -> Mapping:
@@ -154,6 +159,51 @@ def check_model_consistency(
                 f"{_COND} builds a text embedding of width {int(width)} ({type(cond_emb).__name__}, from its "
                 f"weights) but {_NET}.condition_dim is {int(cond_dim)}: the cross-attention reads "
                 f"condition_dim features (set condition_dim to {int(width)})"
+            )
+
+
+def check_text_condition(condition_codec: Optional[nn.Module], diffusion: Optional[nn.Module]) -> None:
+    """Raise :class:`ConfigError` when the text codec's token rows do not fit the network.
+
+    Checks (each message names both keys and both values; parts without the attributes are skipped):
+        * codec ``context_length`` == network ``condition_seq_len`` (the learned null text and the cross
+          attention are built for that many positions);
+        * ``context_length`` <= the CLIP tower's positions (``positional_embedding`` rows);
+        * with ``condition_padding_mask``: the codec frames each caption with start and end tokens
+          (``add_start_and_end``) and pads with an id below the end token's, the largest of the vocabulary,
+          since the mask ends at each row's largest id (``condition_input.padding_mask_from_tokens``).
+    """
+    length = getattr(condition_codec, "context_length", None)
+    if condition_codec is None or diffusion is None or not isinstance(length, int):
+        return
+    seq_len = getattr(diffusion, "condition_seq_len", None)
+    if seq_len is not None and int(seq_len) != length:
+        raise ConfigError(
+            f"{_TEXT}.context_length is {length} but {_NET}.condition_seq_len is {int(seq_len)}: the network "
+            f"attends to exactly the codec's token rows (set both to the same length, e.g. {length})"
+        )
+    positions = getattr(getattr(diffusion, "condition_emb", None), "positional_embedding", None)
+    if torch.is_tensor(positions) and positions.shape[0] < length:
+        raise ConfigError(
+            f"{_TEXT}.context_length is {length} but the text tower of {_COND} has {positions.shape[0]} "
+            f"positions: a token row cannot be longer (set context_length <= {positions.shape[0]})"
+        )
+    if not getattr(diffusion, "condition_padding_mask", False):
+        return
+    if getattr(condition_codec, "add_start_and_end", True) is not True:
+        raise ConfigError(
+            f"{_DIFF}.condition_padding_mask is True but {_TEXT}.add_start_and_end is not: the mask ends at "
+            "each caption's end-of-text token, so the codec must write start and end tokens"
+        )
+    encoder = getattr(getattr(condition_codec, "tokenizer", None), "encoder", None)
+    pad = getattr(condition_codec, "pad_value", None)
+    if isinstance(encoder, Mapping) and "<|endoftext|>" in encoder and isinstance(pad, int):
+        eot = int(encoder["<|endoftext|>"])
+        if eot != max(encoder.values()) or pad >= eot:
+            raise ConfigError(
+                f"{_DIFF}.condition_padding_mask is True but the end-of-text id {eot} is not the largest id "
+                f"above {_TEXT}.pad_value {pad} and every word: the mask ends at each row's largest id (CLIP's "
+                "end-of-text rule); use the CLIP tokenizer with pad_value 0"
             )
 
 

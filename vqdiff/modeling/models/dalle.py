@@ -18,7 +18,7 @@ from vqdiff.modeling.diffusion.sampling import learned_null_embedding
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
 from ._common import TokenModelMixin, build_part, to_device
-from .consistency import check_model_consistency
+from .consistency import check_model_consistency, check_text_condition
 
 __all__ = ["DALLE"]
 
@@ -48,6 +48,7 @@ class DALLE(TokenModelMixin, nn.Module):
         self.condition_codec = build_part(condition_codec_config)
         self.transformer = build_part(diffusion_config)
         check_model_consistency(self.content_codec, self.transformer, diffusion_config, text_condition=True)
+        check_text_condition(self.condition_codec, self.transformer)
 
     # ------------------------------------------------------------------------------ inputs
     @torch.no_grad()
@@ -88,6 +89,21 @@ class DALLE(TokenModelMixin, nn.Module):
             return self._uncond_embedding(batch_size, learned)
         return self.negative_embedding(negative_prompt, batch_size, learned)
 
+    def _null_condition_mask(self, batch_size: int, options: SamplingOptions,
+                             negative_prompt: Any) -> Optional[torch.Tensor]:
+        """The text padding mask (B, Lc) of :meth:`_null_condition`'s rows when the network masks padding
+        (``condition_padding_mask``), else None: the learned null text has none (all True); ``''`` and negative
+        prompts, embedded from tokens, get their tokens' mask (as dropped captions had in training)."""
+        if not getattr(self.transformer, "condition_padding_mask", False):
+            return None
+        texts = [""] * batch_size if negative_prompt is None else _negative_texts(negative_prompt, batch_size)
+        empty = torch.tensor([t.strip() == "" for t in texts], device=self.device)
+        tokens = self.prepare_condition(None, condition=["" if e else t for t, e in zip(texts, empty.tolist())])
+        mask = self.transformer.condition_mask(tokens["condition_token"])
+        if options.null_condition == "learned" and self.transformer.learnable_cf:
+            mask = mask | empty[:, None]  # those rows are the learned null text
+        return mask
+
     def _uncond_embedding(self, batch_size: int, learned: Optional[bool] = None) -> torch.Tensor:
         """The null text (B, 77, D): the learned ``empty_text_embed`` when ``learned`` (None: the model's
         ``learnable_cf``) and the network learned one, else the CLIP embedding of ''."""
@@ -106,11 +122,7 @@ class DALLE(TokenModelMixin, nn.Module):
         ordinary guidance exactly; the other rows get the embedding of their negative text
         (``l = l_neg + s (l_c - l_neg)``).
         """
-        texts = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
-        if len(texts) == 1 and batch_size != 1:
-            texts = texts * batch_size
-        if len(texts) != batch_size:
-            raise ValueError(f"negative_prompt has {len(texts)} texts for a batch of {batch_size}")
+        texts = _negative_texts(negative_prompt, batch_size)
         base = self._uncond_embedding(batch_size, learned)
         empty = torch.tensor([t.strip() == "" for t in texts], device=base.device)
         if bool(empty.all()):
@@ -118,3 +130,13 @@ class DALLE(TokenModelMixin, nn.Module):
         tok = self.prepare_condition(None, condition=texts)
         neg = self.transformer.condition_emb(tok["condition_token"]).float()
         return torch.where(empty[:, None, None], base.to(neg.dtype), neg)
+
+
+def _negative_texts(negative_prompt: Any, batch_size: int) -> list:
+    """One negative text per row: a text, one text for every row, or ``batch_size`` texts."""
+    texts = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(texts) == 1 and batch_size != 1:
+        texts = texts * batch_size
+    if len(texts) != batch_size:
+        raise ValueError(f"negative_prompt has {len(texts)} texts for a batch of {batch_size}")
+    return texts

@@ -222,8 +222,10 @@ class FullAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from the image tokens to the condition (text) sequence, no mask (as the
-    official code, text padding is not masked).
+    """Multi-head attention from the image tokens to the condition (text) sequence. As in the official code
+    the text padding is attended to, unless a padding ``mask`` (B, Lc) bool is given (True: attend): the
+    masked positions then get a ``-inf`` logit before the softmax (``condition_padding_mask``,
+    ``vqdiff.modeling.diffusion.condition_input``).
 
     ``key``/``value`` map the condition width ``condition_embd`` to ``n_embd``.  The buffer ``mask``
     (1, 1, L, L) of lower-triangular ones is registered (persistent) only because the official
@@ -268,16 +270,24 @@ class CrossAttention(nn.Module):
             k, v = self.key(cond), self.value(cond)
         return _split_heads(k, self.n_head), _split_heads(v, self.n_head)
 
-    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None, kv: Optional[KV] = None) -> torch.Tensor:
-        """x (B, N, D) and either cond (B, Lc, Dc) or its precomputed ``kv`` -> (B, N, D)."""
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None, kv: Optional[KV] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, N, D) and either cond (B, Lc, Dc) or its precomputed ``kv``, optional ``mask`` (B, Lc) bool
+        -> (B, N, D)."""
         if kv is None:
             if cond is None:
                 raise ValueError("CrossAttention needs the condition (B, Lc, Dc) or its cached (k, v)")
             kv = self.condition_kv(cond)
         k, v = kv
         q = _split_heads(self.query(x), self.n_head)  # (B, h, N, d)
+        attn_mask = None
+        if mask is not None:
+            if mask.shape != (k.shape[0], k.shape[2]):
+                raise ValueError(f"the condition mask has shape {tuple(mask.shape)}; the condition is "
+                                 f"(B, Lc) = ({k.shape[0]}, {k.shape[2]})")
+            attn_mask = mask.to(device=q.device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, Lc): False -> -inf
         y = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), dropout_p=self.attn_pdrop if self.training else 0.0
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask, dropout_p=self.attn_pdrop if self.training else 0.0
         )
         return self.resid_drop(self.proj(_merge_heads(y)))
 
@@ -387,18 +397,22 @@ class Block(nn.Module):
             return self.ln2.modulation(cond)
         return None
 
-    def forward(self, x: torch.Tensor, cond, t: torch.Tensor, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond, t: torch.Tensor, cache=None, cond_mask=None) -> torch.Tensor:
         """x (B, N, D), cond (text (B, Lc, Dc) | labels (B,) | None), t (B,) -> (B, N, D).
 
         ``cache`` is this block's :meth:`condition_cache` of ``cond``; when given, ``cond`` is not read.
+        ``cond_mask`` (B, Lc) bool: the text padding mask of the cross attention ('selfcross' only).
         """
         if self.attn_type == "selfcross":
             x = x + self.attn1(self.ln1(x, t))
             if cache is None:
-                x = x + self.attn2(self.ln1_1(x, t), cond)
+                x = x + self.attn2(self.ln1_1(x, t), cond, mask=cond_mask)
             else:
-                x = x + self.attn2(self.ln1_1(x, t), kv=cache)
+                x = x + self.attn2(self.ln1_1(x, t), kv=cache, mask=cond_mask)
             return x + self._mlp(self.ln2(x))
+        if cond_mask is not None:
+            raise ValueError(f"a condition mask is for the text cross attention; attn_type {self.attn_type!r} "
+                             "has none")
         x = x + self.attn(self.ln1(x, t))
         if self.attn_type == "selfcondition":
             if cache is None:

@@ -12,6 +12,8 @@ Call: ``net(input (B, N) long incl. [MASK] = K, cond_emb, t (B,) long) -> logits
 ``net.precompute_condition(cond_emb)`` returns a per-block cache (cross-attention keys/values, or the
 class modulation) that ``net(input, cond_emb, t, cond_cache=cache)`` reuses at every diffusion step;
 the result equals the uncached call exactly, because the uncached call builds the same cache itself.
+``cond_mask`` (B, Lc) bool (text only) masks the text padding in every cross attention (True: attend); it
+is separate from the cache (the same keys/values serve masked and unmasked calls).
 """
 
 from __future__ import annotations
@@ -92,8 +94,10 @@ class _ImageTokenTransformer(nn.Module):
         cond_emb: Any,
         t: torch.Tensor,
         cond_cache: Optional[List[Any]] = None,
+        cond_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """input (B, N) long, cond_emb, t (B,) long -> logits (B, K, N) (no logit for [MASK])."""
+        """input (B, N) long, cond_emb, t (B,) long, optional ``cond_mask`` (B, Lc) bool -> logits (B, K, N)
+        (no logit for [MASK])."""
         if input.dim() != 2:
             raise ValueError(f"input must be token indices (B, N), got shape {tuple(input.shape)}")
         t = t.to(input.device)
@@ -106,9 +110,9 @@ class _ImageTokenTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             cache = None if cond_cache is None else cond_cache[i]
             if use_ckpt:
-                x = _activation_checkpoint(block, x, cond_emb, t, cache, use_reentrant=False)
+                x = _activation_checkpoint(block, x, cond_emb, t, cache, cond_mask, use_reentrant=False)
             else:
-                x = block(x, cond_emb, t, cache)
+                x = block(x, cond_emb, t, cache, cond_mask)
         logits = self.to_logits(x)  # (B, N, K)
         return logits.transpose(1, 2)  # (B, K, N)
 
