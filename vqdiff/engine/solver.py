@@ -15,7 +15,7 @@ exactly (bit for bit on CPU with ``num_workers: 0``), skipping of non-finite ste
 SIGTERM/SIGINT.
 
 The loop reads top to bottom: ``train`` -> ``train_epoch`` -> ``step``. Around it, one module per concept:
-``solver_config`` (the typed ``solver:`` section), ``optim`` + ``lr_schedule`` (optimizers and schedules),
+``solver_config`` (the typed ``solver:`` section), ``optim`` + ``lr_scheduler`` (optimizers and schedules),
 ``ema``, ``clip_grad_norm``, ``amp``, ``lora_training`` (``solver.lora``), ``resumable_loader`` (resuming
 inside an epoch), ``rng_state``, ``solver_checkpoint`` (checkpoint layout, saving, resuming), ``validation``,
 ``train_log``.
