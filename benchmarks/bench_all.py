@@ -24,20 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
+from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
-import perf  # noqa: E402
-from one_hot_posterior import one_hot_q_posterior  # noqa: E402
-from vqdiff.modeling.diffusion import samplers as S  # noqa: E402
-from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot  # noqa: E402
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
+if __package__:  # imported as benchmarks.bench_all (tests; python -m benchmarks.bench_all)
+    from benchmarks import perf
+    from benchmarks.one_hot_posterior import one_hot_q_posterior
+else:  # run as python benchmarks/bench_all.py: Python puts benchmarks/ first on sys.path
+    import perf
+    from one_hot_posterior import one_hot_q_posterior
 
 # official time / vqdiff time, the official code run beside ours in one process with the same weights at the
 # issue-8 size (library defaults), measured by the project's maintainers on this 2-core CPU (issue 17, Nov 2026).

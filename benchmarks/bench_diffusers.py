@@ -33,18 +33,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
+from vqdiff.utils.denormals import flush_denormals
 
-import perf  # noqa: E402
-from vqdiff.utils.denormals import flush_denormals  # noqa: E402
+if __package__:  # imported as benchmarks.bench_diffusers (tests; python -m benchmarks.bench_diffusers)
+    from benchmarks import perf
+else:  # run as python benchmarks/bench_diffusers.py: Python puts benchmarks/ first on sys.path
+    import perf
 
 SIZES: dict[str, dict[str, Any]] = {
     # the released token grid (32x32 from 256x256 images), the released 2887-entry codebook and the CLIP text shape,

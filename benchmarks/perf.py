@@ -1,7 +1,7 @@
 """Measurement helpers for the benchmarks (issue 8): timers, matmul peak, peak memory, machine description.
 
-Benchmark support, not library code: the scripts beside it import it as ``perf`` (nothing in ``vqdiff``
-imports it).
+Benchmark support, not library code: the scripts beside it import it as ``perf`` when run by path and as
+``benchmarks.perf`` when imported (tests; nothing in ``vqdiff`` imports it).
 
 Nothing here changes global state except where a function says so (``matmul_peak`` runs matmuls;
 ``set_fast_math`` flips TF32 on CUDA only when asked). Every helper takes an explicit device.

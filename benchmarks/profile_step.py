@@ -11,17 +11,17 @@ Prints the top operators by self CPU time, and the share of the step spent outsi
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
+from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
-from perf import build_text2image_diffusion, issue8_size  # noqa: E402
-from vqdiff.modeling.diffusion import samplers as S  # noqa: E402
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
+if __package__:  # imported as benchmarks.profile_step (tests; python -m benchmarks.profile_step)
+    from benchmarks.perf import build_text2image_diffusion, issue8_size
+else:  # run as python benchmarks/profile_step.py: Python puts benchmarks/ first on sys.path
+    from perf import build_text2image_diffusion, issue8_size
 
 
 def main() -> None:

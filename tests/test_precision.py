@@ -8,7 +8,6 @@ and samples what eager samples; bad values raise errors naming the option.
 
 from __future__ import annotations
 
-import sys
 import zlib
 from pathlib import Path
 
@@ -24,9 +23,7 @@ from vqdiff.sample import build_parser
 from vqdiff.utils.precision import native_bf16, resolve_precision
 
 from _fake_parts import dalle
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import perf  # noqa: E402  (benchmark support: benchmarks/perf.py)
+from benchmarks import perf
 
 MAIN_TOKENS = {  # from the code before issue 25 (main at ea32a6e), this model and these seeds
     "truncation": [
