@@ -1,6 +1,6 @@
-"""Sampling speed per precision (issue 25), paired in one process with the official code and diffusers.
+"""Sampling speed per precision, paired in one process with the official code and diffusers.
 
-    python benchmarks/bench_precision.py --official-root /path/to/VQ-Diffusion   # issue-8 size, CPU
+    python benchmarks/bench_precision.py --official-root /path/to/VQ-Diffusion   # reference size, CPU
     python benchmarks/bench_precision.py --quick                                  # tiny, seconds (a test runs it)
     python benchmarks/bench_precision.py --device cuda --official-root ...        # the GPU row
 
@@ -156,7 +156,7 @@ def measure(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
-    size = perf.issue8_size(quick=args.quick)
+    size = perf.reference_size(quick=args.quick)
     B, N, K, T = size["batch"], size["side"] ** 2, size["K"], size["T"]
     torch.manual_seed(0)
     ours = perf.build_text2image_diffusion(size).to(device).eval()

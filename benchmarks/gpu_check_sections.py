@@ -276,7 +276,7 @@ def compile_check(ctx: Context) -> list[Check]:
 
 
 def _compile_child(device: torch.device, quick: bool, backend: str) -> list[Check]:
-    size = perf.issue8_size(quick=quick)
+    size = perf.reference_size(quick=quick)
     if not quick:
         size["batch"] = 32
     torch.manual_seed(0)

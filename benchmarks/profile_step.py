@@ -1,6 +1,6 @@
 """Profile one full sampling step and one training step from tokens with ``torch.profiler``.
 
-    python benchmarks/profile_step.py                 # issue-8 size (8 layers, width 256, K=1024, 16x16, batch 4)
+    python benchmarks/profile_step.py                 # reference size (8 layers, width 256, K=1024, 16x16, batch 4)
     python benchmarks/profile_step.py --quick         # tiny sizes
     python benchmarks/profile_step.py --what train    # only the training step
 
@@ -19,9 +19,9 @@ from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
 if __package__:  # imported as benchmarks.profile_step (tests; python -m benchmarks.profile_step)
-    from benchmarks.perf import build_text2image_diffusion, issue8_size
+    from benchmarks.perf import build_text2image_diffusion, reference_size
 else:  # run as python benchmarks/profile_step.py: Python puts benchmarks/ first on sys.path
-    from perf import build_text2image_diffusion, issue8_size
+    from perf import build_text2image_diffusion, reference_size
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--what", choices=["sample", "train", "both"], default="both")
     ap.add_argument("--rows", type=int, default=18)
     args = ap.parse_args()
-    size = issue8_size(quick=args.quick)
+    size = reference_size(quick=args.quick)
     torch.manual_seed(0)
     d = build_text2image_diffusion(size).eval()
     B, N, K, T = size["batch"], size["side"] ** 2, size["K"], size["T"]

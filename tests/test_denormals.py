@@ -12,7 +12,7 @@ from vqdiff.utils.denormals import flush_denormal_enabled, flush_denormals
 @pytest.fixture(scope="module")
 def diffusion():
     torch.manual_seed(0)
-    size = perf.issue8_size(quick=True)
+    size = perf.reference_size(quick=True)
     size.update(T=4, layers=1)
     return perf.build_text2image_diffusion(size).eval(), size
 

@@ -19,7 +19,7 @@ from benchmarks.one_hot_posterior import one_hot_q_posterior  # the reference po
 @pytest.fixture(scope="module")
 def diffusion():
     torch.manual_seed(0)
-    size = perf.issue8_size(quick=True)
+    size = perf.reference_size(quick=True)
     size.update(T=12)
     return perf.build_text2image_diffusion(size).eval(), size
 
@@ -140,7 +140,7 @@ def test_training_loss_and_gradients_match_reference(diffusion):
 
 
 def test_activation_checkpointing_same_loss_and_grads():
-    size = perf.issue8_size(quick=True)
+    size = perf.reference_size(quick=True)
     torch.manual_seed(0)
     plain = perf.build_text2image_diffusion(size)
     ckpt = perf.build_text2image_diffusion(size, checkpoint=True)

@@ -56,7 +56,7 @@ MAIN_TOKENS = {  # from the code before issue 25 (main at ea32a6e), this model a
 def seeded_network():
     """The quick benchmark network (2 layers, width 64, 8x8 tokens, K = 64, T = 10) with weights drawn per
     parameter name (independent of construction order), and a 2-image text condition."""
-    size = perf.issue8_size(quick=True)
+    size = perf.reference_size(quick=True)
     d = perf.build_text2image_diffusion(size).eval()
     with torch.no_grad():
         for name, p in sorted(d.named_parameters()):
