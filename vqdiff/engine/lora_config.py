@@ -22,7 +22,7 @@ projections and the MLP. In VQ-Diffusion a caption reaches the image tokens only
 keys and values, which is where a new word's meaning has to land; the queries, the output projections and the
 MLP (about two thirds of a block's weights) decide which codebook entries each token position turns into, and a
 new concept (a colour the base never drew) needs new token choices, not only new attention patterns. The demo
-(README, "LoRA fine-tuning") measures this default.
+(docs/results.md, "LoRA fine-tuning on the demo") measures this default.
 """
 
 from __future__ import annotations
