@@ -100,8 +100,7 @@ class ConfigSection:
         """Rules that involve several keys (``values``: every key, converted); raise ConfigError. None here."""
 
 
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-               tuple: "a list", dict: "a mapping"}
+_TYPE_WORDS = {str: "a string", bool: "true or false"}
 
 
 def _wrong(value: Any, words: str, key_path: str) -> ConfigError:
