@@ -1,11 +1,11 @@
-"""All issue-8 figures in one run: prints a markdown table (paste it into docs/benchmarks.md) and a JSON line.
+"""All reference-size figures in one run: prints a markdown table (paste it into docs/benchmarks.md) and a JSON line.
 
-    python benchmarks/bench_all.py                      # issue-8 size, CPU, fp32 (a few minutes on 2 cores)
+    python benchmarks/bench_all.py                      # reference size, CPU, fp32 (a few minutes on 2 cores)
     python benchmarks/bench_all.py --quick              # tiny sizes, seconds (checks that it runs)
     python benchmarks/bench_all.py --no-full-sampling   # skip the 100-step sampling of 4 images
     python benchmarks/bench_all.py --device cuda --bf16 --compile --fused-adamw --tf32   # GPU path (untested here)
 
-Size (issue 8): Text2ImageTransformer, 8 layers, width 256, 8 heads, 16x16 = 256 tokens, K = 1024, 77x512
+Size (the reference size): Text2ImageTransformer, 8 layers, width 256, 8 heads, 16x16 = 256 tokens, K = 1024, 77x512
 text condition, batch 4, T = 100, truncation 0.86. Rows:
 - matmul peak (fp32, best of a 1024^3 and a 1024x256x1024 matmul) and the network's GFLOP/s share of it;
 - network forward: ours (text keys/values cached, as every sampling step), ours uncached and diffusers
@@ -24,23 +24,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
+from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
-import perf  # noqa: E402
-from one_hot_posterior import one_hot_q_posterior  # noqa: E402
-from vqdiff.modeling.diffusion import samplers as S  # noqa: E402
-from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot  # noqa: E402
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
+if __package__:  # imported as benchmarks.bench_all (tests; python -m benchmarks.bench_all)
+    from benchmarks import perf
+    from benchmarks.one_hot_posterior import one_hot_q_posterior
+else:  # run as python benchmarks/bench_all.py: Python puts benchmarks/ first on sys.path
+    import perf
+    from one_hot_posterior import one_hot_q_posterior
 
 # official time / vqdiff time, the official code run beside ours in one process with the same weights at the
-# issue-8 size (library defaults), measured by the project's maintainers on this 2-core CPU (issue 17, Nov 2026).
+# reference size (library defaults), measured by the project's maintainers on this 2-core CPU (issue 17, Nov 2026).
 # Ratios, not times: the official absolute figures quoted in issue 8 came from another machine on another day.
 OFFICIAL_RATIO = {
     "network forward (ms)": "1.31x", "one full sampling step (ms)": "1.36x",
@@ -84,7 +85,7 @@ def main() -> None:
     fast_math = perf.set_fast_math(device, args.tf32) if args.tf32 else {"tf32": False}
     # denormal fp32 values appear in the network from all-[MASK] inputs and cost ~7x on x86 CPUs
     fast_math["flush_denormal"] = bool(torch.set_flush_denormal(not args.keep_denormals)) and not args.keep_denormals
-    size = perf.issue8_size(quick=args.quick)
+    size = perf.reference_size(quick=args.quick)
     if args.quick:
         args.repeats = 1
     B, N, K, T = size["batch"], size["side"] ** 2, size["K"], size["T"]

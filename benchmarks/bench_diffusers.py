@@ -1,7 +1,7 @@
 """vqdiff against diffusers' VQ-Diffusion with the same weights, in one process: prints a markdown table and a JSON line.
 
-    python benchmarks/bench_diffusers.py                  # the tiny-but-realistic model, then the issue-8 size
-    python benchmarks/bench_diffusers.py --sizes issue8   # one size
+    python benchmarks/bench_diffusers.py                  # the tiny-but-realistic model, then the reference size
+    python benchmarks/bench_diffusers.py --sizes reference  # one size
     python benchmarks/bench_diffusers.py --quick          # a tiny smoke run (seconds)
 
 For each size a vqdiff ``DiffusionTransformer`` (random weights, seeded) is exported with
@@ -33,25 +33,25 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
+from vqdiff.utils.denormals import flush_denormals
 
-import perf  # noqa: E402
-from vqdiff.utils.denormals import flush_denormals  # noqa: E402
+if __package__:  # imported as benchmarks.bench_diffusers (tests; python -m benchmarks.bench_diffusers)
+    from benchmarks import perf
+else:  # run as python benchmarks/bench_diffusers.py: Python puts benchmarks/ first on sys.path
+    import perf
 
 SIZES: dict[str, dict[str, Any]] = {
     # the released token grid (32x32 from 256x256 images), the released 2887-entry codebook and the CLIP text shape,
     # with a small network: realistic tensor shapes for the sampler, small enough for a CPU
     "tiny": dict(layers=2, width=128, heads=4, side=32, K=2887, T=100, cond_dim=512, cond_len=77, batch=1),
-    "issue8": perf.issue8_size(),
-    "quick": {**perf.issue8_size(quick=True), "T": 6},
+    "reference": perf.reference_size(),
+    "quick": {**perf.reference_size(quick=True), "T": 6},
 }
 CLAMP = -70.0  # log(0) stand-in of both libraries
 
@@ -224,7 +224,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="tiny,issue8", help=f"comma-separated, from {', '.join(SIZES)}")
+    ap.add_argument("--sizes", default="tiny,reference", help=f"comma-separated, from {', '.join(SIZES)}")
     ap.add_argument("--quick", action="store_true", help="the 'quick' size, one repeat (a smoke run)")
     ap.add_argument("--repeats", type=int, default=5, help="rounds of the network-forward timing")
     ap.add_argument("--sampling-repeats", type=int, default=2, help="rounds of the full-sampling timing")

@@ -1,6 +1,6 @@
 """Time one forward of the denoising network (one sampling step's network call); prints a table and JSON.
 
-    python benchmarks/bench_network.py                  # issue-8 size: 8 layers, width 256, 8 heads,
+    python benchmarks/bench_network.py                  # reference size: 8 layers, width 256, 8 heads,
                                                         # 16x16 tokens, K=1024, 77x512 text, batch 4
     python benchmarks/bench_network.py --quick          # tiny sizes, to check that it runs
     python benchmarks/bench_network.py --repeats 10 --threads 2

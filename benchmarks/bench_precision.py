@@ -1,6 +1,6 @@
-"""Sampling speed per precision (issue 25), paired in one process with the official code and diffusers.
+"""Sampling speed per precision, paired in one process with the official code and diffusers.
 
-    python benchmarks/bench_precision.py --official-root /path/to/VQ-Diffusion   # issue-8 size, CPU
+    python benchmarks/bench_precision.py --official-root /path/to/VQ-Diffusion   # reference size, CPU
     python benchmarks/bench_precision.py --quick                                  # tiny, seconds (a test runs it)
     python benchmarks/bench_precision.py --device cuda --official-root ...        # the GPU row
 
@@ -31,22 +31,28 @@ Timings on a shared machine are noisy: quote them with the machine and the load 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import json
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py / bench_diffusers.py
+from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
+from vqdiff.utils.precision import native_bf16, resolve_precision
 
-import perf  # noqa: E402
-from bench_diffusers import alternating  # noqa: E402
-from vqdiff.modeling.diffusion import samplers as S  # noqa: E402
-from vqdiff.modeling.diffusion.log_ops import index_to_log_onehot  # noqa: E402
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
-from vqdiff.utils.precision import native_bf16, resolve_precision  # noqa: E402
+if __package__:  # imported as benchmarks.bench_precision (tests; python -m benchmarks.bench_precision)
+    from benchmarks import perf
+    from benchmarks.bench_diffusers import alternating, build_pair, diffusers_sample
+else:  # run as python benchmarks/bench_precision.py: Python puts benchmarks/ first on sys.path
+    import perf
+    from bench_diffusers import alternating, build_pair, diffusers_sample
 
 TRUNCATION = 0.86
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16")
@@ -67,12 +73,27 @@ def cpu_description() -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def import_official_package(root: Path) -> types.ModuleType:
+    """The official ``image_synthesis`` package of the checkout ``root``, registered under its own name so that
+    its modules' ``image_synthesis.*`` imports resolve inside that folder (nothing is added to sys.path)."""
+    folder = root / "image_synthesis"
+    if not folder.is_dir():
+        raise SystemExit(f"--official-root {root}: no image_synthesis folder there (a microsoft/VQ-Diffusion checkout)")
+    init = folder / "__init__.py"
+    spec = (importlib.util.spec_from_file_location("image_synthesis", init, submodule_search_locations=[str(folder)])
+            if init.is_file() else importlib.machinery.ModuleSpec("image_synthesis", None, is_package=True))
+    spec.submodule_search_locations = [str(folder)]
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["image_synthesis"] = package
+    if spec.loader is not None:
+        spec.loader.exec_module(package)
+    return package
+
+
 def build_official(root: Path, ours: Any, size: dict, device: torch.device) -> Any:
     """The official ``DiffusionTransformer`` from the checkout ``root``, same config and weights as ``ours``, with
     the official ``top{r}r`` truncation wrapper installed as its ``generate_content`` does."""
-    if not (root / "image_synthesis").is_dir():
-        raise SystemExit(f"--official-root {root}: no image_synthesis folder there (a microsoft/VQ-Diffusion checkout)")
-    sys.path.insert(0, str(root))
+    import_official_package(root)
     from image_synthesis.modeling.models.dalle import DALLE
     from image_synthesis.modeling.transformers.diffusion_transformer import DiffusionTransformer
 
@@ -135,7 +156,7 @@ def measure(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
-    size = perf.issue8_size(quick=args.quick)
+    size = perf.reference_size(quick=args.quick)
     B, N, K, T = size["batch"], size["side"] ** 2, size["K"], size["T"]
     torch.manual_seed(0)
     ours = perf.build_text2image_diffusion(size).to(device).eval()
@@ -174,8 +195,6 @@ def measure(args: argparse.Namespace) -> dict:
         official = build_official(Path(args.official_root), ours, size, device)
     theirs = scheduler = None
     try:
-        from bench_diffusers import build_pair
-
         _, theirs, scheduler = build_pair(size)  # same seed and builder: the same weights as `ours`
         theirs.to(device)
         scheduler.set_timesteps(T)
@@ -203,7 +222,6 @@ def measure(args: argparse.Namespace) -> dict:
         sampling["official"] = _official_call(
             lambda: official.sample(None, None, cond, filter_ratio=0, batch_size=B), device)
     if theirs is not None:
-        from bench_diffusers import diffusers_sample
         from diffusers import VQDiffusionPipeline
 
         def diffusers_step():

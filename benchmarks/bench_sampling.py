@@ -1,6 +1,6 @@
 """Time VQ-Diffusion sampling and training steps on this machine; prints a table and a JSON line.
 
-    python benchmarks/bench_sampling.py                 # issue-8 sizes: 8 layers, width 256, K=1024
+    python benchmarks/bench_sampling.py                 # reference sizes: 8 layers, width 256, K=1024
     python benchmarks/bench_sampling.py --quick         # small and fast, to check it runs
 
 Measures, for two token grids (8x8 and 16x16): one full sampling step (network + posterior + Gumbel),

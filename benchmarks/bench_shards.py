@@ -19,20 +19,17 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vqdiff.data.build import build_dataloader  # noqa: E402
-from vqdiff.data.layouts import shards_of_dataset  # noqa: E402
-from vqdiff.data.synthetic import ShapesDataset  # noqa: E402
-from vqdiff.data.token_shards import write_token_shards  # noqa: E402
-from vqdiff.utils.config import instantiate_from_config  # noqa: E402
+from vqdiff.data.build import build_dataloader
+from vqdiff.data.layouts import shards_of_dataset
+from vqdiff.data.synthetic import ShapesDataset
+from vqdiff.data.token_shards import write_token_shards
+from vqdiff.utils.config import instantiate_from_config
 
 
 class RandomIdCodec:

@@ -15,20 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vqdiff.data.build import collate_batch  # noqa: E402
-from vqdiff.data.synthetic import ShapesDataset  # noqa: E402
-from vqdiff.data.token_cache import TokenCacheDataset, write_token_cache  # noqa: E402
-from vqdiff.modeling.codecs.image.taming_vqvae import TamingGumbelVQVAE, TamingVQVAE  # noqa: E402
-from vqdiff.utils.config import load_yaml_config, save_yaml_config  # noqa: E402
+from vqdiff.data.build import collate_batch
+from vqdiff.data.synthetic import ShapesDataset
+from vqdiff.data.token_cache import TokenCacheDataset, write_token_cache
+from vqdiff.modeling.codecs.image.taming_vqvae import TamingGumbelVQVAE, TamingVQVAE
+from vqdiff.utils.config import load_yaml_config, save_yaml_config
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_configs" / \
     "taming_dvae__taming_f8_8192_openimages.yaml"

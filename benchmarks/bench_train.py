@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 FIXTURE_F8 = REPO.parent / "shared" / "fixtures" / "official_configs" / "taming_dvae__taming_f8_8192_openimages.yaml"
 

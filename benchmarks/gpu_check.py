@@ -37,12 +37,14 @@ from typing import Callable, Optional
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for _p in (str(REPO), str(REPO / "benchmarks")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from gpu_check_result import Check, Context, section_status  # noqa: E402
+if __package__:  # imported as benchmarks.gpu_check (tests; python -m benchmarks.gpu_check)
+    from benchmarks import gpu_check_sections, gpu_check_speed, perf
+    from benchmarks.gpu_check_result import Check, Context, section_status
+else:  # run as python benchmarks/gpu_check.py (also the children it starts): benchmarks/ is first on sys.path
+    import gpu_check_sections
+    import gpu_check_speed
+    import perf
+    from gpu_check_result import Check, Context, section_status
 
 CAPS_S = {"agreement": 45, "amp_training": 90, "compile": 120, "distributed": 90, "paper_speed": 135}
 
@@ -92,11 +94,9 @@ def print_summary(result: dict) -> None:
 
 
 def sections() -> dict[str, Callable[[Context], list[Check]]]:
-    from gpu_check_sections import agreement, amp_training, compile_check, distributed
-    from gpu_check_speed import paper_speed
-
-    return {"agreement": agreement, "amp_training": amp_training, "compile": compile_check,
-            "distributed": distributed, "paper_speed": paper_speed}
+    s = gpu_check_sections
+    return {"agreement": s.agreement, "amp_training": s.amp_training, "compile": s.compile_check,
+            "distributed": s.distributed, "paper_speed": gpu_check_speed.paper_speed}
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -124,12 +124,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine (use --device cpu --quick)")
     if args._child is not None:  # a child process of one section: its checks as JSON in --_out
-        from gpu_check_sections import run_child
-
-        run_child(args._child, device, args.quick, args.compile_backend, Path(args._out))
+        gpu_check_sections.run_child(args._child, device, args.quick, args.compile_backend, Path(args._out))
         return 0
-    import perf
-
     t0 = time.monotonic()
     result: dict = {"machine": perf.machine_description(device), "sections": {},
                     "options": {"device": str(device), "quick": args.quick, "compile_backend": args.compile_backend}}

@@ -23,18 +23,16 @@ from typing import Any, Optional
 
 import torch
 
-from gpu_check_result import Check, Context, check_from_values
-from gpu_check_tiny import (
-    AMP_DTYPES,
-    REPO,
-    amp_flags,
-    apply_solver_settings,
-    model_autocast_probe,
-    perturb_,
-    tiny_diffusions,
-    tiny_text_training_config,
-    train_help_text,
-)
+if __package__:  # imported as benchmarks.gpu_check_sections (tests; python -m benchmarks.gpu_check)
+    from benchmarks import perf
+    from benchmarks.gpu_check_result import Check, Context, check_from_values
+    from benchmarks.gpu_check_tiny import (AMP_DTYPES, REPO, amp_flags, apply_solver_settings, model_autocast_probe,
+                                           perturb_, tiny_diffusions, tiny_text_training_config, train_help_text)
+else:  # run through python benchmarks/gpu_check.py (also its children): benchmarks/ is first on sys.path
+    import perf
+    from gpu_check_result import Check, Context, check_from_values
+    from gpu_check_tiny import (AMP_DTYPES, REPO, amp_flags, apply_solver_settings, model_autocast_probe, perturb_,
+                                tiny_diffusions, tiny_text_training_config, train_help_text)
 
 GPU_CHECK = Path(__file__).resolve().parent / "gpu_check.py"
 AGREE_TOL = 1e-4  # fp32 device vs CPU, log-probabilities
@@ -278,9 +276,7 @@ def compile_check(ctx: Context) -> list[Check]:
 
 
 def _compile_child(device: torch.device, quick: bool, backend: str) -> list[Check]:
-    import perf
-
-    size = perf.issue8_size(quick=quick)
+    size = perf.reference_size(quick=quick)
     if not quick:
         size["batch"] = 32
     torch.manual_seed(0)

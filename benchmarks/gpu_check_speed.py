@@ -17,15 +17,19 @@ import time
 
 import torch
 
-from gpu_check_result import Check, Context
-from gpu_check_tiny import AMP_DTYPES, paper_network_size, quick_stand_in_size
+if __package__:  # imported as benchmarks.gpu_check_speed (tests; python -m benchmarks.gpu_check)
+    from benchmarks import perf
+    from benchmarks.gpu_check_result import Check, Context
+    from benchmarks.gpu_check_tiny import AMP_DTYPES, paper_network_size, quick_stand_in_size
+else:  # run through python benchmarks/gpu_check.py: benchmarks/ is first on sys.path
+    import perf
+    from gpu_check_result import Check, Context
+    from gpu_check_tiny import AMP_DTYPES, paper_network_size, quick_stand_in_size
 
 BATCHES = {"24x512": {"sample": 32, "train": 16}, "19x1024": {"sample": 16, "train": 8}}
 
 
 def _peak_mib(device: torch.device) -> float:
-    import perf
-
     return perf.peak_memory_mib(device)
 
 
@@ -107,8 +111,6 @@ def _training(d, size: dict, dtype: torch.dtype, batch: int, device: torch.devic
 
 
 def _measure(name: str, size: dict, ctx: Context, batches: dict, steps: int, warmup: int) -> list[Check]:
-    import perf
-
     torch.manual_seed(0)
     # built on the CPU (the path every test takes; a few seconds for 0.3 B parameters), then moved
     d = perf.build_text2image_diffusion(size).to(ctx.device).eval()
@@ -139,8 +141,6 @@ def _measure(name: str, size: dict, ctx: Context, batches: dict, steps: int, war
 
 def paper_speed(ctx: Context) -> list[Check]:
     """Sampling and training images/s, fp16 and bf16, for the paper networks (or the --quick stand-in)."""
-    import perf
-
     if ctx.quick and not ctx.cuda:
         checks = _measure("stand-in 2x64, 8x8 tokens, T=10", quick_stand_in_size(), ctx,
                           {"sample": 1, "train": 1}, steps=1, warmup=0)

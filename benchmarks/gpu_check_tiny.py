@@ -16,16 +16,12 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-for _p in (str(REPO), str(REPO / "benchmarks")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
 
 TINY_TEXT_CONFIG = REPO / "configs" / "tiny_text_shapes.yaml"
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -94,7 +90,10 @@ def tiny_diffusions(batch: int = 3, seed: int = 0) -> dict:
 def tiny_text_training_config(workdir: Path, iterations: int, batch_size: int = 4, lr: float = 1e-3) -> dict:
     """``configs/tiny_text_shapes.yaml`` with random tiny parts written under ``workdir`` (absolute paths),
     ``iterations * batch_size`` training images (one epoch = the whole run), no validation, no sample grids."""
-    from bench_train import build_config, write_parts
+    if __package__:  # imported as benchmarks.gpu_check_tiny (tests; python -m benchmarks.gpu_check)
+        from benchmarks.bench_train import build_config, write_parts
+    else:  # run through python benchmarks/gpu_check.py: benchmarks/ is first on sys.path
+        from bench_train import build_config, write_parts
 
     workdir.mkdir(parents=True, exist_ok=True)
     part = write_parts(workdir, "tiny")

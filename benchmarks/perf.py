@@ -1,7 +1,7 @@
-"""Measurement helpers for the benchmarks (issue 8): timers, matmul peak, peak memory, machine description.
+"""Measurement helpers for the benchmarks: timers, matmul peak, peak memory, machine description.
 
-Benchmark support, not library code: the scripts beside it import it as ``perf`` (nothing in ``vqdiff``
-imports it).
+Benchmark support, not library code: the scripts beside it import it as ``perf`` when run by path and as
+``benchmarks.perf`` when imported (tests; nothing in ``vqdiff`` imports it).
 
 Nothing here changes global state except where a function says so (``matmul_peak`` runs matmuls;
 ``set_fast_math`` flips TF32 on CUDA only when asked). Every helper takes an explicit device.
@@ -26,7 +26,7 @@ __all__ = [
     "peak_memory_mib",
     "measure_peak_memory",
     "machine_description",
-    "issue8_size",
+    "reference_size",
     "build_text2image_diffusion",
     "set_fast_math",
 ]
@@ -152,8 +152,8 @@ def machine_description(device: torch.device | str = "cpu") -> dict:
     return out
 
 
-def issue8_size(quick: bool = False) -> dict:
-    """The issue-8 benchmark size (8 layers, width 256, 8 heads, 16x16 tokens, K=1024, 77x512 text, batch 4,
+def reference_size(quick: bool = False) -> dict:
+    """The reference benchmark size (8 layers, width 256, 8 heads, 16x16 tokens, K=1024, 77x512 text, batch 4,
     T=100); ``quick``: a tiny size that runs in seconds."""
     size = dict(layers=8, width=256, heads=8, side=16, K=1024, T=100, cond_dim=512, cond_len=77, batch=4)
     if quick:
@@ -162,7 +162,7 @@ def issue8_size(quick: bool = False) -> dict:
 
 
 def build_text2image_diffusion(size: dict, checkpoint: bool = False, **diffusion_kwargs: Any):
-    """A ``DiffusionTransformer`` around a ``Text2ImageTransformer`` of ``size`` (see :func:`issue8_size`),
+    """A ``DiffusionTransformer`` around a ``Text2ImageTransformer`` of ``size`` (see :func:`reference_size`),
     with the released auxiliary-loss settings; ``checkpoint`` turns on activation checkpointing."""
     from vqdiff.modeling.diffusion import DiffusionTransformer
 

@@ -1,6 +1,6 @@
 """Profile one full sampling step and one training step from tokens with ``torch.profiler``.
 
-    python benchmarks/profile_step.py                 # issue-8 size (8 layers, width 256, K=1024, 16x16, batch 4)
+    python benchmarks/profile_step.py                 # reference size (8 layers, width 256, K=1024, 16x16, batch 4)
     python benchmarks/profile_step.py --quick         # tiny sizes
     python benchmarks/profile_step.py --what train    # only the training step
 
@@ -11,17 +11,17 @@ Prints the top operators by self CPU time, and the share of the step spent outsi
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py, also when loaded by path
+from vqdiff.modeling.diffusion import samplers as S
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
-from perf import build_text2image_diffusion, issue8_size  # noqa: E402
-from vqdiff.modeling.diffusion import samplers as S  # noqa: E402
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
+if __package__:  # imported as benchmarks.profile_step (tests; python -m benchmarks.profile_step)
+    from benchmarks.perf import build_text2image_diffusion, reference_size
+else:  # run as python benchmarks/profile_step.py: Python puts benchmarks/ first on sys.path
+    from perf import build_text2image_diffusion, reference_size
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--what", choices=["sample", "train", "both"], default="both")
     ap.add_argument("--rows", type=int, default=18)
     args = ap.parse_args()
-    size = issue8_size(quick=args.quick)
+    size = reference_size(quick=args.quick)
     torch.manual_seed(0)
     d = build_text2image_diffusion(size).eval()
     B, N, K, T = size["batch"], size["side"] ** 2, size["K"], size["T"]

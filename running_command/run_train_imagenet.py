@@ -16,9 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vqdiff.official_runs import OFFICIAL_RUNS, build_command as _build, launch  # noqa: E402
+from vqdiff.official_runs import OFFICIAL_RUNS, build_command as _build, launch
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = OFFICIAL_RUNS[Path(__file__).name]

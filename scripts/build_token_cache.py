@@ -32,17 +32,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from vqdiff.data.build import build_datasets  # noqa: E402
-from vqdiff.data.token_cache import TokenCacheDataset, write_token_cache  # noqa: E402
-from vqdiff.data.token_shards import write_token_shards  # noqa: E402
-from vqdiff.data.web_shards import WebShardsImageText  # noqa: E402
-from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, merge_opts_to_config  # noqa: E402
+from vqdiff.data.build import build_datasets
+from vqdiff.data.token_cache import TokenCacheDataset, write_token_cache
+from vqdiff.data.token_shards import write_token_shards
+from vqdiff.data.web_shards import WebShardsImageText
+from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, merge_opts_to_config
 
 
 def find_codec_node(cfg: dict, source: str) -> dict:

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vqdiff.evaluation.codebook import (  # noqa: E402
+from vqdiff.evaluation.codebook import (
     build_mapping_from_counts,
     count_codec_tokens,
     save_mapping,
     usage_statistics,
 )
-from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config  # noqa: E402
+from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config
 
 
 def codec_node(config: dict, path: str) -> dict:

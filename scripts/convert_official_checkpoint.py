@@ -15,11 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(_ROOT))
-
-from vqdiff.inference.conversion import convert_file  # noqa: E402
+from vqdiff.inference.conversion import convert_file
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -29,11 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm.auto import tqdm
 
-from tqdm.auto import tqdm  # noqa: E402
-
-from vqdiff.utils.released_files import BASE_URL, RELEASED_FILES, ReleasedFile, find_released_file  # noqa: E402
+from vqdiff.utils.released_files import BASE_URL, RELEASED_FILES, ReleasedFile, find_released_file
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 1 << 20

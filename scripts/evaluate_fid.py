@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vqdiff.evaluation.fid import InceptionMetrics, InceptionMetricsConfig  # noqa: E402
-from vqdiff.evaluation.image_folder import caption_folders, image_batches, list_images  # noqa: E402
+from vqdiff.evaluation.fid import InceptionMetrics, InceptionMetricsConfig
+from vqdiff.evaluation.image_folder import caption_folders, image_batches, list_images
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vqdiff.data.synthetic import ShapesDataset  # noqa: E402
-from vqdiff.evaluation.image_folder import caption_folders, load_image  # noqa: E402
-from vqdiff.evaluation.shapes_classifier import (  # noqa: E402
+from vqdiff.data.synthetic import ShapesDataset
+from vqdiff.evaluation.image_folder import caption_folders, load_image
+from vqdiff.evaluation.shapes_classifier import (
     attribute_accuracy,
     format_accuracy_table,
     load_shapes_classifier,

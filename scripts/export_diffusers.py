@@ -15,15 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(_ROOT))
-
-from vqdiff.inference.api import VQ_Diffusion  # noqa: E402
-from vqdiff.inference.diffusers_export import export_diffusers  # noqa: E402
+from vqdiff.inference.api import VQ_Diffusion
+from vqdiff.inference.diffusers_export import export_diffusers
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,12 +11,9 @@ The parts go to <root>/OUTPUT/tiny_parts/ (--root, default: the working director
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
+from vqdiff.utils.tiny_parts import write_tiny_parts
 
 
 def main(argv: list[str] | None = None) -> Path:

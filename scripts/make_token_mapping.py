@@ -17,16 +17,13 @@ the synthetic shapes). Remapping in the codec is switched off while counting.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from tqdm.auto import tqdm
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from vqdiff.modeling.codecs.image.token_mapping import build_token_mapping, count_tokens  # noqa: E402
-from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config  # noqa: E402
+from vqdiff.modeling.codecs.image.token_mapping import build_token_mapping, count_tokens
+from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config
 
 
 def find_codec_node(config: dict, path: str) -> dict:

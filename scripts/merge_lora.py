@@ -18,13 +18,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(_ROOT))
-
-from vqdiff.engine.checkpoint import save_checkpoint  # noqa: E402
-from vqdiff.engine.lora import merge_lora  # noqa: E402
-from vqdiff.inference.api import VQ_Diffusion  # noqa: E402
+from vqdiff.engine.checkpoint import save_checkpoint
+from vqdiff.engine.lora import merge_lora
+from vqdiff.inference.api import VQ_Diffusion
 
 
 def merge_to_file(config: str, ckpt: str, lora: str, out: str, scale: float = 1.0, allow_base_mismatch: bool = False,

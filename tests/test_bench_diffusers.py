@@ -3,10 +3,8 @@ loop is VQDiffusionPipeline's own (same tokens for the same generator). Timings 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +13,9 @@ from torch import nn
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_diffusers.py"
-    spec = importlib.util.spec_from_file_location("bench_diffusers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import bench_diffusers
+
+    return bench_diffusers
 
 
 def test_quick_run_reports_fields_and_agreement(bench, tmp_path, capsys):

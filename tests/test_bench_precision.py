@@ -3,20 +3,16 @@ says what was not measured, and its reduced / compiled networks agree with fp32.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_precision.py"
-    spec = importlib.util.spec_from_file_location("bench_precision", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import bench_precision
+
+    return bench_precision
 
 
 def test_quick_run_prints_the_paired_table(bench, tmp_path, capsys):
@@ -50,3 +46,26 @@ def test_a_wrong_official_root_and_a_missing_gpu_are_errors(bench, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA is not available"):
             bench.main(["--quick", "--device", "cuda"])
+
+
+@pytest.mark.parametrize("with_init", [True, False])
+def test_the_official_package_imports_from_its_checkout_without_a_path_entry(bench, tmp_path, with_init):
+    import sys
+
+    pkg = tmp_path / "image_synthesis"
+    (pkg / "modeling").mkdir(parents=True)
+    if with_init:
+        (pkg / "__init__.py").write_text("LOADED = True\n")
+    (pkg / "modeling" / "__init__.py").write_text("")
+    (pkg / "modeling" / "a.py").write_text("from image_synthesis.modeling.b import VALUE\n")  # the official style
+    (pkg / "modeling" / "b.py").write_text("VALUE = 3\n")
+    path_before = list(sys.path)
+    try:
+        package = bench.import_official_package(tmp_path)
+        from image_synthesis.modeling.a import VALUE
+
+        assert VALUE == 3 and getattr(package, "LOADED", False) == with_init
+        assert sys.path == path_before
+    finally:
+        for name in [n for n in sys.modules if n == "image_synthesis" or n.startswith("image_synthesis.")]:
+            del sys.modules[name]

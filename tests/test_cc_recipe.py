@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from test_official_commands import P, _launcher, _tiny_model_config, fresh_clone, tiny_clone  # noqa: F401
+from vqdiff.data.build import build_dataloader
+from vqdiff.data.layouts import write_layout
+from vqdiff.utils.config import load_yaml_config, merge_opts_to_config, save_yaml_config
 
-from test_official_commands import P, _launcher, _tiny_model_config, fresh_clone, tiny_clone  # noqa: E402,F401
-from vqdiff.data.build import build_dataloader  # noqa: E402
-from vqdiff.data.layouts import write_layout  # noqa: E402
-from vqdiff.utils.config import load_yaml_config, merge_opts_to_config, save_yaml_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARDS = "dataloader.train_datasets.0.params.urls"
 

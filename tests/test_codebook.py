@@ -121,11 +121,7 @@ def test_count_codec_tokens_raw_and_script(tmp_path):
     assert compact.tolist() == [4, 0, 0, 0]  # codes 0, 1, 7 all map to compact 0
     assert count_codec_tokens(codec, ds, max_images=1).sum().item() == 4
 
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import codebook_health
+    from scripts import codebook_health
 
     (tmp_path / "codec.yaml").write_text(f"content_codec_config:\n  target: {__name__}.TinyImagesCodec\n")
     (tmp_path / "data.yaml").write_text(f"target: {__name__}.TinyImages\nparams:\n  num_samples: 5\n")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,13 @@ import torch
 from PIL import Image
 from webdataset import TarWriter
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import train
+from vqdiff.utils.config import load_yaml_config, save_yaml_config
+from vqdiff.utils.tiny_parts import write_tiny_parts
 
-import train  # noqa: E402
-from test_shard_safety import bomb_png  # noqa: E402
-from vqdiff.utils.config import load_yaml_config, save_yaml_config  # noqa: E402
-from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
+from test_shard_safety import bomb_png
+
+REPO = Path(__file__).resolve().parents[1]
 
 PRE = {"target": "vqdiff.data.preprocess.DalleTransformerPreprocessor", "params": {"size": 16, "phase": "train"}}
 CAPTIONS = ["a red square", "a blue circle", "a green triangle", "a yellow square"]

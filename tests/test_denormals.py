@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from benchmarks import perf
 from vqdiff.utils.denormals import flush_denormal_enabled, flush_denormals
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import perf  # noqa: E402  (benchmark support: benchmarks/perf.py)
 
 @pytest.fixture(scope="module")
 def diffusion():
     torch.manual_seed(0)
-    size = perf.issue8_size(quick=True)
+    size = perf.reference_size(quick=True)
     size.update(T=4, layers=1)
     return perf.build_text2image_diffusion(size).eval(), size
 

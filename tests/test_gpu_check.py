@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks import gpu_check, gpu_check_sections
+from benchmarks.gpu_check_result import Check, Context
+from benchmarks.gpu_check_tiny import amp_flags, apply_solver_settings
 
-import gpu_check  # noqa: E402
-import gpu_check_sections  # noqa: E402
-from gpu_check_result import Check, Context  # noqa: E402
-from gpu_check_tiny import amp_flags, apply_solver_settings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SECTIONS = ["agreement", "amp_training", "compile", "distributed", "paper_speed"]
 
@@ -172,7 +170,7 @@ def test_amp_flags_reject_unknown_dtypes_and_choices():
 
 def test_amp_flags_of_this_train_py_are_accepted_by_its_parser():
     import train
-    from gpu_check_tiny import train_help_text
+    from benchmarks.gpu_check_tiny import train_help_text
 
     for dtype in ("fp16", "bf16"):
         flags, _ = amp_flags(dtype, train_help_text())
@@ -180,7 +178,7 @@ def test_amp_flags_of_this_train_py_are_accepted_by_its_parser():
 
 
 def test_autocast_probe_sees_the_dtype_of_the_first_forward_only():
-    from gpu_check_tiny import model_autocast_probe
+    from benchmarks.gpu_check_tiny import model_autocast_probe
 
     lin = torch.nn.Linear(2, 2)
     handle, seen = model_autocast_probe(torch.nn.Linear)

@@ -17,16 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import train  # noqa: E402
-from vqdiff.engine.lora import (LoraError, add_lora, apply_adapter, linear_layer_names, lora_network,  # noqa: E402
+import train
+from vqdiff.engine.lora import (LoraError, add_lora, apply_adapter, linear_layer_names, lora_network,
                                 set_lora_scale)
-from vqdiff.engine.lora_config import LoraConfig, parse_lora_config  # noqa: E402
-from vqdiff.engine.lora_training import adapter_folder_for  # noqa: E402
-from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, save_yaml_config  # noqa: E402
-from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
+from vqdiff.engine.lora_config import LoraConfig, parse_lora_config
+from vqdiff.engine.lora_training import adapter_folder_for
+from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, save_yaml_config
+from vqdiff.utils.tiny_parts import write_tiny_parts
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_SOURCE = REPO / "configs" / "tiny_text_shapes.yaml"
 # in the runs folder: the tiny config with diffusers' MLP width (4 x n_embd) and 2 blocks (20 adapted layers: peft
@@ -259,10 +258,8 @@ def test_base_mismatch_is_refused_unless_allowed(runs, monkeypatch, tmp_path):
 
 def test_merged_checkpoint_loads_everywhere_and_matches(runs, monkeypatch, tmp_path):
     monkeypatch.chdir(runs)
-    sys.path.insert(0, str(REPO / "scripts"))
-    from merge_lora import main as merge_main
-
     from inference_VQ_Diffusion import VQ_Diffusion
+    from scripts.merge_lora import main as merge_main
     from vqdiff.inference.diffusers_export import export_diffusers
 
     adapter = str(runs / "OUTPUT/full/checkpoint/last_lora")

@@ -5,7 +5,6 @@ tiny config trained through train.py then sampled through the notebook API."""
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from pathlib import Path
 
@@ -178,7 +177,6 @@ def test_dalle_with_learnable_null_text_samples_guided():
 # the tiny config with one line changed: train.py, then the notebook API on its checkpoint
 # --------------------------------------------------------------------------------------------------
 def test_tiny_config_with_masked_elbo_trains_and_samples(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO))
     import train
     from inference_VQ_Diffusion import VQ_Diffusion
     from vqdiff.utils.tiny_parts import write_tiny_parts

@@ -12,15 +12,14 @@ from vqdiff.modeling.diffusion import samplers as S
 from vqdiff.modeling.diffusion.log_ops import gumbel_noise, index_to_log_onehot, sample_categorical_index
 from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import perf  # noqa: E402  (benchmark support: benchmarks/perf.py)
-from one_hot_posterior import one_hot_q_posterior  # noqa: E402  (the reference posterior)
+from benchmarks import perf
+from benchmarks.one_hot_posterior import one_hot_q_posterior  # the reference posterior
 
 
 @pytest.fixture(scope="module")
 def diffusion():
     torch.manual_seed(0)
-    size = perf.issue8_size(quick=True)
+    size = perf.reference_size(quick=True)
     size.update(T=12)
     return perf.build_text2image_diffusion(size).eval(), size
 
@@ -141,7 +140,7 @@ def test_training_loss_and_gradients_match_reference(diffusion):
 
 
 def test_activation_checkpointing_same_loss_and_grads():
-    size = perf.issue8_size(quick=True)
+    size = perf.reference_size(quick=True)
     torch.manual_seed(0)
     plain = perf.build_text2image_diffusion(size)
     ckpt = perf.build_text2image_diffusion(size, checkpoint=True)
@@ -174,15 +173,11 @@ def test_perf_helpers():
 
 
 def test_bench_all_quick_prints_markdown_table_and_json(monkeypatch, capsys):
-    import importlib.util
     import json
-    import pathlib
     import sys
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_all.py"
-    spec = importlib.util.spec_from_file_location("bench_all", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from benchmarks import bench_all as mod
+
     monkeypatch.setattr(sys, "argv", ["bench_all.py", "--quick", "--no-diffusers"])
     mod.main()
     out = capsys.readouterr().out

@@ -8,7 +8,6 @@ and samples what eager samples; bad values raise errors naming the option.
 
 from __future__ import annotations
 
-import sys
 import zlib
 from pathlib import Path
 
@@ -24,9 +23,7 @@ from vqdiff.sample import build_parser
 from vqdiff.utils.precision import native_bf16, resolve_precision
 
 from _fake_parts import dalle
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import perf  # noqa: E402  (benchmark support: benchmarks/perf.py)
+from benchmarks import perf
 
 MAIN_TOKENS = {  # from the code before issue 25 (main at ea32a6e), this model and these seeds
     "truncation": [
@@ -59,7 +56,7 @@ MAIN_TOKENS = {  # from the code before issue 25 (main at ea32a6e), this model a
 def seeded_network():
     """The quick benchmark network (2 layers, width 64, 8x8 tokens, K = 64, T = 10) with weights drawn per
     parameter name (independent of construction order), and a 2-image text condition."""
-    size = perf.issue8_size(quick=True)
+    size = perf.reference_size(quick=True)
     d = perf.build_text2image_diffusion(size).eval()
     with torch.no_grad():
         for name, p in sorted(d.named_parameters()):

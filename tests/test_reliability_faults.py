@@ -89,10 +89,10 @@ def test_shipped_configs_pass_the_section_checks(name):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda c: c["dataloader"].update(num_worker=2), r"'dataloader\.num_worker' is not a known key; did you mean 'num_workers'"),
+    (lambda c: c["dataloader"].update(num_worker=2), r"unknown key 'dataloader\.num_worker'; did you mean 'dataloader\.num_workers'\?"),
     (lambda c: c["dataloader"].update(batch_size="four"), r"'dataloader\.batch_size' must be an integer, got str 'four'"),
     (lambda c: c["dataloader"].update(batch_size=0), r"'dataloader\.batch_size' must be positive"),
-    (lambda c: c["solver"]["ema"].update(decy=0.5), r"'solver\.ema\.decy' is not a known key; did you mean 'decay'"),
+    (lambda c: c["solver"]["ema"].update(decy=0.5), r"unknown key 'solver\.ema\.decy'; did you mean 'solver\.ema\.decay'\?"),
     (lambda c: c["solver"]["ema"].update(decay="high"), r"'solver\.ema\.decay' must be a number, got str"),
     (lambda c: c["solver"]["ema"].update(update_interval=2.5), r"'solver\.ema\.update_interval' must be an integer"),
     (lambda c: c.update(dataloder={}), r"'dataloder' is not a known config section; did you mean 'dataloader'"),

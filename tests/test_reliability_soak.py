@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import train
+from vqdiff.engine.run_lock import RunLock, RunLockError
+from vqdiff.engine.solver import TrainingStopped
+from vqdiff.utils.tiny_parts import write_tiny_parts
 
-import train  # noqa: E402
-from vqdiff.engine.run_lock import RunLock, RunLockError  # noqa: E402
-from vqdiff.engine.solver import TrainingStopped  # noqa: E402
-from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CFG = str(REPO / "configs" / "tiny_text_shapes.yaml")
 # 4 epochs of 4 iterations, validation after every epoch, only last.pth written

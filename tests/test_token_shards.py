@@ -131,11 +131,8 @@ def test_build_token_cache_script_writes_token_shards(tmp_path):
 
 
 def test_bench_shards_quick_runs_and_reports_both_readers():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench_shards
-    finally:
-        sys.path.pop(0)
+    from benchmarks import bench_shards
+
     result = bench_shards.main(["--quick"])
     rows = result["images_per_s"]
     assert set(rows) == {"raw", "tokens"} and all(r["min"] > 0 for r in rows.values())

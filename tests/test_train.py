@@ -15,12 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import train
+from vqdiff.utils.tiny_parts import write_tiny_parts
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import train  # noqa: E402
-from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from vqdiff.data.build import build_dataloader
+from vqdiff.data.layouts import write_layout
+from vqdiff.utils.config import load_yaml_config, merge_opts_to_config
 
-from vqdiff.data.build import build_dataloader  # noqa: E402
-from vqdiff.data.layouts import write_layout  # noqa: E402
-from vqdiff.utils.config import load_yaml_config, merge_opts_to_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RECIPES = [("coco", "configs__coco.yaml", "coco", {"image", "text"}),
            ("cub200", "configs__cub200.yaml", "cub", {"image", "text"}),

@@ -4,17 +4,15 @@ with the frozen codec at every step (the encoder is deterministic, the data orde
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import train
+from vqdiff.utils.tiny_parts import write_tiny_parts
 
-import train  # noqa: E402
-from vqdiff.utils.tiny_parts import write_tiny_parts  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CFG = REPO / "configs" / "tiny_text_shapes.yaml"
 

@@ -71,7 +71,7 @@ def _solver(tmp_path, model=None, val=False, amp=False, **over):
 # ---------------------------------------------------------------------------------------------- solver config
 @pytest.mark.parametrize("over, message", [
     ({"max_iteratons": 3}, "unknown key 'solver.max_iteratons'; did you mean 'solver.max_iterations'?"),
-    ({"max_epochs": "abc"}, "'solver.max_epochs' must be an integer, got 'abc'"),
+    ({"max_epochs": "abc"}, "'solver.max_epochs' must be an integer, got str 'abc'"),
     ({"save_epochs": [1, "x"]}, "'solver.save_epochs.1' must be an integer"),
     ({"validation_epochs": "often"}, "'solver.validation_epochs' must be an integer or a list of epoch numbers"),
     ({"sample_iterations": "epochs"}, "'solver.sample_iterations' must be an integer or 'epoch'"),

@@ -22,35 +22,43 @@ projections and the MLP. In VQ-Diffusion a caption reaches the image tokens only
 keys and values, which is where a new word's meaning has to land; the queries, the output projections and the
 MLP (about two thirds of a block's weights) decide which codebook entries each token position turns into, and a
 new concept (a colour the base never drew) needs new token choices, not only new attention patterns. The demo
-(README, "LoRA fine-tuning") measures this default.
+(docs/results.md, "LoRA fine-tuning on the demo") measures this default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable
 
 from vqdiff.utils.config import ConfigError
+from vqdiff.utils.config_sections import ConfigSection, parse_section, setting
 
 __all__ = ["LoraConfig", "parse_lora_config", "DEFAULT_TARGET_MODULES"]
 
 DEFAULT_TARGET_MODULES = ("query", "key", "value", "proj", "mlp.0", "mlp.2")
 
 
-def _names(value: Any, key_path: str) -> tuple:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError(f"'{key_path}' must be a list of module names, got {value!r}")
-    names = tuple(v.strip() for v in value)
-    if len(set(names)) != len(names):
-        raise ConfigError(f"'{key_path}' lists a name twice: {list(names)}")
+def _names_or(default: tuple) -> Callable[[Any, str], tuple]:
+    """A parser of a list of module names (one name alone as a list of one; empty: ``default``)."""
+
+    def names(value: Any, key_path: str) -> tuple:
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"'{key_path}' must be a list of module names, got {value!r}")
+        found = tuple(v.strip() for v in value)
+        if len(set(found)) != len(found):
+            raise ConfigError(f"'{key_path}' lists a name twice: {list(found)}")
+        return found
+
     return names
 
 
 @dataclass(frozen=True)
-class LoraConfig:
-    """The typed ``solver.lora`` section (checked in ``__post_init__``: the one home of defaults and ranges).
+class LoraConfig(ConfigSection):
+    """The typed ``solver.lora`` section: each key's default and range, checked when parsed or built.
 
     Args:
         rank: r, the inner width of each adapter ``B A`` (A: (r, in), B: (out, r)); >= 1.
@@ -60,50 +68,20 @@ class LoraConfig:
         train_also: tensors of the DiffusionTransformer trained in full beside the adapters.
     """
 
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: tuple = DEFAULT_TARGET_MODULES
-    train_also: tuple = ()
+    KEY_PATH = "solver.lora"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError(f"'solver.lora.rank' must be an integer >= 1, got {self.rank!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise ConfigError(f"'solver.lora.alpha' must be a number > 0, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"'solver.lora.dropout' must be a number in [0, 1), got {self.dropout!r}")
-        if not self.target_modules:
-            raise ConfigError("'solver.lora.target_modules' must name at least one linear layer")
+    rank: int = setting(16, check=lambda v: v >= 1, must="an integer >= 1")
+    alpha: float = setting(32.0, check=lambda v: v > 0, must="a number > 0")
+    dropout: float = setting(0.0, check=lambda v: 0 <= v < 1, must="a number in [0, 1)")
+    target_modules: tuple = setting(DEFAULT_TARGET_MODULES, parse=_names_or(DEFAULT_TARGET_MODULES),
+                                    check=lambda v: len(v) > 0, must="a list naming at least one linear layer")
+    train_also: tuple = setting((), parse=_names_or(()))
 
     def as_dict(self) -> dict:
         return {"rank": self.rank, "alpha": float(self.alpha), "dropout": float(self.dropout),
                 "target_modules": list(self.target_modules), "train_also": list(self.train_also)}
 
 
-_KNOWN = tuple(LoraConfig.__dataclass_fields__)
-
-
 def parse_lora_config(section: Any, key_path: str = "solver.lora") -> LoraConfig:
     """Check ``section`` key by key (unknown keys name the closest known one) and return a :class:`LoraConfig`."""
-    from vqdiff.engine.solver_config import check_known_keys
-
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"'{key_path}' must be a mapping, got {type(section).__name__} {section!r}")
-    check_known_keys(section, _KNOWN, key_path)
-    kwargs: dict = {}
-    if "rank" in section:
-        kwargs["rank"] = section["rank"]
-    for key in ("alpha", "dropout"):
-        if key in section:
-            value = section[key]
-            if isinstance(value, str):  # YAML 1.1 reads 1e-1 as a string
-                try:
-                    value = float(value)
-                except ValueError:
-                    pass
-            kwargs[key] = value
-    for key in ("target_modules", "train_also"):
-        if key in section and section[key] is not None:
-            kwargs[key] = _names(section[key], f"{key_path}.{key}")
-    return LoraConfig(**kwargs)
+    return parse_section(section, LoraConfig, key_path)

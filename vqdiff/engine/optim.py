@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from vqdiff.engine.lr_schedule import build_lr_schedule
+from vqdiff.engine.lr_scheduler import build_lr_schedule
 from vqdiff.engine.solver_config import OptimizerAndSchedulerConfig
 from vqdiff.utils.config import ConfigError, resolve_target
 

@@ -14,7 +14,7 @@ so that ``--auto_resume`` continues exactly (bit for bit on CPU with ``num_worke
 non-finite steps, and a checkpoint on SIGTERM/SIGINT. ``codec_solver.CodecSolver`` trains image codecs on it.
 
 The loop reads top to bottom: ``train`` -> ``train_epoch`` -> ``step``. Around it, one module per concept:
-``solver_config`` (the typed ``solver:`` section), ``optim`` + ``lr_schedule`` (optimizers and schedules),
+``solver_config`` (the typed ``solver:`` section), ``optim`` + ``lr_scheduler`` (optimizers and schedules),
 ``ema``, ``clip_grad_norm``, ``amp``, ``lora_training`` (``solver.lora``), ``resumable_loader`` (resuming
 inside an epoch), ``rng_state``, ``solver_checkpoint`` (checkpoint layout, saving, resuming), ``validation``,
 ``train_log``."""

@@ -99,8 +99,8 @@ class DiffusionTransformer(OfficialSamplingMethods, nn.Module):
             raise ValueError("diffusion_config.params.masked_elbo is given but objective is "
                              f"{objective!r}; set 'objective: masked_elbo' or remove it")
         self.objective = objective
-        self.masked_elbo_options = (masked_elbo_module.MaskedELBOOptions.from_config(masked_elbo)
-                                    if objective == "masked_elbo" else None)
+        self.masked_elbo_options = (masked_elbo_module.MaskedELBOOptions.from_config(
+            masked_elbo, "diffusion_config.params.masked_elbo") if objective == "masked_elbo" else None)
         if transformer_config is None:
             raise ValueError("DiffusionTransformer needs 'transformer_config' (the network's target + params)")
         # -- condition embedding (frozen CLIP text / class labels) ----------------------------------

@@ -45,13 +45,14 @@ Shapes: tokens (B, N) with [MASK] = K, log-probabilities (B, K, N) or (B, K+1, N
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
+
+from vqdiff.utils.config_sections import ConfigSection, parse_section, setting
 
 __all__ = [
     "MD4_EPS",
@@ -79,7 +80,7 @@ TIME_FORMS = ("continuous", "discrete")
 
 
 @dataclass(frozen=True)
-class MaskedELBOOptions:
+class MaskedELBOOptions(ConfigSection):
     """The options of ``objective: masked_elbo`` (``diffusion_config.params.masked_elbo``), each checked once.
 
     Attributes:
@@ -90,36 +91,20 @@ class MaskedELBOOptions:
         eps: the clamp of (M2), in [0, 0.5); MD4's 1e-4 by default.
     """
 
-    schedule: str = "linear"
-    exponent: float = 1.0
-    time: str = "continuous"
-    antithetic: bool = True
-    eps: float = MD4_EPS
+    KEY_PATH = "masked_elbo"
 
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"masked_elbo.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if isinstance(self.exponent, bool) or not isinstance(self.exponent, (int, float)) or not (
-                math.isfinite(self.exponent) and self.exponent > 0):
-            raise ValueError(f"masked_elbo.exponent must be a number > 0, got {self.exponent!r}")
-        if self.time not in TIME_FORMS:
-            raise ValueError(f"masked_elbo.time must be one of {TIME_FORMS}, got {self.time!r}")
-        if not isinstance(self.antithetic, bool):
-            raise ValueError(f"masked_elbo.antithetic must be true or false, got {self.antithetic!r}")
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 <= self.eps < 0.5:
-            raise ValueError(f"masked_elbo.eps must be a number in [0, 0.5), got {self.eps!r}")
+    schedule: str = setting("linear", check=lambda v: v in SCHEDULES, must=f"one of {SCHEDULES}")
+    exponent: float = setting(1.0, check=lambda v: v > 0, must="a number > 0")
+    time: str = setting("continuous", check=lambda v: v in TIME_FORMS, must=f"one of {TIME_FORMS}")
+    antithetic: bool = True
+    eps: float = setting(MD4_EPS, check=lambda v: 0.0 <= v < 0.5, must="a number in [0, 0.5)")
 
     @classmethod
-    def from_config(cls, config: Optional[Mapping[str, Any]]) -> "MaskedELBOOptions":
-        """From the ``masked_elbo`` mapping of a config (None: the defaults); an unknown key is an error."""
-        config = dict(config or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown masked_elbo option(s) {unknown}; expected some of {sorted(known)}")
-        if "exponent" in config and isinstance(config["exponent"], int) and not isinstance(config["exponent"], bool):
-            config["exponent"] = float(config["exponent"])
-        return cls(**config)
+    def from_config(cls, config: Optional[Mapping[str, Any]],
+                    key_path: str = "masked_elbo") -> "MaskedELBOOptions":
+        """From the ``masked_elbo`` mapping of a config (None: the defaults); a :class:`ConfigError` names the
+        key path of an unknown key or a bad value (``vqdiff.utils.config_sections.parse_section``)."""
+        return cls() if config is None else parse_section(config, cls, key_path)
 
     def record(self) -> torch.Tensor:
         """The schedule as a small float64 tensor kept in checkpoints: (schedule index, exponent, eps)."""
