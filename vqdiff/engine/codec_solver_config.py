@@ -1,8 +1,8 @@
 """The ``solver:`` section of a codec (VQ-VAE / VQGAN / FSQ) training config, and how it drives the engine.
 
 :class:`CodecSolverConfig` is a frozen dataclass with one default and one check per key, parsed by
-``vqdiff.utils.config_sections.check_section`` (unknown keys and wrong types raise naming
-``solver.<key>``). :func:`engine_solver_section` turns it into the engine's own ``solver:`` section
+the project's one section parser, ``vqdiff.utils.config_sections.parse_section`` (unknown keys, wrong
+types and bad values raise ``ConfigError`` naming ``solver.<key>`` and, on a typo, the known keys). :func:`engine_solver_section` turns it into the engine's own ``solver:`` section
 (``vqdiff.engine.solver_config``): two optimizers as taming trains a VQGAN (``generator``: encoder,
 quantizer, decoder; ``discriminator``: the PatchGAN, from ``disc_start``), Adam with ``betas``, and the
 codec schedule :class:`CodecLRSchedule` on each, ``max_iterations = max_steps x grad_accumulation_steps``.
@@ -18,74 +18,64 @@ decoder has the last part of it to learn what the moved codes mean.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Optional
 
 from torch.optim import Optimizer
 
 from vqdiff.engine.amp import AMP_DTYPE_NAMES
-from vqdiff.utils.config import ConfigError
-from vqdiff.utils.config_sections import check_section
+from vqdiff.utils.config_sections import ConfigSection, parse_section, setting
 
 __all__ = ["CodecSolverConfig", "codec_learning_rate", "CodecLRSchedule", "engine_solver_section"]
 
 
 @dataclass(frozen=True)
-class CodecSolverConfig:
+class CodecSolverConfig(ConfigSection):
     """``solver:`` of a codec config. Steps are optimizer steps (one per ``grad_accumulation_steps``
     batches); ``batch_size`` is per process, as the diffusion trainer's ``dataloader.batch_size``."""
 
-    base_lr: float = 1.0e-3
-    max_steps: int = 1000
-    batch_size: int = 16
-    log_frequency: int = 50               # steps between log lines (and entries of the returned history)
-    betas: list = field(default_factory=lambda: [0.5, 0.9])  # Adam's, both optimizers (taming)
-    lr_schedule: str = "cosine"           # "cosine" (warm-up, then cosine decay) or "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.02            # the cosine decay ends at base_lr * min_lr_ratio
-    gumbel_temperature: list = field(default_factory=lambda: [1.0, 1.0 / 16])  # cosine anneal start -> end
-    codebook_init: str = "data"           # "data" (k-means++ seeding from encoder outputs) or "none"
-    dead_code_restart: int = 0            # every N steps (0: off)
-    dead_code_restart_until: float = 0.75  # fraction of max_steps after which no code is moved
-    grad_accumulation_steps: int = 1
-    amp_dtype: str = "fp16"               # autocast dtype under --amp: fp16, bf16 or auto (vqdiff.engine.amp)
-    max_nonfinite_steps: int = 10         # stop after this many skipped non-finite steps in a row (0: never)
-    validation_every: int = 0             # steps between validations on dataloader.validation_datasets (0: off)
-    validation_images: int = 0            # images per validation (0: the whole held-out split)
-    inception_path: str = ""              # TF-FID Inception weights for rFID ("" : no rFID)
-    save_every: int = 0                   # also keep checkpoint/<epoch>e_<iter>iter.pth at epoch ends every N steps
+    KEY_PATH: ClassVar[str] = "solver"
 
-    def __post_init__(self) -> None:
-        checks = {
-            "base_lr": self.base_lr > 0,
-            "max_steps": self.max_steps > 0,
-            "batch_size": self.batch_size > 0,
-            "log_frequency": self.log_frequency > 0,
-            "betas": len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas),
-            "lr_schedule": self.lr_schedule in ("cosine", "constant"),
-            "warmup_steps": self.warmup_steps >= 0,
-            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
-            "gumbel_temperature": len(self.gumbel_temperature) == 2
-            and all(isinstance(t, (int, float)) and t > 0 for t in self.gumbel_temperature),
-            "codebook_init": self.codebook_init in ("data", "none"),
-            "dead_code_restart": self.dead_code_restart >= 0,
-            "dead_code_restart_until": 0 <= self.dead_code_restart_until <= 1,
-            "grad_accumulation_steps": self.grad_accumulation_steps >= 1,
-            "amp_dtype": self.amp_dtype in AMP_DTYPE_NAMES,
-            "max_nonfinite_steps": self.max_nonfinite_steps >= 0,
-            "validation_every": self.validation_every >= 0,
-            "validation_images": self.validation_images >= 0,
-            "inception_path": True,
-            "save_every": self.save_every >= 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"'solver.{key}': invalid value {getattr(self, key)!r}")
+    base_lr: float = setting(1.0e-3, check=lambda v: v > 0, must="> 0")
+    max_steps: int = setting(1000, check=lambda v: v > 0, must="> 0")
+    batch_size: int = setting(16, check=lambda v: v > 0, must="> 0")
+    # steps between log lines (and entries of the returned history)
+    log_frequency: int = setting(50, check=lambda v: v > 0, must="> 0")
+    # Adam's, both optimizers (taming)
+    betas: list[float] = setting(default_factory=lambda: [0.5, 0.9],
+                                 check=lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+                                 must="two numbers in [0, 1)")
+    lr_schedule: str = setting("cosine", check=lambda v: v in ("cosine", "constant"),
+                               must="'cosine' (warm-up, then cosine decay) or 'constant'")
+    warmup_steps: int = setting(0, check=lambda v: v >= 0, must=">= 0")
+    # the cosine decay ends at base_lr * min_lr_ratio
+    min_lr_ratio: float = setting(0.02, check=lambda v: 0 <= v <= 1, must="in [0, 1]")
+    # Gumbel temperature, cosine anneal start -> end
+    gumbel_temperature: list[float] = setting(default_factory=lambda: [1.0, 1.0 / 16],
+                                              check=lambda v: len(v) == 2 and all(t > 0 for t in v),
+                                              must="two positive numbers (start, end)")
+    # "data" (k-means++ seeding from encoder outputs) or "none"
+    codebook_init: str = setting("data", check=lambda v: v in ("data", "none"), must="'data' or 'none'")
+    dead_code_restart: int = setting(0, check=lambda v: v >= 0, must=">= 0 (every N steps; 0: off)")
+    # fraction of max_steps after which no code is moved
+    dead_code_restart_until: float = setting(0.75, check=lambda v: 0 <= v <= 1, must="in [0, 1]")
+    grad_accumulation_steps: int = setting(1, check=lambda v: v >= 1, must=">= 1")
+    # autocast dtype under --amp: fp16, bf16 or auto (vqdiff.engine.amp)
+    amp_dtype: str = setting("fp16", check=lambda v: v in AMP_DTYPE_NAMES, must=f"one of {AMP_DTYPE_NAMES}")
+    # stop after this many skipped non-finite steps in a row (0: never)
+    max_nonfinite_steps: int = setting(10, check=lambda v: v >= 0, must=">= 0")
+    # steps between validations on dataloader.validation_datasets (0: off)
+    validation_every: int = setting(0, check=lambda v: v >= 0, must=">= 0")
+    # images per validation (0: the whole held-out split)
+    validation_images: int = setting(0, check=lambda v: v >= 0, must=">= 0")
+    inception_path: str = setting("")  # TF-FID Inception weights for rFID ("": no rFID)
+    # also keep checkpoint/<epoch>e_<iter>iter.pth at epoch ends every N steps
+    save_every: int = setting(0, check=lambda v: v >= 0, must=">= 0")
 
     @classmethod
     def from_mapping(cls, section: Optional[Mapping[str, Any]], key_path: str = "solver") -> "CodecSolverConfig":
-        """Parse and check ``section`` (None: every default)."""
-        return check_section(dict(section or {}), cls, key_path)
+        """Parse and check ``section`` (None: every default) with the project's one section parser."""
+        return parse_section(dict(section or {}), cls, key_path)
 
 
 def codec_learning_rate(step: int, base_lr: float, max_steps: int, warmup_steps: int = 0,

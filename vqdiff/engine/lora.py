@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from vqdiff.engine.lora_config import LoraConfig
-from vqdiff.engine.lora_folder import CONFIG_FILE, RECORD_FILE, TRAIN_ALSO_FILE, WEIGHTS_FILE, LoraError, \
+from vqdiff.engine.lora_folder import CONFIG_FILE, linear_layer_names, RECORD_FILE, TRAIN_ALSO_FILE, WEIGHTS_FILE, LoraError, \
     read_adapter_folder, read_json
 from vqdiff.utils.config import ConfigError
 
@@ -53,22 +53,6 @@ def lora_network(model: nn.Module) -> nn.Module:
         raise ConfigError(f"LoRA needs a model whose get_ema_model() has a '{NETWORK}' network; "
                           f"{type(model).__name__} has none")
     return network
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (hasattr(module, "get_base_layer")
-                                             and isinstance(module.get_base_layer(), nn.Linear))
-
-
-def linear_layer_names(network: nn.Module) -> list[str]:
-    """Dotted names of the network's linear layers (a LoRA-wrapped one by its own name, not its parts)."""
-    out = []
-    for name, module in network.named_modules():
-        if isinstance(module, nn.Linear) and name.endswith(".base_layer"):
-            continue
-        if name and _is_linear(module) and not any(name.startswith(o + ".") for o in out):
-            out.append(name)
-    return out
 
 
 def _short_names(names: list[str]) -> list[str]:

@@ -91,11 +91,25 @@ def _peft_config(folder: Path) -> Any:
     return cfg
 
 
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (hasattr(module, "get_base_layer")
+                                             and isinstance(module.get_base_layer(), nn.Linear))
+
+
+def linear_layer_names(network: nn.Module) -> list[str]:
+    """Dotted names of the network's linear layers (a LoRA-wrapped one by its own name, not its parts)."""
+    out = []
+    for name, module in network.named_modules():
+        if isinstance(module, nn.Linear) and name.endswith(".base_layer"):
+            continue
+        if name and _is_linear(module) and not any(name.startswith(o + ".") for o in out):
+            out.append(name)
+    return out
+
+
 def _targets(network: nn.Module, cfg: Any, path: Path) -> dict[str, nn.Linear]:
     """The linear layers the config targets, by network name (peft's rules: a string is a full-match
     regular expression, a list matches a name or a ``.name`` suffix)."""
-    from vqdiff.engine.lora import linear_layer_names
-
     layers = {}
     for name in linear_layer_names(network):
         module = network.get_submodule(name)
