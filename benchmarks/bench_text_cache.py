@@ -25,16 +25,18 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling perf.py
 
-from perf import machine_description  # noqa: E402
-from vqdiff.data.synthetic import all_combinations, partial_captions  # noqa: E402
-from vqdiff.modeling.codecs.text.tokenize import Tokenize  # noqa: E402
-from vqdiff.modeling.diffusion import DiffusionTransformer  # noqa: E402
-from vqdiff.modeling.embeddings.clip_text_embedding import CLIPTextEmbedding  # noqa: E402
-from vqdiff.modeling.embeddings.text_feature_cache import TextFeatureCache  # noqa: E402
-from vqdiff.utils.tiny_parts import random_clip_text_tower  # noqa: E402
+from vqdiff.data.synthetic import all_combinations, partial_captions
+from vqdiff.modeling.codecs.text.tokenize import Tokenize
+from vqdiff.modeling.diffusion import DiffusionTransformer
+from vqdiff.modeling.embeddings.clip_text_embedding import CLIPTextEmbedding
+from vqdiff.modeling.embeddings.text_feature_cache import TextFeatureCache
+from vqdiff.utils.tiny_parts import random_clip_text_tower
+
+if __package__:  # imported as benchmarks.<name> (tests)
+    from benchmarks import perf
+else:  # run as python benchmarks/<name>.py: Python puts benchmarks/ first on sys.path
+    import perf
 
 TOKENS, CODES = (8, 8), 64
 
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['tower']:26s} {r['batch']:5d} {r['distinct_captions']:8d} {r['step_s_uncached']:15.4f} "
               f"{r['step_s_cached']:13.4f} {r['speedup']:7.2f}x {r['fill_s']:7.2f}")
-    print(json.dumps({"machine": machine_description(), "rows": rows}))
+    print(json.dumps({"machine": perf.machine_description(), "rows": rows}))
     return 0
 
 

@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 from pathlib import Path
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from vqdiff.utils.config import instantiate_from_config, load_yaml_config  # noqa: E402
+from vqdiff.utils.config import instantiate_from_config, load_yaml_config
 
 
 def _random_vgg_files(folder: Path) -> tuple[str, str]:

@@ -29,19 +29,18 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "running_command"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import run_demo_shapes as demo  # noqa: E402
-from vqdiff.data.synthetic import ShapesDataset, class_label, heldout_combinations, make_caption, num_classes  # noqa: E402
-from vqdiff.utils.config import save_yaml_config  # noqa: E402
+from vqdiff.data.synthetic import ShapesDataset, class_label, heldout_combinations, num_classes
+from vqdiff.demo import recipe
+from vqdiff.demo.presets import PRESETS, DemoPreset
+from vqdiff.demo.shapes import sample_heldout
+from vqdiff.utils.config import save_yaml_config
 
 OBJECTIVES = ("vq_diffusion", "masked_elbo")
-TINY = dict(vq_steps=2, iters=3, batch=4, layers=1, width=32, heads=2, train_images=32, per_caption=1, lr=1e-3)
+TINY = DemoPreset(vq_steps=2, iters=3, batch=4, layers=1, width=32, heads=2, train_images=32, per_caption=1)
 TRUNCATION, GUIDANCE = 0.85, 3.0
 
 
@@ -52,24 +51,24 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # shared parts and configs
 # --------------------------------------------------------------------------------------------------
-def shared_parts(out: Path, p: dict) -> tuple[dict, Path, Path]:
+def shared_parts(out: Path, p: DemoPreset) -> tuple[dict, Path, Path]:
     """(codec config, CLIP path, token cache dir), made once with seed 0 (the demo's steps 1-3; the demo keeps
     its token-cache step inside ``_train_all``, so it is repeated here)."""
     from vqdiff.data.token_cache import write_token_cache
     from vqdiff.utils.config import instantiate_from_config
 
-    clip = demo.make_random_clip(out / "pretrained" / "clip_tiny_random.pt", seed=0)
-    codec_cfg = demo.train_codec(out / "vqvae", p["vq_steps"], 0)
+    clip = recipe.make_random_clip(out / "pretrained" / "clip_tiny_random.pt", seed=0)
+    codec_cfg = recipe.train_codec(out / "vqvae", p.vq_steps, 0)
     cache = out / "token_cache"
     if not (cache / "tokens.npy").is_file():
         codec = instantiate_from_config(codec_cfg, key_path="codec")
-        cache = Path(write_token_cache(ShapesDataset(p["train_images"], 32, split="train", seed=0), codec, cache,
+        cache = Path(write_token_cache(ShapesDataset(p.train_images, 32, split="train", seed=0), codec, cache,
                                        batch_size=64, codec_config=codec_cfg, overwrite=True))
     return codec_cfg, clip, cache
 
 
-def text_config(codec_cfg: dict, clip: Path, cache: Path, p: dict, seed: int, objective: str, steps: int) -> dict:
-    cfg = demo.diffusion_config(codec_cfg, clip, cache, p, seed)
+def text_config(codec_cfg: dict, clip: Path, cache: Path, p: DemoPreset, seed: int, objective: str, steps: int) -> dict:
+    cfg = recipe.diffusion_config(codec_cfg, clip, cache, p, seed)
     params = cfg["model"]["params"]["diffusion_config"]["params"]
     params["objective"] = objective
     params["diffusion_step"] = steps
@@ -144,7 +143,7 @@ def score_text(api, clf, per_caption: int, seed: int, out: Path) -> dict:
 
     rows = {}
     for label, with_text in (("text", True), ("empty text", False)):
-        ims, caps = demo.sample_heldout(api, out / f"samples_{with_text}", per_caption, seed, with_text,
+        ims, caps = sample_heldout(api, out / f"samples_{with_text}", per_caption, seed, with_text,
                                         truncation_rate=TRUNCATION, guidance_scale=GUIDANCE)
         rep = text_following_report(clf, torch.stack([to_tensor(x) for x in ims]), caps, label)
         rows[label] = {**rep["accuracy"], "n": len(ims)}
@@ -169,7 +168,7 @@ def score_class(api, clf, per_class: int, seed: int) -> dict:
                       "all": (right_c & right_s).float().mean().item(), "n": len(images)}}
 
 
-def one_run(kind: str, objective: str, seed: int, shared: tuple, p: dict, args, clf, out: Path) -> dict:
+def one_run(kind: str, objective: str, seed: int, shared: tuple, p: DemoPreset, args, clf, out: Path) -> dict:
     from inference_VQ_Diffusion import VQ_Diffusion
 
     codec_cfg, clip, cache = shared
@@ -181,9 +180,9 @@ def one_run(kind: str, objective: str, seed: int, shared: tuple, p: dict, args, 
     api = VQ_Diffusion(config=str(cfg_path), path=str(ckpt), device="cpu")
     t = time.time()
     if kind == "text":
-        rows = score_text(api, clf, p["per_caption"], seed, out / name)
+        rows = score_text(api, clf, p.per_caption, seed, out / name)
     else:
-        rows = score_class(api, clf, p["per_caption"], seed)
+        rows = score_class(api, clf, p.per_caption, seed)
     sample_s = time.time() - t
     bits = validation_bits(api.model, kind, args.val_images, seed, args.val_passes)
     log(f"{name}: train {train_s:.0f} s, sample {sample_s:.0f} s, bound {bits:.3f} bits/token, {rows}")
@@ -233,9 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    p = dict(TINY if args.tiny else demo.PRESETS["quick"])
+    p = TINY if args.tiny else PRESETS["quick"]
     if args.iters:
-        p["iters"] = args.iters
+        p = p.replace(iters=args.iters)
     args.steps = args.steps or (10 if args.tiny else 100)
     args.val_images = args.val_images or (4 if args.tiny else 64)
     args.val_passes = args.val_passes or (1 if args.tiny else 8)
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = [one_run(kind, objective, seed, shared, p, args, clf, out)
             for kind in args.sets for seed in args.seeds for objective in OBJECTIVES]
     text = table(runs)
-    result = {"preset": "tiny" if args.tiny else "quick", "iterations": p["iters"], "diffusion_steps": args.steps,
+    result = {"preset": "tiny" if args.tiny else "quick", "iterations": p.iters, "diffusion_steps": args.steps,
               "seeds": args.seeds, "runs": runs, "table": text, "total_s": time.time() - t0,
               "command": "python benchmarks/compare_objectives.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     (out / "results.json").write_text(json.dumps(result, indent=2))

@@ -27,20 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "running_command"))
+import torch
 
-import torch  # noqa: E402
-
-from vqdiff.data.synthetic import BACKGROUND, ShapesDataset  # noqa: E402
-from vqdiff.evaluation.shapes_classifier import text_following_report, train_shapes_classifier  # noqa: E402
-from vqdiff.engine.codec_training import train_vqvae  # noqa: E402
-from vqdiff.utils.config import load_yaml_config  # noqa: E402
+from vqdiff.data.synthetic import BACKGROUND, ShapesDataset
+from vqdiff.demo.presets import PRESETS
+from vqdiff.demo.recipe import CODEC_CONFIG
+from vqdiff.evaluation.shapes_classifier import text_following_report, train_shapes_classifier
+from vqdiff.engine.codec_training import train_vqvae
+from vqdiff.utils.config import load_yaml_config
 
 ATTRS = ("color", "shape", "position")
 
@@ -115,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,3,7 ('' to score --from-runs only)")
     parser.add_argument("--threads", default="1,2", help="torch thread counts to train with")
     parser.add_argument("--presets", default="quick,full", help="demo presets (their VQ-VAE step counts)")
-    parser.add_argument("--config", default=str(REPO / "configs" / "tiny_vqvae_shapes.yaml"))
+    parser.add_argument("--config", default=str(CODEC_CONFIG))
     parser.add_argument("--images", type=int, default=128, help="held-out images per codec")
     parser.add_argument("--min-ceiling", type=float, default=0.97)
     parser.add_argument("--max-steps", type=int, default=None, help="override the preset's steps (tests)")
@@ -124,7 +121,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--from-codecs", nargs="*", default=[], help="scripts/train_vqvae.py output folders to score")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
-    from run_demo_shapes import PRESETS
 
     torch.set_flush_denormal(True)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
@@ -143,7 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config = load_yaml_config(args.config)
     by_steps: dict[int, list[str]] = {}  # presets that train the same codec are trained once
     for preset in presets:
-        by_steps.setdefault(args.max_steps or PRESETS[preset]["vq_steps"], []).append(preset)
+        by_steps.setdefault(args.max_steps or PRESETS[preset].vq_steps, []).append(preset)
     for steps, names in by_steps.items():
         preset = "+".join(names)
         for seed in _int_list(args.seeds):

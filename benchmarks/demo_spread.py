@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "running_command"))
 
 ROWS = {
     "ceiling": "VQ-VAE reconstructions (ceiling)",
@@ -57,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--editing", action="store_true", help="also run run_demo_editing.py on every model")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    import run_demo_editing
-    import run_demo_shapes
+    from vqdiff.demo import editing, shapes
+    from vqdiff.demo.presets import get_preset
 
     seeds = [int(s) for s in args.seeds.split(",")]
     results, edits = [], []
@@ -68,13 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         done = out / "results.json"
-        results.append(json.loads(done.read_text()) if done.is_file() else run_demo_shapes.main(cmd))
+        results.append(json.loads(done.read_text()) if done.is_file() else shapes.main(cmd))
         if args.editing:
             edited = out / "editing_results.json"
             edits.append(json.loads(edited.read_text()) if edited.is_file()
-                         else run_demo_editing.main(["--output", str(out), "--seed", str(seed)]))
+                         else editing.main(["--output", str(out), "--seed", str(seed)]))
     summary = summarize(results, edits)
-    samples = len(results[0]["heldout_captions"]) * run_demo_shapes.PRESETS[args.preset]["per_caption"]
+    samples = len(results[0]["heldout_captions"]) * get_preset(args.preset).per_caption
     print(f"\npreset {args.preset}, seeds {seeds}: mean (min-max) over {len(seeds)} seeds, "
           f"{samples} samples per seed and row")
     print(f"{'':12s} " + " ".join(f"{a:>20s}" for a in ATTRS))

@@ -25,7 +25,6 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,15 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import perf  # noqa: E402
-from vqdiff.modeling.diffusion.network_runner import NetworkRunner  # noqa: E402
-from vqdiff.modeling.diffusion.sampling import sample_tokens  # noqa: E402
-from vqdiff.modeling.diffusion.sampling_options import SamplingOptions  # noqa: E402
-from vqdiff.utils.precision import resolve_precision  # noqa: E402
+if __package__:  # imported as benchmarks.<name> (tests)
+    from benchmarks import perf
+else:  # run as python benchmarks/<name>.py: Python puts benchmarks/ first on sys.path
+    import perf
+from vqdiff.modeling.diffusion.network_runner import NetworkRunner
+from vqdiff.modeling.diffusion.sampling import sample_tokens
+from vqdiff.modeling.diffusion.sampling_options import SamplingOptions
+from vqdiff.utils.precision import resolve_precision
 
 RELEASED_SIZE = dict(layers=19, width=1024, heads=16, side=32, K=2887, T=100, cond_dim=512, cond_len=77, batch=1)
 
@@ -131,7 +131,6 @@ def released_size_diff(steps: list[int], precisions: list[str], seed: int = 0) -
 
 def demo_accuracy(output: Path, seeds: list[int], precisions: list[str], per_caption: int,
                   truncation_rate: float, guidance_scale: float) -> dict:
-    sys.path.insert(0, str(REPO / "running_command"))
     import numpy as np
 
     from inference_VQ_Diffusion import VQ_Diffusion

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from vqdiff.utils.config import ConfigError, load_yaml_config  # noqa: E402
+from vqdiff.utils.config import ConfigError, load_yaml_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from vqdiff.engine.codec_training import train_vqvae  # noqa: E402
-from vqdiff.utils.config import load_yaml_config, merge_opts_to_config  # noqa: E402
+from vqdiff.engine.codec_training import train_vqvae
+from vqdiff.utils.config import load_yaml_config, merge_opts_to_config
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,12 +18,11 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from vqdiff.engine.codec_solver import CodecSolver  # noqa: E402
-from vqdiff.engine.codec_training import train_vqvae  # noqa: E402
-from vqdiff.engine.run_lock import RunLockError  # noqa: E402
-from vqdiff.utils.config import instantiate_from_config, load_yaml_config, save_yaml_config  # noqa: E402
+from vqdiff.engine.codec_solver import CodecSolver
+from vqdiff.engine.codec_training import train_vqvae
+from vqdiff.engine.run_lock import RunLockError
+from vqdiff.utils.config import instantiate_from_config, load_yaml_config, save_yaml_config
 
 VQ = "vqdiff.modeling.codecs.image.vqgan.VQModel"
 LOSS = "vqdiff.modeling.codecs.image.losses.VQLPIPSWithDiscriminator"

@@ -4,13 +4,7 @@ on the text and the class set, notebook-API sampling, attribute scores, the vali
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import compare_objectives  # noqa: E402
+from benchmarks import compare_objectives
 
 
 def test_tiny_comparison_runs_every_stage(tmp_path, monkeypatch):

@@ -18,13 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_ci_demo_runs_every_stage(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO))
-    monkeypatch.syspath_prepend(str(REPO / "running_command"))
-    monkeypatch.syspath_prepend(str(REPO / "tests"))
-    import run_demo_shapes
+    from vqdiff.demo import shapes
 
     out = tmp_path / "demo"
-    results = run_demo_shapes.main(["--preset", "ci", "--output", str(out)])
+    results = shapes.main(["--preset", "ci", "--output", str(out)])
     acc = results["accuracy"]
     # the attribute classifier must be reliable on real held-out images, or the other rows mean nothing
     assert acc["real held-out images (classifier check)"]["all"] > 0.9
@@ -49,9 +46,9 @@ def test_ci_demo_runs_every_stage(tmp_path, monkeypatch):
     assert len(list((out / "samples_text").glob("*/000000.png"))) == len(saved["heldout_captions"])
 
     # editing and sampler comparison on the same trained demo
-    import run_demo_editing
+    from vqdiff.demo import editing
 
-    edit = run_demo_editing.main(["--output", str(out), "--num-images", "4", "--calls", "5"])
+    edit = editing.main(["--output", str(out), "--num-images", "4", "--calls", "5"])
     variants = edit["inpainting_variants"]
     assert set(variants) == {"quadrant", "quadrant + 1-token ring"}
     assert all(v["tokens_outside_mask_unchanged"] for v in variants.values())

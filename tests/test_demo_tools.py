@@ -2,7 +2,6 @@
 region grown by the codec's reach, and the demo's preset switch."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(monkeypatch, name):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    monkeypatch.syspath_prepend(str(REPO / "running_command"))
-    monkeypatch.syspath_prepend(str(REPO))
-    return __import__(name)
+def _load(name):
+    """A demo benchmark as the package module ``benchmarks.<name>`` (pytest.ini puts the root on the path)."""
+    import importlib
+
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_dilate_token_mask_grows_by_the_radius_and_stops_at_the_border():
@@ -36,7 +35,7 @@ def test_dilate_token_mask_grows_by_the_radius_and_stops_at_the_border():
 
 
 def test_robustness_table_prints_a_row_per_codec_and_fails_below_the_floor(monkeypatch, tmp_path, capsys):
-    bench = _load(monkeypatch, "demo_robustness")
+    bench = _load("demo_robustness")
     out = tmp_path / "rows.json"
     argv = ["--seeds", "0-1", "--threads", "1", "--presets", "quick,full", "--images", "8", "--max-steps", "3",
             "--classifier-steps", "5", "--json", str(out)]
@@ -67,7 +66,7 @@ def test_robustness_table_prints_a_row_per_codec_and_fails_below_the_floor(monke
 
 
 def test_seed_spread_summary_reads_every_row_and_editing_variant(monkeypatch):
-    spread = _load(monkeypatch, "demo_spread")
+    spread = _load("demo_spread")
 
     def result(v):
         row = {"color": v, "shape": v, "position": v, "all": v}
@@ -84,9 +83,52 @@ def test_seed_spread_summary_reads_every_row_and_editing_variant(monkeypatch):
 
 
 def test_demo_preset_switch(monkeypatch, tmp_path):
-    demo = _load(monkeypatch, "run_demo_shapes")
+    from vqdiff.demo import shapes as demo
     assert {"quick", "full", "ci"} <= set(demo.PRESETS)
     with pytest.raises(SystemExit):  # --quick and another preset contradict each other
         demo.main(["--quick", "--preset", "full", "--output", str(tmp_path), "--eval-only"])
     with pytest.raises(FileNotFoundError, match="--eval-only needs a trained demo"):
         demo.main(["--preset", "ci", "--output", str(tmp_path), "--eval-only"])
+
+
+def test_recipe_fields_are_typed_and_set_by_name():
+    from vqdiff.demo.presets import PRESETS, DemoPreset
+    from vqdiff.demo.shapes import preset_with
+
+    quick = PRESETS["quick"]
+    changed = preset_with(quick, ["iters=3000", "padding_mask=true", "captions=partial", "lr=2e-3"])
+    assert (changed.iters, changed.padding_mask, changed.captions, changed.lr) == (3000, True, "partial", 2e-3)
+    assert changed.replace(iters=quick.iters, padding_mask=quick.padding_mask, captions=quick.captions,
+                           lr=quick.lr) == quick
+    for bad, words in ((["itres=3"], "FIELD one of"), (["iters=many"], "iters takes a int"),
+                       (["padding_mask=maybe"], "padding_mask takes a bool"), (["captions=some"], "captions must be"),
+                       (["context_length=8"], "context_length must be in 13 .. 77"), (["width=102"], "multiple of")):
+        with pytest.raises(ValueError, match=words):
+            preset_with(quick, bad)
+    with pytest.raises(TypeError):
+        DemoPreset(vq_steps=1, iters=1).replace(itres=2)
+
+
+def test_demo_config_follows_the_preset(tmp_path):
+    from vqdiff.demo.presets import PRESETS
+    from vqdiff.demo.recipe import diffusion_config, make_random_clip
+
+    clip = make_random_clip(tmp_path / "clip.pt", width=64, layers=1)
+    codec = {"target": "x", "params": {"num_tokens": 64, "token_shape": [8, 8]}}
+    p = PRESETS["quick"].replace(padding_mask=True, context_length=16, layers=3)
+    cfg = diffusion_config(codec, clip, tmp_path / "cache", p, seed=0)
+    mp = cfg["model"]["params"]
+    dp = mp["diffusion_config"]["params"]
+    assert mp["condition_codec_config"]["params"]["context_length"] == 16
+    assert dp["transformer_config"]["params"]["condition_seq_len"] == 16
+    assert dp["condition_padding_mask"] is True and dp["transformer_config"]["params"]["n_layer"] == 3
+    assert cfg["solver"]["max_iterations"] == p.iters and cfg["dataloader"]["batch_size"] == p.batch
+
+
+def test_codec_from_needs_a_finished_codec(tmp_path):
+    from vqdiff.demo import shapes
+
+    (tmp_path / "other" / "vqvae").mkdir(parents=True)
+    with pytest.raises(SystemExit):  # argparse's error: the folder holds no configs/codec.yaml
+        shapes.main(["--quick", "--codec-from", str(tmp_path / "other"), "--output", str(tmp_path / "run"),
+                     "--eval-only"])

@@ -20,19 +20,18 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from vqdiff.data.cub200 import Cub200Dataset  # noqa: E402
-from vqdiff.data.layouts import write_layout  # noqa: E402
-from vqdiff.data.robust import MissingImageError  # noqa: E402
-from vqdiff.data.safe_index import UnsafeIndexError, read_name_list  # noqa: E402
-from vqdiff.engine.checkpoint import CheckpointError, env_allows_unsafe_pickle, save_checkpoint  # noqa: E402
-from vqdiff.engine.run_lock import RunLock, RunLockError  # noqa: E402
-from vqdiff.engine.solver import Solver  # noqa: E402
-from vqdiff.modeling.diffusion.guidance import guidance_scales  # noqa: E402
-from vqdiff.utils.cli_errors import run_cli  # noqa: E402
-from vqdiff.utils.config import ConfigError, load_yaml_config, merge_opts_to_config  # noqa: E402
-from vqdiff.utils.config_sections import check_config_sections  # noqa: E402
+from vqdiff.data.cub200 import Cub200Dataset
+from vqdiff.data.layouts import write_layout
+from vqdiff.data.robust import MissingImageError
+from vqdiff.data.safe_index import UnsafeIndexError, read_name_list
+from vqdiff.engine.checkpoint import CheckpointError, env_allows_unsafe_pickle, save_checkpoint
+from vqdiff.engine.run_lock import RunLock, RunLockError
+from vqdiff.engine.solver import Solver
+from vqdiff.modeling.diffusion.guidance import guidance_scales
+from vqdiff.utils.cli_errors import run_cli
+from vqdiff.utils.config import ConfigError, load_yaml_config, merge_opts_to_config
+from vqdiff.utils.config_sections import check_config_sections
 
 
 # ---------------------------------------------------------------------------------------------- data sets
@@ -285,8 +284,7 @@ def test_data_warnings_reach_the_training_log(tmp_path):
 
 
 def test_demo_exits_after_a_signal_instead_of_sampling(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "running_command"))
-    import run_demo_shapes as demo
+    from vqdiff.demo import shapes as demo
 
     monkeypatch.setattr(demo, "_train_all", lambda *a, **k: {"stopped_by": "signal SIGTERM", "signal": 15})
     monkeypatch.setattr(demo, "_evaluate", lambda *a, **k: pytest.fail("sampled after SIGTERM"))
