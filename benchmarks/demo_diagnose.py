@@ -129,12 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
-    parser.add_argument("--rows", default=None, help="comma-separated row names to run (default: all)")
+    parser.add_argument("--rows", default=None, help="row names to run, separated by ';' (default: all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    table = diagnose(Path(args.run), args.per_caption, args.seed, args.rows.split(",") if args.rows else None)
+    table = diagnose(Path(args.run), args.per_caption, args.seed, [r.strip() for r in args.rows.split(";")] if args.rows else None)
     if args.json:
         Path(args.json).write_text(json.dumps({"run": args.run, "threads": torch.get_num_threads(), "rows": table},
                                               indent=2))
