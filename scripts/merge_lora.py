@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from vqdiff.engine.checkpoint import save_checkpoint
-from vqdiff.engine.lora import merge_lora
+from vqdiff.adapters.lora import merge_lora
 from vqdiff.inference.api import VQ_Diffusion
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import pytest
 
-from vqdiff.engine.lora_config import LoraConfig, parse_lora_config
+from vqdiff.adapters.config import LoraConfig, parse_lora_config
 from vqdiff.engine.solver_config import OptimizerConfig, SolverConfig, parse_solver_config
 from vqdiff.modeling.diffusion.masked_elbo import MaskedELBOOptions
 from vqdiff.utils.config import ConfigError

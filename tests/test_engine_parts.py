@@ -150,3 +150,26 @@ def test_ema_class_and_section_share_defaults_and_range_check():
         EMA(torch.nn.Linear(2, 2), decay=-0.1)
     with pytest.raises(ValueError, match=r"'solver\.ema\.update_interval' must be >= 1, got 0"):
         EMA(torch.nn.Linear(2, 2), update_interval=0)
+
+
+def test_ema_with_a_parameter_filter_averages_and_swaps_only_the_chosen_parameters():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    full = EMA(model, decay=0.5)
+    part = EMA(model, decay=0.5, params=lambda name, _: name.startswith("1."))
+    assert part.names == ["1.weight", "1.bias"] and set(part.state_dict()) == {"1.weight", "1.bias"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert full.update(0) and part.update(0)
+    for name in part.names:  # the same rule as the full EMA: 0.5 old + 0.5 new
+        torch.testing.assert_close(part.state_dict()[name], full.state_dict()[name])
+        torch.testing.assert_close(part.state_dict()[name], before[name] + 0.5)
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    with part.swapped():
+        torch.testing.assert_close(model[1].weight, before["1.weight"] + 0.5)
+        torch.testing.assert_close(model[0].weight, live["0.weight"])  # not chosen: untouched
+    torch.testing.assert_close(model[1].weight, live["1.weight"])
+    with pytest.raises(Exception, match="missing"):
+        part.load_state_dict({"1.weight": before["1.weight"]})

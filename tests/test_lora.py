@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import train
-from vqdiff.engine.lora import (LoraError, add_lora, apply_adapter, linear_layer_names, lora_network,
+from vqdiff.adapters.lora import (LoraError, add_lora, apply_adapter, linear_layer_names, lora_network,
                                 set_lora_scale)
-from vqdiff.engine.lora_config import LoraConfig, parse_lora_config
+from vqdiff.adapters.config import LoraConfig, parse_lora_config
 from vqdiff.engine.lora_training import adapter_folder_for
 from vqdiff.utils.config import ConfigError, instantiate_from_config, load_yaml_config, save_yaml_config
 from vqdiff.utils.tiny_parts import write_tiny_parts
@@ -170,7 +170,7 @@ def test_adapter_folder_is_peft_format_and_small(runs):
     assert len(load_file(str(folder / "adapter_model.safetensors"))) == 40
     record = json.loads((folder / "vqdiff_adapter.json").read_text())
     base = runs / "OUTPUT/base/checkpoint/last.pth"
-    from vqdiff.engine.lora import file_sha256
+    from vqdiff.adapters.lora import file_sha256
 
     assert record["base_sha256"] == file_sha256(base) and record["weights"] == "ema"
     adapter_bytes = sum(p.stat().st_size for p in folder.iterdir())

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqdiff.engine.lora import LoraError, add_lora, apply_adapter, save_adapter
-from vqdiff.engine.lora_config import LoraConfig
+from vqdiff.adapters.lora import LoraError, add_lora, apply_adapter, save_adapter
+from vqdiff.adapters.config import LoraConfig
 from vqdiff.utils.config import instantiate_from_config, load_yaml_config
 from vqdiff.utils.tiny_parts import write_tiny_parts
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .image_groups import ImageGroups, group_captioned_rows
-from .robust import CaptionedImageDataset, require_dir, require_file
+from .image_files import CaptionedImageDataset, require_dir, require_file
 
 __all__ = ["CocoDataset"]
 

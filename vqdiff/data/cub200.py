@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .image_groups import RANDOM_CAPTION, ImageGroups
-from .robust import CaptionedImageDataset, require_dir, require_file
+from .image_files import CaptionedImageDataset, require_dir, require_file
 from .safe_index import read_name_list
 
 __all__ = ["Cub200Dataset"]

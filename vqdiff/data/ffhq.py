@@ -12,11 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .robust import ImageFileDataset, require_dir
+from .image_files import IMAGE_EXTENSIONS, ImageFileDataset, list_image_files, require_dir
 
 __all__ = ["FFHQDataset", "IMAGE_EXTENSIONS"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class FFHQDataset(ImageFileDataset):
@@ -29,7 +27,7 @@ class FFHQDataset(ImageFileDataset):
     ):
         super().__init__(im_preprocessor_config, on_bad_image)
         self.root = require_dir(data_root, "FFHQDataset data_root")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.files = list_image_files(self.root)
         if not self.files:
             raise FileNotFoundError(f"FFHQDataset: no images ({', '.join(IMAGE_EXTENSIONS)}) under '{self.root}'")
 

@@ -21,9 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 from torch.utils.data import Dataset
 
+from .image_files import IMAGE_EXTENSIONS, ImageFileDataset, list_image_files, require_dir
 from .image_groups import ImageGroups, labelled_images
-from .image_text_folder import FOLDER_IMAGE_EXTENSIONS
-from .robust import ImageFileDataset, require_dir
 
 __all__ = ["ImageClassFolder", "save_class_names"]
 
@@ -39,7 +38,7 @@ class ImageClassFolder(ImageFileDataset):
         im_preprocessor_config: the preprocessor node; None keeps the image size.
         drop_caption_rate: probability of ``null_label`` in the train phase.
         null_label: the dropped label; None = the number of classes.
-        on_bad_image: ``'skip'`` or ``'raise'`` (see :mod:`vqdiff.data.robust`).
+        on_bad_image: ``'skip'`` or ``'raise'`` (see :mod:`vqdiff.data.image_files`).
     """
 
     def __init__(
@@ -59,12 +58,12 @@ class ImageClassFolder(ImageFileDataset):
         self.drop_caption_rate = float(drop_caption_rate)
         per_class: dict[str, list[Path]] = {}
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file())
+            images = list_image_files(folder)
             if images:
                 per_class[folder.name] = images
         if not per_class:
             raise FileNotFoundError(f"ImageClassFolder: '{self.root}' has no class folder with images "
-                                    f"({', '.join(FOLDER_IMAGE_EXTENSIONS)})")
+                                    f"({', '.join(IMAGE_EXTENSIONS)})")
         self.class_names: list[str] = sorted(per_class)
         self.entries: list[tuple[Path, int]] = [(p, label) for label, name in enumerate(self.class_names)
                                                 for p in per_class[name]]

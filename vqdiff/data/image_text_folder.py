@@ -15,7 +15,7 @@ Detected from the folder ``data_root``:
 
 Items: ``{'image': float32 (3, S, S) in [0, 255], 'text': str}`` (lower-cased; ``''`` in the train phase
 with probability ``drop_caption_rate``). A listed image that is missing or unreadable is skipped as by the
-other readers (``on_bad_image``, :mod:`vqdiff.data.robust`). ``image_groups()`` gives the token cache every
+other readers (``on_bad_image``, :mod:`vqdiff.data.image_files`). ``image_groups()`` gives the token cache every
 caption of every image.
 """
 
@@ -28,12 +28,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .image_files import IMAGE_EXTENSIONS, CaptionedImageDataset, list_image_files
 from .image_groups import ImageGroups, group_captioned_rows
-from .robust import CaptionedImageDataset
 
 __all__ = ["ImageTextFolder", "FOLDER_IMAGE_EXTENSIONS"]
 
-FOLDER_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+FOLDER_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS
+"""The folder readers' image files: the one list, ``image_files.IMAGE_EXTENSIONS`` (this name is kept)."""
 
 
 def _caption_value(value: Any, where: str) -> list[str] | str:
@@ -52,7 +53,7 @@ class ImageTextFolder(CaptionedImageDataset):
         phase: ``'train'`` applies ``drop_caption_rate``; other phases never drop.
         im_preprocessor_config: the preprocessor node (``DalleTransformerPreprocessor``); None keeps the size.
         drop_caption_rate: probability of ``''`` as the caption in the train phase.
-        on_bad_image: ``'skip'`` or ``'raise'`` (see :mod:`vqdiff.data.robust`).
+        on_bad_image: ``'skip'`` or ``'raise'`` (see :mod:`vqdiff.data.image_files`).
         caption_column: the metadata column holding the caption (``text``, the ``imagefolder`` default).
     """
 
@@ -116,10 +117,10 @@ class ImageTextFolder(CaptionedImageDataset):
         return rows
 
     def _sidecar_rows(self) -> list[tuple[str, list[str] | str]]:
-        images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file())
+        images = list_image_files(self.root)
         if not images:
             raise FileNotFoundError(f"ImageTextFolder: '{self.root}' has no metadata.jsonl, no metadata.csv and "
-                                    f"no images ({', '.join(FOLDER_IMAGE_EXTENSIONS)}) with .txt captions")
+                                    f"no images ({', '.join(IMAGE_EXTENSIONS)}) with .txt captions")
         rows = []
         for image in images:
             text = image.with_suffix(".txt")

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .image_groups import ImageGroups, labelled_images
-from .robust import ImageFileDataset, require_dir, require_file
+from .image_files import ImageFileDataset, require_dir, require_file
 
 __all__ = ["ImageNetDataset", "load_class_index", "class_index_from_folders"]
 

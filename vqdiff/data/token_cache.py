@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .image_groups import RANDOM_CAPTION
+from .protocols import EpochAware
 from .token_cache_format import (CENTRE_VIEW, FORMAT_VERSION, ITEMS_FILE, META_FILE, SAMPLES_FILE, TOKENS_FILE,
                                  config_sha256, state_dict_sha256)
 from .token_cache_writer import leaf_datasets, write_token_cache
@@ -32,9 +33,10 @@ TRAIN_PHASE = "train"
 
 
 def set_dataset_epoch(dataset: Dataset, epoch: int) -> None:
-    """Call ``set_epoch(epoch)`` on every data set inside ``dataset`` that has one (token caches)."""
+    """Call ``set_epoch(epoch)`` on every data set inside ``dataset`` that has one (token caches, shard streams:
+    :class:`~vqdiff.data.protocols.EpochAware`)."""
     for leaf in leaf_datasets(dataset):
-        if callable(getattr(leaf, "set_epoch", None)):
+        if isinstance(leaf, EpochAware):
             leaf.set_epoch(epoch)
 
 

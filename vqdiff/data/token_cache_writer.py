@@ -32,9 +32,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from .build import collate_batch
+from .image_files import BadImageError, load_rgb
 from .image_groups import RANDOM_CAPTION, ImageGroups
 from .preprocess import DalleTransformerPreprocessor
-from .robust import BadImageError, load_rgb
+from .protocols import CaptionDropout, GroupedImages, HasPreprocessor, NullLabel
 from .token_cache_format import (CENTRE_VIEW, FORMAT_VERSION, ITEM_VIEW, ITEMS_FILE, META_FILE, RANDOM_CROP_VIEW,
                                  SAMPLES_FILE, TOKENS_FILE, config_sha256, state_dict_sha256, token_dtype)
 
@@ -60,13 +61,15 @@ class SourceDropout:
 
 @contextlib.contextmanager
 def _caption_drop_off(leaves: list[Dataset]) -> Iterator[SourceDropout]:
-    """Set every leaf's ``drop_caption_rate`` to 0 for the duration; yields what it was (and the null label)."""
-    saved = [(d, d.drop_caption_rate) for d in leaves if float(getattr(d, "drop_caption_rate", 0.0) or 0.0) > 0]
+    """Set every leaf's ``drop_caption_rate`` to 0 for the duration; yields what it was (and the null label):
+    the hooks of ``protocols.CaptionDropout`` and ``protocols.NullLabel``."""
+    saved = [(d, d.drop_caption_rate) for d in leaves
+             if isinstance(d, CaptionDropout) and float(d.drop_caption_rate or 0.0) > 0]
     rates = sorted({float(r) for _, r in saved})
     if len(rates) > 1:
         logger.warning("token cache: the data sets drop captions at different rates %s; the cache records %s",
                        rates, rates[-1])
-    nulls = [int(d.null_label) for d in leaves if getattr(d, "null_label", None) is not None]
+    nulls = [int(d.null_label) for d in leaves if isinstance(d, NullLabel) and d.null_label is not None]
     try:
         for d, _ in saved:
             d.drop_caption_rate = 0.0
@@ -77,8 +80,10 @@ def _caption_drop_off(leaves: list[Dataset]) -> Iterator[SourceDropout]:
 
 
 def _groupable(dataset: Dataset) -> bool:
-    return callable(getattr(dataset, "image_groups", None)) and isinstance(
-        getattr(dataset, "preprocessor", None), DalleTransformerPreprocessor)
+    """Whether the writer encodes ``dataset`` image by image: it shows its images (``protocols.GroupedImages``)
+    and crops them with a ``DalleTransformerPreprocessor`` (``protocols.HasPreprocessor``)."""
+    return isinstance(dataset, GroupedImages) and isinstance(dataset, HasPreprocessor) and isinstance(
+        dataset.preprocessor, DalleTransformerPreprocessor)
 
 
 class _ImageViews(Dataset):

@@ -19,21 +19,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .robust import build_preprocessor
+from .image_files import IMAGE_EXTENSIONS, build_preprocessor
 from .shard_sources import DEFAULT_MAX_MEMBER_BYTES
 from .shard_stream import BadSample, ShardStreamDataset
 
-__all__ = ["WebShardsImageText", "IMAGE_EXTENSIONS", "decode_image", "sample_caption"]
+__all__ = ["WebShardsImageText", "SHARD_IMAGE_KEYS", "decode_image", "sample_caption"]
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+SHARD_IMAGE_KEYS = tuple(ext[1:] for ext in IMAGE_EXTENSIONS)
+"""A shard sample's image keys: the one extension list (``image_files.IMAGE_EXTENSIONS``) without the dot, in its
+order (the first present is the image)."""
 
 
 def decode_image(sample: Mapping[str, Any]) -> Image.Image:
-    """The sample's image (its first ``IMAGE_EXTENSIONS`` entry), fully decoded as RGB; BadSample when
+    """The sample's image (its first ``SHARD_IMAGE_KEYS`` entry), fully decoded as RGB; BadSample when
     it has none or it cannot be decoded."""
-    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    ext = next((e for e in SHARD_IMAGE_KEYS if e in sample), None)
     if ext is None:
-        raise BadSample(f"no image (.{'/.'.join(IMAGE_EXTENSIONS)}); it has {sorted(k for k in sample if not k.startswith('__'))}")
+        raise BadSample(f"no image (.{'/.'.join(SHARD_IMAGE_KEYS)}); it has {sorted(k for k in sample if not k.startswith('__'))}")
     try:
         with Image.open(io.BytesIO(sample[ext])) as im:
             im.load()

@@ -7,7 +7,8 @@ the next save of the same path. Only the primary rank writes (``primary_only``).
 
 ``load_checkpoint`` reads with ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is
 refused with a message naming the opt-in flag (``allow_unsafe=True`` / ``--allow_unsafe_load``), and a
-truncated or corrupt file raises :class:`CheckpointError` naming the file.
+truncated or corrupt file raises :class:`CheckpointError` naming the file. The policy itself (the flag, the
+variable naming trusted files) is :mod:`vqdiff.utils.safe_load`'s.
 """
 
 from __future__ import annotations
@@ -21,29 +22,10 @@ from typing import Any, Callable
 import torch
 
 from vqdiff import distributed as dist_utils
+from vqdiff.utils.safe_load import UNSAFE_FLAG, UNSAFE_PICKLE_ENV, env_allows_unsafe_pickle, needs_unsafe_unpickling
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "UNSAFE_FLAG",
-           "UNSAFE_PICKLE_ENV", "env_allows_unsafe_pickle"]
-
-UNSAFE_FLAG = "--allow_unsafe_load"
-UNSAFE_PICKLE_ENV = "VQDIFF_ALLOW_UNSAFE_PICKLE"
-_BLANKET_VALUES = ("1", "true", "True", "yes")
-
-
-def env_allows_unsafe_pickle(path: str | os.PathLike) -> bool:
-    """Whether ``VQDIFF_ALLOW_UNSAFE_PICKLE`` names ``path``: it holds the trusted files, separated by
-    ``os.pathsep`` (compared after resolving). A blanket ``1`` opens no file: it would also open every
-    other checkpoint read in the process (codec weights included); a warning says how to name the file."""
-    value = os.environ.get(UNSAFE_PICKLE_ENV, "")
-    if value in _BLANKET_VALUES:
-        import warnings
-
-        warnings.warn(f"{UNSAFE_PICKLE_ENV}={value} no longer allows unsafe unpickling of every file; set it to "
-                      f"the trusted file(s) instead: {UNSAFE_PICKLE_ENV}={Path(path).resolve()}", stacklevel=3)
-        return False
-    target = Path(path).resolve()
-    return any(Path(p).resolve() == target for p in value.split(os.pathsep) if p.strip())
-
+           "UNSAFE_PICKLE_ENV", "env_allows_unsafe_pickle", "needs_unsafe_unpickling"]
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file."""
@@ -106,16 +88,6 @@ def _remove(p: str) -> None:
         os.remove(p)
     except OSError:
         pass
-
-
-def needs_unsafe_unpickling(error: BaseException) -> bool:
-    """Whether a ``torch.load(weights_only=True)`` failure means "the file holds Python objects".
-
-    Only a refused global/class says that; any other unpickling failure (a truncated zip, bytes that are
-    no pickle at all: "Unsupported operand") means the file is damaged, and unsafe loading would not help.
-    """
-    text = str(error)
-    return "Unsupported global" in text or "Unsupported class" in text
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_unsafe: bool = False) -> Any:

@@ -10,7 +10,7 @@ A LoRA run's checkpoint keeps the official layout with the trained tensors only:
 train_also tensors (DALLE names), ``ema`` = their EMA (DiffusionTransformer names), plus ``lora`` = the base
 file's path, name and SHA-256 and the ``solver.lora`` section; optimizer, scheduler, RNG and data position as in
 a full run, so ``--auto_resume`` continues exactly. Each save also writes the adapter folder
-(:func:`vqdiff.engine.lora.save_adapter`, EMA weights when there is an EMA) beside the ``.pth`` file:
+(:func:`vqdiff.adapters.lora.save_adapter`, EMA weights when there is an EMA) beside the ``.pth`` file:
 ``last.pth`` -> ``last_lora/``.
 """
 
@@ -19,84 +19,26 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
+from vqdiff.adapters.config import LoraConfig
+from vqdiff.adapters.lora import LoraSetup, add_lora, file_sha256, save_adapter
 from vqdiff.engine.checkpoint import CheckpointError, load_checkpoint
-from vqdiff.engine.lora import LoraSetup, add_lora, file_sha256, save_adapter
-from vqdiff.engine.lora_config import LoraConfig
+from vqdiff.engine.ema import EMA
 from vqdiff.engine.state_match import require_same_shapes
 from vqdiff.utils.config import ConfigError
 from vqdiff.utils.config_sections import EMAConfig
 
-__all__ = ["LoraRun", "TrainedTensorsEMA", "adapter_folder_for"]
+__all__ = ["LoraRun", "adapter_folder_for"]
 
 
 def adapter_folder_for(checkpoint_file: str | os.PathLike) -> Path:
     """``.../last.pth`` -> ``.../last_lora`` (the adapter folder written with that checkpoint)."""
     path = Path(checkpoint_file)
     return path.with_name(path.stem + "_lora")
-
-
-class TrainedTensorsEMA:
-    """The solver's EMA (same rule as :class:`vqdiff.engine.ema.EMA`: every ``update_interval`` iterations
-    ``ema <- decay ema + (1 - decay) current``) over the trained tensors only, keyed by their names in ``module``
-    (the DiffusionTransformer): no copy of the frozen base weights."""
-
-    def __init__(self, module: nn.Module, names: list[str], decay: float = EMAConfig.decay,
-                 update_interval: int = EMAConfig.update_interval, device: torch.device | str = EMAConfig.device):
-        EMAConfig(decay=float(decay), update_interval=int(update_interval))  # the ranges' one home
-        self.model = module
-        self.decay = float(decay)
-        self.update_interval = int(update_interval)
-        self.device = torch.device(device)
-        own = dict(module.named_parameters())
-        self.names = list(names)
-        self.shadow = {n: own[n].detach().clone().to(self.device) for n in self.names}
-
-    def _live(self) -> dict:
-        own = dict(self.model.named_parameters())
-        return {n: own[n] for n in self.names}
-
-    @torch.no_grad()
-    def update(self, iteration: int) -> bool:
-        if (int(iteration) + 1) % self.update_interval != 0:
-            return False
-        for n, p in self._live().items():
-            current = p.detach().to(self.device, self.shadow[n].dtype)
-            self.shadow[n].mul_(self.decay).add_(current, alpha=1.0 - self.decay)
-        return True
-
-    def state_dict(self) -> dict:
-        return dict(self.shadow)
-
-    def load_state_dict(self, state_dict: Mapping, strict: bool = True):
-        missing = [n for n in self.names if n not in state_dict]
-        unexpected = [k for k in state_dict if k not in self.shadow]
-        if strict and (missing or unexpected):
-            raise CheckpointError(f"EMA state does not match the trained tensors: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
-        with torch.no_grad():
-            for n in self.names:
-                if n in state_dict:
-                    self.shadow[n].copy_(state_dict[n])
-        return torch.nn.modules.module._IncompatibleKeys(missing, unexpected)
-
-    @contextlib.contextmanager
-    def swapped(self) -> Iterator[nn.Module]:
-        live = self._live()
-        backup = {n: p.detach().clone() for n, p in live.items()}
-        try:
-            with torch.no_grad():
-                for n, p in live.items():
-                    p.copy_(self.shadow[n].to(p.device, p.dtype))
-            yield self.model
-        finally:
-            with torch.no_grad():
-                for n, p in live.items():
-                    p.copy_(backup[n])
 
 
 def _load_base(model: nn.Module, path: Path, allow_unsafe: bool, logger: Any) -> None:
@@ -171,12 +113,15 @@ class LoraRun:
                     f"base {base} (SHA-256 {sha[:16]}...)")
         return run
 
-    def build_ema(self, cfg: EMAConfig) -> TrainedTensorsEMA:
+    def build_ema(self, cfg: EMAConfig) -> EMA:
+        """The run's EMA: the solver's rule over the trained tensors only (keyed by their DiffusionTransformer
+        names), no copy of the frozen base weights."""
         if cfg.target != EMAConfig.target:
             raise ConfigError(f"'solver.ema.target' {cfg.target}: a LoRA run keeps its own EMA of the trained "
                               f"tensors; remove the target")
-        return TrainedTensorsEMA(self.model.get_ema_model(), self.trained, decay=cfg.decay,
-                                 update_interval=cfg.update_interval, device=cfg.device)
+        trained = set(self.trained)
+        return EMA(self.model.get_ema_model(), decay=cfg.decay, update_interval=cfg.update_interval,
+                   device=cfg.device, params=lambda name, _: name in trained)
 
     def record(self) -> dict:
         return {"base_path": str(self.base_path), "base_checkpoint": self.base_path.name,
@@ -187,7 +132,7 @@ class LoraRun:
         own = dict(self.model.named_parameters())
         return {self.ema_prefix + n: own[self.ema_prefix + n].detach().clone() for n in self.trained}
 
-    def load_trained_state(self, ckpt: Mapping, path: str | os.PathLike, ema: Optional[TrainedTensorsEMA]) -> None:
+    def load_trained_state(self, ckpt: Mapping, path: str | os.PathLike, ema: Optional[EMA]) -> None:
         """Resume: the checkpoint's trained tensors (and their EMA) must be exactly this run's."""
         state = ckpt["model"]
         want = {self.ema_prefix + n for n in self.trained}
@@ -202,7 +147,7 @@ class LoraRun:
         if ema is not None and ckpt.get("ema") is not None:
             ema.load_state_dict(ckpt["ema"], strict=True)
 
-    def save_adapter(self, checkpoint_file: Path, ema: Optional[TrainedTensorsEMA], last_epoch: int,
+    def save_adapter(self, checkpoint_file: Path, ema: Optional[EMA], last_epoch: int,
                      last_iter: int) -> Path:
         """The adapter folder beside ``checkpoint_file``, from the EMA weights when there is an EMA."""
         record = {**self.record(), "weights": "ema" if ema is not None else "raw", "last_epoch": last_epoch,

@@ -13,6 +13,8 @@ from typing import Iterator
 
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
+from vqdiff.data.protocols import ResumableStream
+
 __all__ = ["SkipSampler", "loader_skipping"]
 
 
@@ -35,11 +37,11 @@ class SkipSampler(Sampler):
 def loader_skipping(loader: DataLoader, batches: int) -> DataLoader:
     """A loader like ``loader`` (same dataset, batch size, workers, collate, generator) whose iteration
     starts after ``batches`` batches; ``loader`` itself when ``batches <= 0``. A streamed data set is
-    told to skip (or, with 0, not to skip) through its ``resume_after_batches`` and ``loader`` returned."""
+    told to skip (or, with 0, not to skip) through its ``resume_after_batches`` (``data.protocols.ResumableStream``)
+    and ``loader`` returned."""
     if isinstance(loader.dataset, IterableDataset):
-        resume = getattr(loader.dataset, "resume_after_batches", None)
-        if callable(resume):
-            resume(max(0, int(batches)))
+        if isinstance(loader.dataset, ResumableStream):
+            loader.dataset.resume_after_batches(max(0, int(batches)))
             return loader
         if batches > 0:
             raise ValueError(f"cannot resume inside an epoch of {type(loader.dataset).__name__}: it is an "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from vqdiff.engine.amp import AMP_DTYPE_NAMES
-from vqdiff.engine.lora_config import LoraConfig
+from vqdiff.adapters.config import LoraConfig
 from vqdiff.utils.config import ConfigError
 from vqdiff.utils.config_sections import (ConfigSection, EMAConfig, as_int, parse_ema_config, parse_section,
                                           parse_value, setting)

@@ -12,9 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vqdiff.data.image_files import IMAGE_EXTENSIONS, list_image_files
+
 __all__ = ["IMAGE_SUFFIXES", "list_images", "caption_folders", "load_image", "image_batches"]
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES: tuple[str, ...] = IMAGE_EXTENSIONS
+"""The images read: the data readers' one list, ``vqdiff.data.image_files.IMAGE_EXTENSIONS`` (this name is kept)."""
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -22,8 +25,7 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_image_files(folder, recursive)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     return files
@@ -37,7 +39,7 @@ def caption_folders(save_root: str | Path) -> list[tuple[str, list[Path]]]:
         raise FileNotFoundError(f"generated-images folder not found: {save_root}")
     out = []
     for sub in sorted(p for p in save_root.iterdir() if p.is_dir()):
-        files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_image_files(sub, recursive=False)
         if files:
             out.append((sub.name, files))
     if not out:

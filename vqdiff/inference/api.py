@@ -136,7 +136,7 @@ class VQ_Diffusion:
         self.epoch = self.info["epoch"]
         self.model_name = self.info["model_name"]
         if lora is not None:
-            from vqdiff.engine.lora import apply_adapter
+            from vqdiff.adapters.lora import apply_adapter
 
             self.lora_record = apply_adapter(self.model, lora, scale=float(lora_scale), base_path=path,
                                              allow_base_mismatch=bool(lora_allow_base_mismatch))

@@ -88,7 +88,7 @@ def read_checkpoint_file(path: str | Path, allow_unsafe_pickle: bool = False) ->
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - classified below: unsafe content vs. a damaged file
-        from vqdiff.engine.checkpoint import env_allows_unsafe_pickle, needs_unsafe_unpickling
+        from vqdiff.utils.safe_load import env_allows_unsafe_pickle, needs_unsafe_unpickling
 
         text = str(e)
         if not needs_unsafe_unpickling(e):

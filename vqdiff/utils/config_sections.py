@@ -31,7 +31,7 @@ with ``typing.get_type_hints``, so a section class must live at module level.
 
 The sections defined here: the top-level section names, ``dataloader`` and ``solver.ema``. ``model`` nodes are
 checked against their classes' signatures by ``instantiate_from_config``; the ``solver`` keys themselves are in
-``vqdiff.engine.solver_config``, ``solver.lora`` in ``vqdiff.engine.lora_config``.
+``vqdiff.engine.solver_config``, ``solver.lora`` in ``vqdiff.adapters.config``.
 """
 
 from __future__ import annotations

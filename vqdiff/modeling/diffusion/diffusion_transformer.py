@@ -25,18 +25,15 @@ from vqdiff.utils.config import instantiate_from_config
 
 from . import forward_process, losses, posterior
 from .condition_input import padding_mask_from_tokens, training_condition
-from . import masked_elbo as masked_elbo_module
-from .log_ops import CLAMP_MIN, index_to_log_onehot, log_onehot_to_index, log_sample_categorical, multinomial_kl
+from .masked_elbo import MaskedELBOOptions
+from .log_ops import CLAMP_MIN, log_onehot_to_index, log_sample_categorical, multinomial_kl
 from .network_runner import CompiledNetwork
+from .objectives import OBJECTIVES, build_objective, check_checkpoint_records
 from .official_sampling import OfficialSamplingMethods
 from .schedule import LogSchedule, log_schedule
 
 __all__ = ["DiffusionTransformer", "OBJECTIVES"]
 
-OBJECTIVES = ("vq_diffusion", "masked_elbo")
-"""``diffusion_config.params.objective``: VQ-Diffusion's mask-and-replace bound with its auxiliary loss (the
-default), or the absorbing-state masked-diffusion ELBO of MD4 / MDLM (:mod:`masked_elbo`)."""
-RECORD_KEY = "masked_elbo_schedule"
 
 
 def _params(cfg: Any) -> dict:
@@ -59,10 +56,13 @@ class DiffusionTransformer(OfficialSamplingMethods, nn.Module):
         adaptive_auxiliary_loss: weight the auxiliary loss by ``2 - t/T``.
         mask_weight: [weight of masked positions, weight of unmasked positions] in the KL.
         learnable_cf: learn the null-text embedding ``empty_text_embed`` (Improved, Sec. 3.2).
-        objective: one of ``OBJECTIVES``. ``'masked_elbo'`` trains the same network with the masked-diffusion
-            ELBO (:mod:`masked_elbo`); its checkpoints carry the buffer ``masked_elbo_schedule``, and the
-            mask-and-replace methods (``q_pred``, ``q_sample``, ``q_posterior``, ``p_sample``) refuse to run.
-        masked_elbo: the options of that objective (:class:`masked_elbo.MaskedELBOOptions`), or None.
+        objective: a key of ``objectives.OBJECTIVES``: ``'vq_diffusion'`` (VQ-Diffusion's bound with its
+            auxiliary loss, the default) or ``'masked_elbo'`` (the masked-diffusion ELBO, :mod:`masked_elbo`;
+            its checkpoints carry the buffer ``masked_elbo_schedule``, and the mask-and-replace methods
+            ``q_pred``, ``q_sample``, ``q_posterior``, ``p_sample`` refuse to run). The loss, the sampler swap,
+            the checkpoint record and the held-out bound are the objective's (``self.objective_impl``).
+        masked_elbo: the options of ``'masked_elbo'`` (:class:`masked_elbo.MaskedELBOOptions`), or None.
+        objective_options: the options of any objective (for ``'masked_elbo'`` the same as ``masked_elbo``).
         condition_feature_cache: keep the frozen condition embedding's features of up to this many captions
             (``TextFeatureCache``, keyed by token ids) for ``forward`` (training, validation loss), so the tower
             runs once per caption; 0 (default) off. Only while the embedding has no trainable parameter;
@@ -89,18 +89,17 @@ class DiffusionTransformer(OfficialSamplingMethods, nn.Module):
         learnable_cf: bool = False,
         objective: str = "vq_diffusion",
         masked_elbo: Optional[Mapping] = None,
+        objective_options: Optional[Mapping] = None,
         condition_feature_cache: int = 0,
         condition_padding_mask: bool = False,
     ):
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(f"diffusion_config.params.objective must be one of {OBJECTIVES}, got {objective!r}")
-        if masked_elbo is not None and objective != "masked_elbo":
-            raise ValueError("diffusion_config.params.masked_elbo is given but objective is "
-                             f"{objective!r}; set 'objective: masked_elbo' or remove it")
+        self.objective_impl = build_objective(
+            objective, {"masked_elbo": masked_elbo, "objective_options": objective_options})
         self.objective = objective
-        self.masked_elbo_options = (masked_elbo_module.MaskedELBOOptions.from_config(
-            masked_elbo, "diffusion_config.params.masked_elbo") if objective == "masked_elbo" else None)
+        # kept for callers that read it: the masked-ELBO options, None for other objectives
+        options = self.objective_impl.options
+        self.masked_elbo_options = options if isinstance(options, MaskedELBOOptions) else None
         if transformer_config is None:
             raise ValueError("DiffusionTransformer needs 'transformer_config' (the network's target + params)")
         # -- condition embedding (frozen CLIP text / class labels) ----------------------------------
@@ -151,8 +150,9 @@ class DiffusionTransformer(OfficialSamplingMethods, nn.Module):
         self.register_buffer("Lt_history", torch.zeros(self.num_timesteps))
         self.register_buffer("Lt_count", torch.zeros(self.num_timesteps))
         self._compiled_networks: dict[str, CompiledNetwork] = {}  # compile=True sampling, per backend (not state)
-        if self.masked_elbo_options is not None:  # the checkpoint records the objective and its schedule
-            self.register_buffer(RECORD_KEY, self.masked_elbo_options.record())
+        record = self.objective_impl.record()
+        if record is not None:  # the checkpoint records the objective (masked_elbo: its schedule)
+            self.register_buffer(self.objective_impl.record_key, record)
 
         # -- learnable classifier-free guidance (Improved VQ-Diffusion, Sec. 3.2) ---------------------
         self.condition_seq_len = int(net_params.get("condition_seq_len",
@@ -186,8 +186,7 @@ class DiffusionTransformer(OfficialSamplingMethods, nn.Module):
         request from it (:func:`samplers.n_sample_table`)."""
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        masked_elbo_module.check_checkpoint_record(self.masked_elbo_options, self.objective,
-                                                   state_dict.get(prefix + RECORD_KEY), RECORD_KEY)
+        check_checkpoint_records(self.objective_impl, state_dict, prefix)
         if self.condition_feature_cache is not None:  # the tower's weights may change: forget its features
             self.condition_feature_cache.clear()
         key = prefix + "empty_text_embed"
@@ -201,7 +200,7 @@ class DiffusionTransformer(OfficialSamplingMethods, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _mask_and_replace_only(self, what: str) -> None:
-        if self.objective != "vq_diffusion":
+        if not self.objective_impl.mask_and_replace:
             raise ValueError(
                 f"{what} is the mask-and-replace process of objective 'vq_diffusion', but this model was trained "
                 f"with objective {self.objective!r}: sample it with sample() / sampling.sample_tokens (the "
@@ -342,44 +341,11 @@ class DiffusionTransformer(OfficialSamplingMethods, nn.Module):
         return losses.sample_time(self.Lt_history, self.Lt_count, b, device, method, generator)
 
     def _train_loss(self, x: torch.Tensor, cond_emb: Any, is_train: bool = True, generator=None, cond_mask=None):
-        """Per-sample loss (B,): ``L_t / p_t`` + the auxiliary x_0 loss (Eq. 12); also ``log p_theta``.
-
-        The steps are :meth:`sample_time`, :meth:`q_sample_index` (the same draw as ``q_sample``),
-        :meth:`predict_start_index`, :meth:`q_posterior_index` (true and model posteriors), then the
-        bound (:func:`losses.vlb_terms`), the history update with its NaN guard and the auxiliary term.
-        """
-        if self.masked_elbo_options is not None:
-            return self._masked_elbo_loss(x, cond_emb, generator, cond_mask)
-        b, device = x.shape[0], x.device
-        t, pt = self.sample_time(b, device, "importance", generator)
-        log_x_start = index_to_log_onehot(x, self.num_classes)
-        xt = self.q_sample_index(x, t, generator)
-
-        log_x0_recon = self.predict_start_index(xt, cond_emb, t, cond_mask=cond_mask)
-        with torch.autocast(device.type, enabled=False):
-            log_x0_recon = log_x0_recon.float()
-            log_model_prob = self.q_posterior_index(log_x0_recon, xt, t)
-            log_true_prob = self.q_posterior_index(log_x_start, xt, t)
-            terms = losses.vlb_terms(log_x_start, log_true_prob, log_model_prob, xt, t, self.mask_weight)
-            losses.update_loss_history(self.Lt_history, self.Lt_count, t, terms.kl_loss)
-            loss = terms.kl_loss / pt
-            if self.auxiliary_loss_weight != 0 and is_train:
-                aux = losses.auxiliary_loss(
-                    log_x_start, log_x0_recon, terms, t, self.num_timesteps, self.auxiliary_loss_weight,
-                    self.adaptive_auxiliary_loss,
-                )
-                loss = loss + aux / pt
-        return log_model_prob, loss
-
-    def _masked_elbo_loss(self, x: torch.Tensor, cond_emb: Any, generator=None, cond_mask=None):
-        """``objective: masked_elbo``: one draw of the masked-diffusion bound per image (B,) in nats and
-        ``log p_theta(x_0 | x_t)`` (B, K+1, N): :func:`masked_elbo.diffusion_loss` on this network."""
-        def predict(x_t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-            return self.predict_start_index(x_t, cond_emb, step, cond_mask=cond_mask)
-
-        loss, log_x0, _, _ = masked_elbo_module.diffusion_loss(
-            predict, x, self.masked_elbo_options, self.num_timesteps, self.num_classes - 1, generator)
-        return log_x0, loss
+        """``(log_probs, per-sample loss (B,))`` of the model's objective (``objective_impl.loss``): for
+        ``vq_diffusion`` ``L_t / p_t`` + the auxiliary x_0 loss (Eq. 12) and ``log p_theta(x_{t-1} | x_t)``;
+        for ``masked_elbo`` one draw of its bound and ``log p_theta(x_0 | x_t)``."""
+        return self.objective_impl.loss(self, x, cond_emb, is_train=is_train, generator=generator,
+                                        cond_mask=cond_mask)
 
     def _condition_embedding(self, input: Mapping) -> Any:
         """The condition for the network, with the learnable-cf swap of empty captions in training

@@ -46,7 +46,6 @@ Shapes: tokens (B, N) with [MASK] = K, log-probabilities (B, K, N) or (B, K+1, N
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -70,7 +69,6 @@ __all__ = [
     "prior_term",
     "reconstruction_term",
     "diffusion_loss",
-    "check_checkpoint_record",
 ]
 
 MD4_EPS = 1e-4
@@ -240,25 +238,3 @@ def diffusion_loss(predict_log_x0: Any, x0: torch.Tensor, opts: MaskedELBOOption
     ce = masked_cross_entropy(log_p.float(), x0, x_t, mask_id)
     return weight.to(ce.dtype) * ce, log_p, x_t, t
 
-
-def check_checkpoint_record(opts: Optional[MaskedELBOOptions], objective: str, record: Optional[torch.Tensor],
-                            key: str) -> None:
-    """A checkpoint's record (``opts.record()`` under ``key``, or None) against the model being loaded.
-
-    A masked-ELBO checkpoint loads only into a masked-ELBO model with the same schedule (else ValueError
-    naming the setting); a checkpoint without the record (VQ-Diffusion's, the official ones) loads into a
-    masked-ELBO model with a warning (a fine-tuning start)."""
-    if record is None:
-        if opts is not None:
-            warnings.warn("loading a checkpoint without a masked_elbo record (a 'vq_diffusion' network) into an "
-                          "'objective: masked_elbo' model: its network starts from those weights", stacklevel=5)
-        return
-    if opts is None:
-        raise ValueError(f"this checkpoint was trained with 'objective: masked_elbo' (it has '{key}') but the "
-                         f"model is built with objective {objective!r}; set 'objective: masked_elbo' (and its "
-                         "masked_elbo options) in diffusion_config.params")
-    mine = opts.record()
-    if record.shape != mine.shape or not torch.allclose(record.double().cpu(), mine):
-        raise ValueError(f"checkpoint's masked_elbo schedule (index into {SCHEDULES}, exponent, eps) = "
-                         f"{record.tolist()} differs from the model's {mine.tolist()}; set "
-                         "diffusion_config.params.masked_elbo to the checkpoint's")

@@ -3,8 +3,9 @@
 Every path goes through it (``generate_content`` of the three models, editing/inpainting, the trainer's
 sample grids, the official ``DiffusionTransformer.sample``/``sample_fast`` shims), so the CPU denormal
 flushing (``vqdiff.utils.denormals``) wraps this one call. It embeds the condition, builds the request's
-:class:`~vqdiff.modeling.diffusion.samplers.Denoiser`, chooses the start tokens and the visited steps, and
-runs ``SAMPLERS[options.sampler_kind(...)]``.
+:class:`~vqdiff.modeling.diffusion.samplers.Denoiser`, looks up the sampler row (``samplers.SAMPLERS``) that
+the options choose (``options.sampler_kind``) and the model's objective swaps in (``Objective.sampler_for``),
+draws the start tokens (all [MASK], or ``Objective.noised_start``), and runs the row on its visited steps.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import torch
 
 from vqdiff.utils.denormals import flushes_denormals_on_cpu
 
-from .log_ops import index_to_log_onehot, log_onehot_to_index
-from .masked_sampler import masked_sampler_kind, noise_to_step
-from .maskgit import maskgit_timesteps
-from .samplers import SAMPLERS, Denoiser, timesteps
+from .objectives import objective_of
+from .samplers import Denoiser, sampler_entry
 from .sampling_options import SamplingOptions
 
 __all__ = ["condition_embedding", "learned_null_embedding", "sample_tokens"]
@@ -107,28 +106,16 @@ def sample_tokens(
     masks = {k: v for k, v in masks.items() if v is not None}
     denoise = Denoiser(diffusion, cond_emb, uncond_emb, options, fixed, **masks)
     start_step = min(int(T * filter_ratio), T)
-    kind = options.sampler_kind(N, T, from_noised_tokens=start_step > 0)
-    masked_elbo = getattr(diffusion, "masked_elbo_options", None) is not None
-    if masked_elbo:
-        kind = masked_sampler_kind(kind, options)
-    elif options.time_grid != "uniform":
-        raise ValueError(f"sampling option time_grid={options.time_grid!r} is for 'objective: masked_elbo' models")
+    objective = objective_of(diffusion)
+    sampler = sampler_entry(objective.sampler_for(options.sampler_kind(N, T, from_noised_tokens=start_step > 0),
+                                                  options))
+    if sampler.objectives is not None and objective.name not in sampler.objectives:
+        raise ValueError(f"sampler {sampler.name!r} samples models of objective {' or '.join(sampler.objectives)}; "
+                         f"this model's objective is {objective.name!r}")
     if start_step == 0:
         x = torch.full((B, N), K, dtype=torch.long, device=device)
     else:
         if content_token is None:
             raise ValueError(f"filter_ratio={filter_ratio} > 0 needs content_token (the tokens to start from)")
-        t = torch.full((B,), start_step - 1, device=device, dtype=torch.long)
-        x0 = content_token.to(device)
-        if masked_elbo:
-            x = noise_to_step(diffusion, x0, start_step, options.time_grid, options.generator)
-        elif kind == "maskgit":
-            x = diffusion.q_sample_index(x0, t, options.generator)
-        else:  # the official one-hot form of the same draw
-            x = log_onehot_to_index(diffusion.q_sample(index_to_log_onehot(x0, diffusion.num_classes), t,
-                                                       options.generator))
-    if kind == "maskgit":
-        steps = maskgit_timesteps(start_step or T, options.maskgit_steps, options.maskgit_schedule)
-    else:
-        steps = timesteps(T, options.skip_step, start=start_step or None)
-    return SAMPLERS[kind](denoise, x, steps, options, callback)
+        x = objective.noised_start(diffusion, content_token.to(device), start_step, options, sampler.official_noise)
+    return sampler(denoise, x, sampler.plan_steps(T, start_step, options), options, callback)

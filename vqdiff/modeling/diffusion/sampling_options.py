@@ -5,9 +5,11 @@ official ``sample_type`` string is parsed there by :meth:`SamplingOptions.from_s
 the sampling function, the denoiser and the samplers read its typed fields, never a string, and nothing is
 stored on the model for one call. ``str(options)`` prints the official string back (for logs).
 
-Which sampler runs (:meth:`SamplingOptions.sampler_kind`):
+Which sampler runs (:meth:`SamplingOptions.sampler_kind`, a row of the one sampler table
+``samplers.SAMPLERS``): the one named by ``sampler`` (also the ``sample_type`` part of that name, e.g.
+``'top0.85r,improved'``), else the row the other fields choose:
 
-* ``'maskgit'`` when ``maskgit_steps`` is set (``maskgit.py``);
+* ``'maskgit'`` when ``maskgit_steps`` is set (``samplers/maskgit.py``);
 * ``'ancestral'`` (arXiv 2111.14822 Eq. 11) with ``prior_rule`` 0, for skip-step sampling
   (``skip_step > 0``, the official ``sample_fast``) and when starting from noised tokens (``filter_ratio > 0``);
 * ``'improved'`` (arXiv 2205.16007 Sec. 3.3) with ``prior_rule`` 1 or 2, or ``time{s}`` with s < 1.
@@ -16,8 +18,8 @@ Precision (``precision``, ``compile``): the network runs in the chosen precision
 ``auto`` is resolved per device by :meth:`SamplingOptions.for_device`) and, with ``compile``, through
 ``torch.compile`` (``network_runner.py``); the diffusion math around it stays fp32.
 
-For an ``objective: masked_elbo`` model ``sampling.sample_tokens`` runs ``'masked'`` instead of the last two
-(``masked_sampler.py``, with ``time_grid``); MaskGIT is shared.
+The model's objective may swap the row (``Objective.sampler_for``): an ``objective: masked_elbo`` model runs
+``'masked'`` instead of the last two (``samplers/masked.py``, with ``time_grid``); MaskGIT is shared.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ import torch
 from vqdiff.utils.precision import PRECISIONS, resolve_precision
 
 from .guidance import guidance_number, guidance_scales
-from .masked_sampler import TIME_GRIDS
-from .maskgit import MASK_SCHEDULES
 from .prompt_parts import PromptPart, PromptPartsError, prompt_parts_from
+from .samplers.masked import TIME_GRIDS
+from .samplers.maskgit import MASK_SCHEDULES
+from .samplers.registry import SAMPLERS
 
 __all__ = ["DEFAULT_TRUNCATION_RATE", "NULL_CONDITIONS", "SamplingOptions", "speed_fields"]
 
@@ -94,6 +97,9 @@ class SamplingOptions:
             ``"a red shape:3 AND a circle:2"`` or ``(condition, weight)`` pairs, weight 1 where none is
             written), combined with the null condition (``composable_guidance``); None: the request's one
             condition. The parts carry the weights, so ``guidance_scale`` must stay 1; guidance is then on.
+        sampler: the sampler to run, a key of ``samplers.SAMPLERS`` (``'ancestral'``, ``'improved'``,
+            ``'maskgit'``, ``'masked'`` or a registered one); None (default): the row the other fields choose
+            (:meth:`sampler_kind`). The model's objective may still swap it (``Objective.sampler_for``).
     """
 
     truncation_rate: Optional[float] = DEFAULT_TRUNCATION_RATE
@@ -116,6 +122,7 @@ class SamplingOptions:
     compile_backend: str = "inductor"
     time_grid: str = "uniform"
     prompt_parts: Optional[tuple[PromptPart, ...]] = None
+    sampler: Optional[str] = None
 
     def __post_init__(self) -> None:
         r = self.truncation_rate
@@ -151,6 +158,8 @@ class SamplingOptions:
         _check(isinstance(self.compile_backend, str) and bool(self.compile_backend), "compile_backend",
                self.compile_backend, "a torch.compile backend name")
         _check(isinstance(self.time_grid, str) and self.time_grid in TIME_GRIDS, "time_grid", self.time_grid, f"one of {TIME_GRIDS}")
+        _check(self.sampler is None or (isinstance(self.sampler, str) and self.sampler in SAMPLERS), "sampler",
+               self.sampler, f"one of {sorted(SAMPLERS)} or None")
         if self.prompt_parts is not None:
             try:
                 object.__setattr__(self, "prompt_parts", prompt_parts_from(self.prompt_parts))
@@ -171,7 +180,7 @@ class SamplingOptions:
         ``'top{r}r'`` truncation rate r; ``'top{k}p'`` top-k; ``'normal'``/``''``/None nothing; then optional
         comma-separated parts: ``'time{s}'`` (s >= 2: ``skip_step = int(s) - 1``; s < 1: ``time_ratio = s``;
         1 <= s < 2: plain), ``'fast{k}'`` (skip k steps), ``'q{p}'`` (re-run probability p); vqdiff's own
-        ``'maskgit{S}'`` or ``'maskgit{S}:{schedule}'``; a precision (``'fp32'``, ``'bf16'``, ``'fp16'``,
+        ``'maskgit{S}'`` or ``'maskgit{S}:{schedule}'``; a sampler's name (``sampler``); a precision (``'fp32'``, ``'bf16'``, ``'fp16'``,
         ``'auto'``) and ``'compile'``. A string without a ``top`` part has no truncation.
         """
         parsed: dict[str, Any] = {"truncation_rate": None}
@@ -193,6 +202,8 @@ class SamplingOptions:
                 parsed["top_k"] = int(num(part[3:-1], part))
             elif part in ("normal", "debug") and i == 0:
                 pass
+            elif part in SAMPLERS:
+                parsed["sampler"] = part
             elif part in PRECISIONS:
                 parsed["precision"] = part
             elif part == "compile":
@@ -216,7 +227,8 @@ class SamplingOptions:
             else:
                 raise ValueError(
                     f"sample_type {sample_type!r}: unknown part {part!r} (expected 'top{{r}}r', 'top{{k}}p', "
-                    "'time{s}', 'fast{k}', 'q{p}', 'maskgit{S}[:schedule]', a precision or 'compile')"
+                    "'time{s}', 'fast{k}', 'q{p}', 'maskgit{S}[:schedule]', a sampler name "
+                    f"{sorted(SAMPLERS)}, a precision or 'compile')"
                 )
         return cls(**{**parsed, **others})
 
@@ -240,6 +252,8 @@ class SamplingOptions:
         if self.maskgit_steps is not None:
             schedule = "" if self.maskgit_schedule == "cosine" else f":{self.maskgit_schedule}"
             parts.append(f"maskgit{self.maskgit_steps}{schedule}")
+        if self.sampler is not None:
+            parts.append(self.sampler)
         if with_precision or self.precision != "fp32":
             parts.append(self.precision)
         if self.compile:
@@ -291,7 +305,10 @@ class SamplingOptions:
         return self.prior_rule, seq_len if self.prior_ps is None else self.prior_ps
 
     def sampler_kind(self, seq_len: int, num_timesteps: int, from_noised_tokens: bool = False) -> str:
-        """The key of ``samplers.SAMPLERS`` that runs these options (see the module docstring)."""
+        """The key of ``samplers.SAMPLERS`` that runs these options: ``sampler`` when given, else the row the
+        other fields choose (see the module docstring)."""
+        if self.sampler is not None:
+            return self.sampler
         if self.maskgit_steps is not None:
             return "maskgit"
         if from_noised_tokens or self.skip_step > 0 or self.improved_prior(seq_len, num_timesteps)[0] == 0:

@@ -2,7 +2,7 @@
 
 The attention layers keep the official separate ``query``/``key``/``value`` Linears (checkpoint keys) but run
 them as one ``F.linear`` over their concatenated weights. A projection that an adapter library has wrapped
-(peft's LoRA layer, :mod:`vqdiff.engine.lora`) must not be bypassed that way, or its adapter would be silently
+(peft's LoRA layer, :mod:`vqdiff.adapters.lora`) must not be bypassed that way, or its adapter would be silently
 ignored. :func:`fused_linear_parameters` therefore gives the weights the projections really apply:
 
 - an ``nn.Linear`` (subclasses too, as before): its ``weight`` and ``bias``;

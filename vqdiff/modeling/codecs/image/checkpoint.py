@@ -17,6 +17,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from vqdiff.utils.safe_load import UNSAFE_PICKLE_ENV, env_allows_unsafe_pickle
+
 __all__ = [
     "UNSAFE_PICKLE_ENV",
     "TRAINING_ONLY_PREFIXES",
@@ -27,7 +29,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-UNSAFE_PICKLE_ENV = "VQDIFF_ALLOW_UNSAFE_PICKLE"
 
 # Keys a taming checkpoint holds that an inference model never has: the training loss (LPIPS,
 # discriminator), and, in a Net2NetTransformer checkpoint, the GPT and condition stage.
@@ -41,8 +42,6 @@ TRAINING_ONLY_PREFIXES: tuple[str, ...] = (
 
 
 def _unsafe_allowed(allow_unsafe_pickle: bool, path: Path) -> bool:
-    from vqdiff.engine.checkpoint import env_allows_unsafe_pickle  # the variable names the trusted files
-
     return allow_unsafe_pickle or env_allows_unsafe_pickle(path)
 
 
