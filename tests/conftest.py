@@ -78,3 +78,6 @@ def official_tiny_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _fp32_and_seeded():
     torch.manual_seed(0)
     yield
+    # the demo and the benchmarks flush denormal floats for the whole process (a 7x speed-up of all-[MASK]
+    # inputs); left on, it changes later tests' floats and makes hypothesis refuse subnormal examples
+    torch.set_flush_denormal(False)

@@ -113,6 +113,10 @@ def test_the_official_sample_shim_takes_options_or_fields():
     b = d.sample(condition_embed=cond, filter_ratio=0,
                  options=SamplingOptions(truncation_rate=0.8, prior_rule=1, generator=gen(3)))["content_token"]
     assert torch.equal(a, b) and a.shape == (2, N)
+    # return_logits: the one-hot of the sampled tokens (B, K+1, N), as the official method returns
+    out = d.sample(condition_embed=cond, filter_ratio=0, truncation_rate=0.8, prior_rule=1, generator=gen(3),
+                   return_logits=True)
+    assert out["logits"].shape == (2, K + 1, N) and torch.equal(out["logits"].argmax(1), a)
     with pytest.raises(TypeError, match="not both"):
         d.sample(condition_embed=cond, filter_ratio=0, options=SamplingOptions(), truncation_rate=0.8)
     with pytest.raises(ValueError, match="truncation_rate"):

@@ -19,7 +19,7 @@ import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 # no call leaves the machine: Gradio's usage analytics and version check read this before anything else
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import pickle
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path

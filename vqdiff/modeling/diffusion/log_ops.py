@@ -11,7 +11,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "LOG_ZERO",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import torch
+
 from .log_ops import index_to_log_onehot
 from .sampling import sample_tokens
 from .sampling_options import SamplingOptions
