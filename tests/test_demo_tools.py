@@ -132,3 +132,21 @@ def test_codec_from_needs_a_finished_codec(tmp_path):
     with pytest.raises(SystemExit):  # argparse's error: the folder holds no configs/codec.yaml
         shapes.main(["--quick", "--codec-from", str(tmp_path / "other"), "--output", str(tmp_path / "run"),
                      "--eval-only"])
+
+
+def test_heldout_figure_puts_each_caption_over_its_column():
+    from PIL import Image
+
+    from vqdiff.demo.figure import heldout_figure
+
+    red, blue = Image.new("RGB", (32, 32), (220, 40, 40)), Image.new("RGB", (32, 32), (40, 80, 230))
+    captions = ["a red circle at the top left on a gray background", "a blue square"]
+    with_text, empty = [red] * 3 + [blue] * 3, [blue] * 6
+    fig = heldout_figure(with_text, empty, captions, per_caption=3, rows=2)
+    assert fig.width == 2 * (64 + 4) + 4
+    # column 0 shows the red samples under its caption, then the empty caption's (blue) samples
+    top_half = [fig.getpixel((4 + 32, y)) for y in range(fig.height // 2)]
+    assert (220, 40, 40) in top_half and (40, 80, 230) in [fig.getpixel((4 + 32, y)) for y in range(fig.height)]
+    assert fig.getpixel((4 + 68 + 32, fig.height // 2 - 40)) == (40, 80, 230)  # column 1: blue with text too
+    with pytest.raises(ValueError, match="samples for 2 captions x 3"):
+        heldout_figure(with_text[:5], empty, captions, per_caption=3)

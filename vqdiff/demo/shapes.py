@@ -224,12 +224,17 @@ def _evaluate(out: Path, cfg_path: Path, ckpt: Path, p: DemoPreset, args: argpar
 
     grid = make_grid(torch.stack([to_tensor(x) for x in gen_text]) / 255.0, nrow=p.per_caption, padding=1)
     save_image(grid, out / "heldout_grid.png")
+    from vqdiff.demo.figure import heldout_figure
+
+    distinct = list(dict.fromkeys(captions))
+    heldout_figure(gen_text, gen_none, distinct, p.per_caption).save(out / "heldout_figure.png")
     timings["total_s"] = time.time() - t0
     trained_iters = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("last_iter", -1)) + 1
     results = {"preset": args.preset, "recipe": dataclasses.asdict(p), "seed": args.seed, "data": args.data, "threads": torch.get_num_threads(),
                "trained_iterations": trained_iters,
                "planned_iterations": p.iters, "sampling": kw, "accuracy": rows, "timings": timings,
-               "heldout_captions": [make_caption(s) for s in heldout_combinations()], "grid": str(out / "heldout_grid.png")}
+               "heldout_captions": [make_caption(s) for s in heldout_combinations()], "grid": str(out / "heldout_grid.png"),
+               "figure": str(out / "heldout_figure.png")}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     log("text-following accuracy on held-out combinations (per attribute):")
     header = f"{'':42s} {'color':>7s} {'shape':>7s} {'position':>9s} {'all':>7s}"
