@@ -85,3 +85,11 @@ def _fp32_and_seeded():
     # the demo and the benchmarks flush denormal floats for the whole process (a 7x speed-up of all-[MASK]
     # inputs); left on, it changes later tests' floats and makes hypothesis refuse subnormal examples
     torch.set_flush_denormal(False)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for this test (float order fixed, no oversubscription with spawned processes);
+    the autouse fixture above restores the count after it."""
+    torch.set_num_threads(1)
+    yield

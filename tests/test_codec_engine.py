@@ -64,11 +64,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):

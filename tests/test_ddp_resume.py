@@ -13,29 +13,16 @@ from pathlib import Path
 
 import torch
 
-from test_train import _fake_config
+from test_train import FAKE_MODEL, _fake_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-NOISY_MODEL = '''
-import torch
-from torch import nn
-
-class FakeModel(nn.Module):
-    """loss = mean((Linear(image + noise) - label)^2); the noise comes from the rank's global RNG."""
-    def __init__(self, size: int = 16):
-        super().__init__()
-        torch.manual_seed(123)
-        self.lin = nn.Linear(3 * size * size, 1)
-    def get_ema_model(self):
-        return self.lin
-    def parameters_to_optimize(self):
-        return list(self.parameters())
-    def forward(self, batch, return_loss=True, step=0, **kw):
-        x = batch["image"].flatten(1) / 255.0
-        x = x + 0.5 * torch.randn_like(x)
-        return {"loss": ((self.lin(x).squeeze(1) - batch["label"].float()) ** 2).mean()}
-'''
+# test_train's deterministic model plus input noise from the rank's global RNG (what resume must restore)
+NOISY_MODEL = FAKE_MODEL.replace(
+    '        x = batch["image"].flatten(1) / 255.0\n',
+    '        x = batch["image"].flatten(1) / 255.0\n        x = x + 0.5 * torch.randn_like(x)\n').replace(
+    "Deterministic: loss", "Noisy: loss")
+assert NOISY_MODEL != FAKE_MODEL
 
 
 def _free_port() -> int:

@@ -61,11 +61,8 @@ def tiny_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def _assert_same(a, b, where: str = "checkpoint") -> int:

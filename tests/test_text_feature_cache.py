@@ -88,14 +88,6 @@ def _step(model, texts, seed):
     return loss.detach(), grads
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_cached_training_steps_equal_uncached_ones_bit_for_bit(tiny_models, one_thread):
     off, on = (copy.deepcopy(m).train() for m in tiny_models)
     cache = on.transformer.condition_feature_cache
