@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+# Debian's browser and driver (scripts/install_browser.sh); tests/test_app_browser.py drives the same one
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",

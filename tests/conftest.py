@@ -80,7 +80,7 @@ def _fp32_and_seeded():
     threads = torch.get_num_threads()
     yield
     # a test (or a tool it runs with --threads 1) may pin torch to one thread for the whole process; left
-    # pinned, every later test runs on one of the two cores (the suite's demo test took 1.8x as long)
+    # pinned, every later test would run on one of the two cores (the suite's demo test reported 1 thread)
     torch.set_num_threads(threads)
     # the demo and the benchmarks flush denormal floats for the whole process (a 7x speed-up of all-[MASK]
     # inputs); left on, it changes later tests' floats and makes hypothesis refuse subnormal examples

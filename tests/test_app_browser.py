@@ -20,12 +20,9 @@ import pytest
 
 from _app_parts import tiny_text_model, working_directory
 from conftest import require
+from scripts.app_screenshot import CHROMEDRIVER, CHROMIUM
+from scripts.app_screenshot import FLAGS as CHROME_FLAGS  # the browser the screenshot script drives, too
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                "--disable-sync", "--window-size=1280,1000")
 WAIT_S = 40
 
 
